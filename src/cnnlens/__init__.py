@@ -1,0 +1,50 @@
+"""cnnlens: make the decisions of convolutional neural networks visible and checkable.
+
+>>> import cnnlens
+>>> exp = cnnlens.explain(model, x, method="gradcam")      # doctest: +SKIP
+>>> exp.maps.shape                                          # (B, H, W), values in [0, 1]
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from cnnlens.core.explanation import Explanation
+from cnnlens.core.registry import get_method, list_methods, register
+from cnnlens.errors import CnnlensError
+from cnnlens.api import explain
+
+__version__ = "0.1.0"
+
+# Heavier parts are imported on first use, so `import cnnlens` stays light.
+_LAZY = {
+    "load_image": ("cnnlens.data", "load_image"),
+    "methods": ("cnnlens.methods", None),
+    "models": ("cnnlens.models", None),
+    "data": ("cnnlens.data", None),
+    "metrics": ("cnnlens.metrics", None),
+    "viz": ("cnnlens.viz", None),
+    "prototypes": ("cnnlens.prototypes", None),
+}
+
+__all__ = [
+    "CnnlensError",
+    "Explanation",
+    "explain",
+    "get_method",
+    "list_methods",
+    "load_image",
+    "register",
+    "summary",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'cnnlens' has no attribute {name!r}")
+    module_name, attr = _LAZY[name]
+    module = importlib.import_module(module_name)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value

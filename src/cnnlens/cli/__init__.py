@@ -1,0 +1,1 @@
+"""The `cnnlens` command: one module per sub-command, registered in main.py."""
