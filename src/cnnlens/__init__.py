@@ -10,10 +10,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from cnnlens.api import explain
 from cnnlens.core.explanation import Explanation
 from cnnlens.core.registry import get_method, list_methods, register
 from cnnlens.errors import CnnlensError
-from cnnlens.api import explain
 
 __version__ = "0.1.0"
 

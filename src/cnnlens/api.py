@@ -1,0 +1,49 @@
+"""``cnnlens.explain``: one call for every registered method."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from cnnlens.core.explanation import Explanation
+from cnnlens.core.layers import LayersLike
+from cnnlens.core.registry import get_method
+from cnnlens.core.targets import TargetLike
+from cnnlens.errors import InputError
+
+
+def explain(
+    model: nn.Module,
+    x: Tensor,
+    method: str = "gradcam",
+    target: TargetLike = None,
+    layer: LayersLike = None,
+    *,
+    topk: int | None = None,
+    **options: Any,
+) -> Explanation:
+    """Explain the model's predictions for ``x`` with a registered method.
+
+    Args:
+        model: any CNN (``nn.Module``); it is never changed.
+        x: images (B, C, H, W) or (C, H, W), preprocessed as the model expects.
+        method: a name from :func:`cnnlens.list_methods`.
+        target: None (top class), an int, one class per image, a (B, K) tensor, or a
+            callable ``f(outputs) -> (B,)`` scores.
+        layer: for CAM methods: None (automatic), a dotted name, a module, or a list.
+        topk: explain each image's K top classes (maps (B, K, H, W)).
+        **options: the method's own options (e.g. ``n_steps`` for integrated gradients).
+
+    Returns:
+        The :class:`Explanation`.
+
+    Example:
+        >>> exp = cnnlens.explain(model, x, "gradcam", layer="layer4", topk=2)  # doctest: +SKIP
+    """
+    cls = get_method(method)
+    if layer is not None:
+        if not cls.uses_layer:
+            raise InputError(f"method {cls.name!r} works on the input and takes no layer argument")
+        options["layer"] = layer
+    return cls(model, **options)(x, target, topk=topk)

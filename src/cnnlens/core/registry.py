@@ -1,0 +1,61 @@
+"""One registry of explanation methods: ``@register(name)`` and :func:`list_methods`."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from cnnlens.errors import MethodNotFoundError
+
+T = TypeVar("T")
+_METHODS: dict[str, type] = {}
+
+
+def register(name: str) -> Callable[[type[T]], type[T]]:
+    """Class decorator that registers an explanation method under ``name``.
+
+    A name can be registered once; a second registration raises ``ValueError``.
+
+    Example:
+        >>> @register("mycam")                       # doctest: +SKIP
+        ... class MyCAM(GradientCAM): ...
+    """
+
+    def decorate(cls: type[T]) -> type[T]:
+        if name in _METHODS:
+            raise ValueError(f"method name {name!r} is already registered by {_METHODS[name]}")
+        _METHODS[name] = cls
+        cls.name = name  # type: ignore[attr-defined]
+        return cls
+
+    return decorate
+
+
+def _load_builtin_methods() -> None:
+    import cnnlens.methods  # noqa: F401  (registers the built-in methods)
+
+
+def list_methods() -> list[str]:
+    """Sorted names of every registered explanation method."""
+    _load_builtin_methods()
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> type[Any]:
+    """The method class registered under ``name``.
+
+    Raises:
+        MethodNotFoundError: when no method has that name; the message lists close names.
+    """
+    _load_builtin_methods()
+    key = name.lower().replace("-", "_") if name not in _METHODS else name
+    aliases = {"grad_cam": "gradcam", "gradcampp": "gradcam++", "grad_cam++": "gradcam++"}
+    key = aliases.get(key, key)
+    if key in _METHODS:
+        return _METHODS[key]
+    close = difflib.get_close_matches(name, list(_METHODS), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise MethodNotFoundError(
+        f"method {name!r} is not registered{hint} (available: {', '.join(sorted(_METHODS))})"
+    )
