@@ -1,0 +1,146 @@
+"""Shared test helpers: tiny CNNs of several shapes and a model-state snapshot."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+class ReluNet(nn.Module):
+    """conv-relu-conv-relu-pool-linear with nn.ReLU modules (optionally in-place)."""
+
+    def __init__(self, inplace: bool = False, channels: int = 3, classes: int = 5):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(inplace=inplace),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(inplace=inplace),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 16, 3, padding=1),
+            nn.ReLU(inplace=inplace),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.LazyLinear(classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class FunctionalNet(nn.Module):
+    """The CIFAR-10 tutorial shape: ReLU applied functionally with F.relu."""
+
+    def __init__(self, channels: int = 3, classes: int = 5):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, 6, 5)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 32)
+        self.fc2 = nn.Linear(32, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x)))
+        return self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))
+
+
+class GapNet(nn.Module):
+    """All-convolutional net ending in global average pooling and one linear layer."""
+
+    def __init__(self, channels: int = 3, classes: int = 5):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 8, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(inplace=True),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class ReusedNet(nn.Module):
+    """One conv module and one ReLU module used twice in forward."""
+
+    def __init__(self, classes: int = 5):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.block = nn.Conv2d(8, 8, 3, padding=1)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.stem(x))
+        x = self.act(self.block(x))
+        x = self.act(self.block(x))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def make_model(kind: str, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = {
+        "relu": lambda: ReluNet(inplace=False),
+        "inplace": lambda: ReluNet(inplace=True),
+        "functional": FunctionalNet,
+        "gap": GapNet,
+        "reused": ReusedNet,
+    }[kind]()
+    model(torch.zeros(1, 3, 32, 32))  # materialize lazy layers
+    return model.eval()
+
+
+MODEL_KINDS = ["relu", "inplace", "functional", "gap", "reused"]
+
+
+def snapshot(model: nn.Module) -> dict:
+    """Everything an explanation must leave as it was."""
+    return {
+        "training": [m.training for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "grads": [p.grad for p in model.parameters()],
+        "params": [p.detach().clone() for p in model.parameters()],
+        "buffers": [b.detach().clone() for b in model.buffers()],
+    }
+
+
+def hook_count(model: nn.Module) -> int:
+    n = 0
+    for m in model.modules():
+        n += len(m._forward_hooks) + len(m._forward_pre_hooks)
+        n += len(m._backward_hooks) + len(getattr(m, "_backward_pre_hooks", {}))
+    return n
+
+
+def assert_unchanged(model: nn.Module, before: dict) -> None:
+    after = snapshot(model)
+    assert after["training"] == before["training"]
+    assert after["requires_grad"] == before["requires_grad"]
+    assert all(g is None for g in after["grads"])
+    for a, b in zip(after["params"], before["params"], strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(after["buffers"], before["buffers"], strict=True):
+        assert torch.equal(a, b)
+    assert hook_count(model) == 0
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    a = torch.as_tensor(a, dtype=torch.float64).flatten()
+    b = torch.as_tensor(b, dtype=torch.float64).flatten()
+    a, b = a - a.mean(), b - b.mean()
+    return float((a @ b) / (a.norm() * b.norm() + 1e-12))
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(3, 3, 32, 32, generator=g)
