@@ -1,0 +1,62 @@
+"""Shared timing helpers for the side-by-side benchmarks (one process, one run)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def setup_threads() -> int:
+    """Use every core of the machine (2 on the reference box) for every contender alike."""
+    n = int(os.environ.get("CNNLENS_BENCH_THREADS", os.cpu_count() or 1))
+    torch.set_num_threads(n)
+    return n
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, Python {platform.python_version()}"
+    )
+
+
+def interleaved_medians(
+    contenders: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
+) -> dict[str, float]:
+    """Median wall time of each contender; runs are interleaved so drift hits all alike."""
+    for fn in contenders.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def markdown_table(medians: dict[str, float], reference: str) -> str:
+    """A table of medians and the ratio of each contender to ``reference``."""
+    ref = medians[reference]
+    lines = [
+        f"| contender | median (s) | time / {reference} |",
+        "|---|---:|---:|",
+    ]
+    for name, t in medians.items():
+        lines.append(f"| {name} | {t:.4f} | {t / ref:.2f}x |")
+    return "\n".join(lines)
