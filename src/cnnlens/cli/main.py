@@ -16,7 +16,7 @@ import typer
 from cnnlens.errors import CnnlensError
 
 # The one list of sub-command modules (cnnlens/cli/<name>.py, each with register(app)).
-COMMANDS: tuple[str, ...] = ()
+COMMANDS: tuple[str, ...] = ("report",)
 
 app = typer.Typer(
     name="cnnlens",
