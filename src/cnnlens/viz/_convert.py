@@ -19,10 +19,11 @@ from cnnlens.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-# Used only when cnnlens.data is not importable (it is the single source of truth otherwise).
+# Used only when cnnlens.data is not importable (it is the single source of truth otherwise);
+# the values mirror its presets.
 _FALLBACK_PRESETS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar10": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "mnist": ((0.1307,), (0.3081,)),
     "none": ((0.0,), (1.0,)),
 }
