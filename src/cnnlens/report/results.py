@@ -23,7 +23,8 @@ unknown)::
       },
       "images": [{                        # -> ReportImage
         "file": "cat.jpg",                # the input as given (its name is the heading)
-        "input_png"?: "inputs/cat.png",   # the input as displayed (else "file" if readable)
+        "input_png"?: "inputs/cat.png",   # the input as displayed (else "file" when it is an
+                                          # image inside the results folder)
         "predictions": [{"class": "tabby", "index": 281, "prob": 0.62}, ...],
         "maps": [{                        # -> MapEntry
           "method": "gradcam", "target": 281, "class": "tabby", "layer": "layer4",
