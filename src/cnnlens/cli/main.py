@@ -10,13 +10,12 @@ import importlib
 import logging
 import sys
 
-import click
 import typer
 
 from cnnlens.errors import CnnlensError
 
 # The one list of sub-command modules (cnnlens/cli/<name>.py, each with register(app)).
-COMMANDS: tuple[str, ...] = ("report",)
+COMMANDS: tuple[str, ...] = ("report", "summary", "train")
 
 app = typer.Typer(
     name="cnnlens",
@@ -42,19 +41,22 @@ for _name in COMMANDS:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status (2 for user errors)."""
     try:
-        app(args=argv, standalone_mode=False)
+        status = app(args=argv, standalone_mode=False)
     except CnnlensError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except click.exceptions.Exit as err:
-        return err.exit_code
-    except click.exceptions.Abort:
+    except typer.Exit as err:
+        return int(err.exit_code or 0)
+    except typer.Abort:
         print("aborted", file=sys.stderr)
         return 130
-    except click.ClickException as err:
-        err.show()
-        return 2
-    return 0
+    except Exception as err:
+        # usage errors of the command-line parser (click's, whether bundled in typer or not)
+        if hasattr(err, "show") and hasattr(err, "exit_code"):
+            err.show()
+            return int(err.exit_code or 2)
+        raise
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover
