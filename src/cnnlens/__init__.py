@@ -14,6 +14,7 @@ from cnnlens.api import explain
 from cnnlens.core.explanation import Explanation
 from cnnlens.core.registry import get_method, list_methods, register
 from cnnlens.errors import CnnlensError
+from cnnlens.summary import summary
 
 __version__ = "0.1.0"
 
