@@ -1,0 +1,217 @@
+"""Normalization presets and the image -> tensor conversion models are fed with."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from cnnlens.data.io import convert_mode, load_image
+from cnnlens.errors import DataError, InputError
+
+__all__ = ["PRESETS", "Preset", "get_preset", "list_presets", "to_image", "to_tensor"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Per-channel normalization statistics and their inverse.
+
+    $$\\hat x_c = \\frac{x_c - \\mu_c}{\\sigma_c}, \\qquad x_c = \\hat x_c\\,\\sigma_c + \\mu_c$$
+
+    Statistics of length one apply to any number of channels; statistics of length three
+    need three-channel input.
+
+    Attributes:
+        name: the preset's name (``"imagenet"``, ``"cifar10"``, ``"mnist"``, ``"none"``).
+        mean: per-channel mean $\\mu$ of pixel values in [0, 1].
+        std: per-channel standard deviation $\\sigma$.
+
+    Example:
+        >>> p = get_preset("mnist")
+        >>> x = torch.rand(1, 28, 28)
+        >>> torch.allclose(p.denormalize(p.normalize(x)), x, atol=1e-6)
+        True
+    """
+
+    name: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def channels(self) -> int | None:
+        """Channel count the statistics are for (``None``: any)."""
+        return None if len(self.mean) == 1 else len(self.mean)
+
+    def _stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if x.dim() not in (3, 4):
+            raise InputError(
+                f"preset {self.name!r} expects a (C, H, W) or (B, C, H, W) tensor, "
+                f"got shape {tuple(x.shape)}"
+            )
+        c = x.shape[-3]
+        if len(self.mean) != 1 and c != len(self.mean):
+            raise InputError(
+                f"preset {self.name!r} has statistics for {len(self.mean)} channels, "
+                f"got a tensor with {c} channels (shape {tuple(x.shape)})"
+            )
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        mean = torch.tensor(self.mean, dtype=dtype, device=x.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=dtype, device=x.device).view(-1, 1, 1)
+        return mean, std
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """Map pixel values in [0, 1] to the model's input scale: ``(x - mean) / std``."""
+        mean, std = self._stats(x)
+        if self.name == "none":
+            return x if x.is_floating_point() else x.float()
+        return (x - mean) / std
+
+    def denormalize(self, x: Tensor) -> Tensor:
+        """Invert :meth:`normalize`: ``x * std + mean`` (pixel values in [0, 1] for display)."""
+        mean, std = self._stats(x)
+        if self.name == "none":
+            return x if x.is_floating_point() else x.float()
+        return x * std + mean
+
+
+PRESETS: dict[str, Preset] = {
+    "imagenet": Preset("imagenet", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "cifar10": Preset("cifar10", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "mnist": Preset("mnist", (0.1307,), (0.3081,)),
+    "none": Preset("none", (0.0,), (1.0,)),
+}
+
+
+def list_presets() -> list[str]:
+    """Names of the normalization presets."""
+    return sorted(PRESETS)
+
+
+def get_preset(name: str | Preset | None) -> Preset:
+    """The normalization preset called ``name`` (a :class:`Preset` is returned as is).
+
+    Args:
+        name: ``"imagenet"``, ``"cifar10"``, ``"mnist"``, ``"none"``, a Preset, or ``None``
+            (same as ``"none"``).
+
+    Raises:
+        DataError: for an unknown name; the message lists the presets.
+    """
+    if isinstance(name, Preset):
+        return name
+    if name is None:
+        return PRESETS["none"]
+    key = str(name).lower()
+    if key not in PRESETS:
+        close = difflib.get_close_matches(key, PRESETS, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise DataError(
+            f"preset {name!r} is unknown{hint}; available presets: {', '.join(PRESETS)}"
+        )
+    return PRESETS[key]
+
+
+def _pair(size: int | tuple[int, int] | list[int], arg: str) -> tuple[int, int]:
+    if isinstance(size, int):
+        h = w = size
+    else:
+        if len(size) != 2:
+            raise InputError(f"{arg} must be an int or an (H, W) pair, got {size!r}")
+        h, w = (int(s) for s in size)
+    if h < 1 or w < 1:
+        raise InputError(f"{arg} must be positive, got {size!r}")
+    return h, w
+
+
+def to_tensor(
+    img: Image.Image | str | os.PathLike[str],
+    *,
+    size: int | tuple[int, int] | None = None,
+    preset: str | Preset | None = None,
+    channels: int | None = None,
+    crop: bool = False,
+) -> Tensor:
+    """Turn an image into a normalized float32 tensor (C, H, W) ready for a model.
+
+    Steps: convert to ``channels`` (1: greyscale, 3: RGB; transparency composited on white),
+    resize (bilinear with antialiasing), scale to [0, 1], normalize with ``preset``.
+
+    With ``crop=True`` the usual ImageNet evaluation transform is applied instead of a plain
+    resize: the shorter side is resized to ``round(S * 256 / 224)`` and the centre
+    ``S x S`` (or ``H x W``) is cut out, where ``S`` defaults to 224.
+
+    Args:
+        img: a PIL image or a path (read with :func:`load_image`).
+        size: output size, an int (square) or (H, W); ``None`` keeps the image's size
+            (224 with ``crop=True``).
+        preset: normalization preset name or :class:`Preset`; ``None`` leaves [0, 1] values.
+        channels: 1 or 3; ``None`` keeps greyscale images greyscale and makes others RGB.
+        crop: resize-256 + centre-crop-224 style preprocessing.
+
+    Returns:
+        A float32 tensor (C, H, W).
+
+    Raises:
+        InputError: ``channels`` not 1, 3 or None; bad ``size``; preset/channel mismatch.
+        ImageError: ``img`` is a path that cannot be read.
+
+    Example:
+        >>> x = to_tensor("cat.jpg", size=224, preset="imagenet", crop=True)  # doctest: +SKIP
+        >>> x.shape
+        torch.Size([3, 224, 224])
+    """
+    if channels not in (None, 1, 3):
+        raise InputError(f"channels must be 1, 3 or None, got {channels!r}")
+    p = get_preset(preset)
+    mode = {None: None, 1: "L", 3: "RGB"}[channels]
+    if isinstance(img, (str, os.PathLike)):
+        img = load_image(img, mode=mode)
+    elif not isinstance(img, Image.Image):
+        raise InputError(f"img must be a PIL image or a file path, got {type(img).__name__}")
+    else:
+        img = convert_mode(img, mode)
+    if p.channels is not None and len(img.getbands()) != p.channels:
+        raise InputError(
+            f"preset {p.name!r} needs {p.channels}-channel images, got a {img.mode} image; "
+            f"pass channels={p.channels} or another preset"
+        )
+    if crop:
+        h, w = _pair(size if size is not None else 224, "size")
+        short = round(min(h, w) * 256 / 224)
+        iw, ih = img.size
+        scale = short / min(iw, ih)
+        nw, nh = max(w, round(iw * scale)), max(h, round(ih * scale))
+        img = img.resize((nw, nh), Image.Resampling.BILINEAR)
+        left, top = (nw - w) // 2, (nh - h) // 2
+        img = img.crop((left, top, left + w, top + h))
+    elif size is not None:
+        h, w = _pair(size, "size")
+        if (w, h) != img.size:
+            img = img.resize((w, h), Image.Resampling.BILINEAR)
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    x = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+    return p.normalize(x).contiguous()
+
+
+def to_image(x: Tensor, *, preset: str | Preset | None = None) -> Image.Image:
+    """Turn a normalized tensor (C, H, W) back into a PIL image for display.
+
+    Args:
+        x: float tensor (1 or 3, H, W), normalized with ``preset``.
+        preset: the preset ``x`` was normalized with (``None``: values already in [0, 1]).
+
+    Returns:
+        An ``L`` or ``RGB`` image; values outside [0, 1] after denormalizing are clipped.
+    """
+    if x.dim() != 3 or x.shape[0] not in (1, 3):
+        raise InputError(f"x must be a (1 or 3, H, W) tensor, got shape {tuple(x.shape)}")
+    y = get_preset(preset).denormalize(x.detach().float().cpu()).clamp(0.0, 1.0)
+    arr = (y * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
