@@ -438,3 +438,14 @@ def test_load_errors(tmp_path: Path) -> None:
         models.load("resnet-eighteen")
     with pytest.raises(InputError, match="device"):
         models.load("mnist-dnn", device="gpu0")
+
+
+def test_checkpoint_of_a_data_parallel_model(tmp_path: Path) -> None:
+    inner = _randomize(models.create("mnist-dnn"), seed=9)
+    path = models.save_checkpoint(
+        nn.DataParallel(inner), tmp_path / "dp.safetensors", arch="mnist-dnn"
+    )
+    loaded, info = models.load(path)
+    assert info.class_names is None and info.num_classes == 10
+    for key, value in inner.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)

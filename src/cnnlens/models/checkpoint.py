@@ -130,6 +130,18 @@ def _tensors_for_saving(model: nn.Module) -> dict[str, Tensor]:
     return tensors
 
 
+def _unwrap_model(model: nn.Module) -> nn.Module:
+    """The network inside DataParallel / DistributedDataParallel / torch.compile wrappers."""
+    for _ in range(4):
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            break
+    return model
+
+
 def _verify_rebuild(model: nn.Module, arch: str, arch_kwargs: dict[str, Any]) -> None:
     """Check that create(arch, **arch_kwargs) has the same state dict layout as ``model``."""
     try:
@@ -168,7 +180,7 @@ def save_checkpoint(
     ``arch_kwargs`` and compared key by key, so the file is known to load.
 
     Args:
-        model: The trained network.
+        model: The trained network (a DataParallel or torch.compile wrapper is unwrapped).
         path: Target file (``.safetensors`` recommended); parent folders are created.
         arch: Architecture name for :func:`cnnlens.models.create`.
         arch_kwargs: Arguments for ``create`` (``num_classes``, ``in_channels``, ...).
@@ -189,6 +201,7 @@ def save_checkpoint(
             device.
     """
     arch = resolve_name(arch)
+    model = _unwrap_model(model)
     kwargs = _jsonable("arch_kwargs", dict(arch_kwargs or {}))
     if "weights" in kwargs:
         raise InputError("arch_kwargs must not contain 'weights'; the checkpoint holds them")

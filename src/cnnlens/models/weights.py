@@ -79,9 +79,9 @@ def forced_weights_only() -> Iterator[None]:
 
     Used around torchvision's weight loader, which passes ``weights_only=False``.
     """
-    saved = {k: os.environ.get(k) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD",)}
-    saved_no = os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
-    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    force, no_force = "TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+    saved = {key: os.environ.pop(key, None) for key in (force, no_force)}
+    os.environ[force] = "1"
     try:
         yield
     finally:
@@ -90,8 +90,6 @@ def forced_weights_only() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        if saved_no is not None:
-            os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = saved_no
 
 
 def _refused(path: object, err: BaseException) -> WeightsError:
