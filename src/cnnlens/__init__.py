@@ -27,6 +27,8 @@ _LAZY = {
     "metrics": ("cnnlens.metrics", None),
     "viz": ("cnnlens.viz", None),
     "prototypes": ("cnnlens.prototypes", None),
+    "report": ("cnnlens.report", None),
+    "training": ("cnnlens.training", None),
 }
 
 __all__ = [
