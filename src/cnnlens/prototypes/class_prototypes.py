@@ -1,0 +1,440 @@
+"""Class prototypes: the input the model takes as most typical of a class, near the data.
+
+For each class :math:`c` an input :math:`x_c` (in the model's input space) is optimized by
+Adam to minimize
+
+$$\\mathcal{L}(x_c) = -\\log p(c \\mid x_c)
+    + \\lambda \\, \\frac{1}{D} \\lVert x_c - \\bar x_c \\rVert^2$$
+
+the cross-entropy to the class plus :math:`\\lambda` times the mean squared distance to the
+class's mean training image :math:`\\bar x_c` (the "expert" prior of the activation-maximization
+tutorial of Montavon, Samek & Müller, 2018, "Methods for interpreting and understanding deep
+neural networks", Digital Signal Processing 73; after Erhan et al., 2009, and Simonyan et al.,
+2014). All classes are optimized together in one batch; the optimization stops as soon as every
+class reaches the target probability, or when the step budget is spent.
+
+The start is an all-black image (``"zeros"``), noise (``"noise"``) or a given image: starting
+from an 8, the prototype of 3 answers "what would make this 8 a 3?", and
+:attr:`PrototypeResult.diff` shows the change.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from cnnlens.errors import DataError, InputError, TargetError
+from cnnlens.prototypes._compat import (
+    frozen,
+    grad_enabled,
+    model_device_dtype,
+    progress_bar,
+    scaling,
+)
+
+log = logging.getLogger("cnnlens")
+
+INITS = ("zeros", "noise")
+
+
+@dataclass
+class PrototypeResult:
+    """Class prototypes and how they were reached.
+
+    All image tensors are float32 on the CPU, (K, C, H, W) for the K requested classes.
+
+    Attributes:
+        images: the prototypes in display space, [0, 1].
+        start: the start images in display space.
+        diff: ``images - start`` (display space, in [-1, 1]).
+        inputs: the prototypes as the model sees them (normalized).
+        classes: the class index of each prototype.
+        class_names: a name per prototype (the index as text when the model has none).
+        probs: the final probability of each prototype's class, (K,).
+        scores: the final softmax over all classes, (K, N).
+        reached: whether each class reached ``target_prob``, (K,) bool.
+        steps: optimization steps taken (fewer than the budget when all classes reached the
+            target early).
+        init: ``"zeros"``, ``"noise"`` or ``"image"``.
+        lam, lr, target_prob, max_steps: the settings of the run.
+        history: the lowest class probability before each step.
+    """
+
+    images: Tensor
+    start: Tensor
+    diff: Tensor
+    inputs: Tensor
+    classes: list[int]
+    class_names: list[str]
+    probs: Tensor
+    scores: Tensor
+    reached: Tensor
+    steps: int
+    init: str
+    lam: float
+    lr: float
+    target_prob: float
+    max_steps: int
+    history: list[float] = field(default_factory=list)
+
+    @property
+    def predicted(self) -> list[int]:
+        """The class the model assigns to each prototype."""
+        return [int(i) for i in self.scores.argmax(1)]
+
+    def distance_to_start(self) -> Tensor:
+        """L2 distance of each prototype to its start in display space, (K,)."""
+        return self.diff.flatten(1).norm(dim=1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (no pixels): settings, steps and per-class results."""
+        dist = self.distance_to_start()
+        return {
+            "init": self.init,
+            "lambda": self.lam,
+            "lr": self.lr,
+            "target_prob": self.target_prob,
+            "max_steps": self.max_steps,
+            "steps": self.steps,
+            "all_reached": bool(self.reached.all()),
+            "classes": [
+                {
+                    "index": c,
+                    "name": name,
+                    "prob": float(p),
+                    "reached": bool(r),
+                    "predicted": pred,
+                    "l2_to_start": float(d),
+                }
+                for c, name, p, r, pred, d in zip(
+                    self.classes,
+                    self.class_names,
+                    self.probs.tolist(),
+                    self.reached.tolist(),
+                    self.predicted,
+                    dist.tolist(),
+                    strict=True,
+                )
+            ],
+        }
+
+
+def class_means(
+    dataset: Dataset, num_classes: int | None = None, *, batch_size: int = 512
+) -> Tensor:
+    """Mean image of each class of a labelled dataset, as the dataset gives them (normalized).
+
+    $$\\bar x_c = \\frac{1}{|\\{i : y_i = c\\}|} \\sum_{i : y_i = c} x_i$$
+
+    Args:
+        dataset: yields ``(image (C, H, W), int label)``; a ``tensors()`` method returning
+            all normalized images and labels at once is used when present.
+        num_classes: rows of the result (default: ``len(dataset.classes)`` or the largest
+            label + 1). A class without images gets a NaN row and a warning.
+
+    Returns:
+        float32 tensor (N, C, H, W) on the CPU.
+
+    Raises:
+        DataError: for an empty dataset or labels that are not class indices.
+    """
+    if num_classes is None and hasattr(dataset, "classes"):
+        num_classes = len(dataset.classes)  # type: ignore[attr-defined]
+    sums: Tensor | None = None
+    counts = torch.zeros(0)
+    shape: tuple[int, ...] = ()
+    # Datasets held in memory hand over everything at once (cnnlens.data's tensors()).
+    batches = (
+        [dataset.tensors()]  # type: ignore[attr-defined]
+        if callable(getattr(dataset, "tensors", None))
+        else DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    )
+    for images, labels in batches:
+        labels = torch.as_tensor(labels)
+        if labels.dim() != 1 or labels.is_floating_point():
+            raise DataError(
+                "class means need integer class labels, got labels of shape "
+                f"{tuple(labels.shape)} and dtype {labels.dtype} (multi-label data?)"
+            )
+        shape = tuple(images.shape[1:])
+        images = images.float().flatten(1)
+        n = max(int(labels.max()) + 1, counts.shape[0]) if num_classes is None else num_classes
+        if int(labels.max()) >= n or int(labels.min()) < 0:
+            raise DataError(f"labels must lie in 0..{n - 1}, got {int(labels.max())}")
+        if sums is None:
+            sums = torch.zeros(n, images.shape[1])
+        if n > sums.shape[0]:  # labels grew beyond what the first batches showed
+            sums = torch.cat([sums, sums.new_zeros(n - sums.shape[0], sums.shape[1])])
+        if n > counts.shape[0]:
+            counts = torch.cat([counts, counts.new_zeros(n - counts.shape[0])])
+        sums.index_add_(0, labels.long(), images)
+        counts.index_add_(0, labels.long(), torch.ones(labels.shape[0]))
+    if sums is None:
+        raise DataError("class means need a non-empty dataset")
+    empty = (counts == 0).nonzero().flatten().tolist()
+    if empty:
+        warnings.warn(f"classes {empty} have no images; their mean is NaN", stacklevel=2)
+    return (sums / counts[:, None]).reshape(-1, *shape)
+
+
+def parse_classes(
+    classes: int | str | Sequence[int | str] | None,
+    class_names: Sequence[str] | None,
+    num_classes: int,
+) -> list[int]:
+    """Class indices from an index, a name, a range text (``"0-9"``, ``"1,3,5-7"``) or a list.
+
+    Raises:
+        TargetError: for an index out of range or a name the model does not know.
+    """
+    if classes is None:
+        return list(range(num_classes))
+    items: list[int | str]
+    if isinstance(classes, str):
+        items = [part.strip() for part in classes.split(",") if part.strip()]
+    elif isinstance(classes, int):
+        items = [classes]
+    else:
+        items = list(classes)
+    names = list(class_names) if class_names else []
+    out: list[int] = []
+    for item in items:
+        if isinstance(item, bool):
+            raise TargetError(f"classes must be indices or names, got {item!r}")
+        if isinstance(item, int):
+            out.append(item)
+        elif isinstance(item, str) and item in names:
+            out.append(names.index(item))
+        elif isinstance(item, str) and item.lstrip("-").isdigit():
+            out.append(int(item))
+        elif (
+            isinstance(item, str)
+            and "-" in item
+            and all(part.strip().isdigit() for part in item.split("-", 1))
+        ):
+            lo, hi = (int(part) for part in item.split("-", 1))
+            if hi < lo:
+                raise TargetError(f"class range {item!r} is empty; write it low-high")
+            out.extend(range(lo, hi + 1))
+        else:
+            known = ", ".join(names) if names else f"indices 0..{num_classes - 1}"
+            raise TargetError(f"class {item!r} is not known to the model; it knows: {known}")
+    if not out:
+        raise TargetError("classes is empty; give at least one class index or name")
+    bad = [c for c in out if not 0 <= c < num_classes]
+    if bad:
+        raise TargetError(
+            f"class index {bad[0]} is out of range; the model has {num_classes} classes "
+            f"(0..{num_classes - 1})"
+        )
+    return out
+
+
+def _fit_start(image: Tensor, shape: tuple[int, int, int]) -> Tensor:
+    """A start image (C, H, W) or (B, C, H, W) in display space, fitted to ``shape``."""
+    img = image.detach().float().cpu()
+    img = img[None] if img.dim() == 3 else img
+    if img.dim() == 2:
+        img = img[None, None]
+    if img.dim() != 4:
+        raise InputError(f"init image must be (C, H, W) or (B, C, H, W), got {tuple(image.shape)}")
+    c, h, w = shape
+    if img.shape[1] != c:
+        if img.shape[1] == 1:
+            img = img.expand(-1, c, -1, -1)
+        elif c == 1 and img.shape[1] == 3:
+            warnings.warn("init image is RGB but the model takes grey; averaging", stacklevel=3)
+            img = img.mean(1, keepdim=True)
+        else:
+            raise InputError(f"init image has {img.shape[1]} channels but the model takes {c}")
+    if tuple(img.shape[2:]) != (h, w):
+        warnings.warn(
+            f"init image is {img.shape[3]}x{img.shape[2]} but the model takes {w}x{h}; resizing it",
+            stacklevel=3,
+        )
+        img = F.interpolate(img, size=(h, w), mode="bilinear", align_corners=False)
+    if img.min() < 0 or img.max() > 1:
+        raise InputError(
+            "init image must be in display space with values in [0, 1] (not normalized); got "
+            f"values in [{float(img.min()):.3g}, {float(img.max()):.3g}]"
+        )
+    return img
+
+
+def class_prototypes(
+    model: nn.Module,
+    classes: int | str | Sequence[int | str] | None = None,
+    *,
+    prior: Tensor | None = None,
+    lam: float = 0.1,
+    init: str | Tensor = "zeros",
+    shape: tuple[int, int, int] | None = None,
+    preset: Any = None,
+    class_names: Sequence[str] | None = None,
+    lr: float = 0.01,
+    steps: int = 1000,
+    target_prob: float = 0.99,
+    clamp: bool = True,
+    seed: int = 0,
+    progress: bool = False,
+) -> PrototypeResult:
+    """Optimize one input per class so that the model assigns it to that class.
+
+    Adam on the inputs only (``torch.autograd.grad`` to them; the model is frozen: no
+    parameter ``.grad`` is written and every flag is restored).
+
+    Args:
+        model: a classifier returning (B, N) logits.
+        classes: which classes (None: all; an index, a name, ``"0-9"``, or a list).
+        prior: the class mean images in the model's input space (normalized), (N, C, H, W)
+            indexed by class (e.g. :func:`class_means` of the training set), or one (C, H, W)
+            image for every class; None drops the prior term.
+        lam: the weight :math:`\\lambda` of the prior.
+        init: ``"zeros"`` (an all-black image), ``"noise"`` (grey 0.5 plus Gaussian noise of
+            standard deviation 0.1, clipped) or start image(s) in display space, (C, H, W) or
+            (K, C, H, W) in [0, 1]; an image of another size is resized with a warning.
+        shape: (C, H, W) of the model's input; taken from ``prior`` or ``init`` when omitted.
+        preset: the model's normalization (name, preset object or None).
+        class_names: names of the model's classes (to accept names and label results).
+        lr: Adam's learning rate.
+        steps: the step budget.
+        target_prob: stop once every class has at least this probability.
+        clamp: keep the prototypes valid images (projected onto [0, 1] in display space after
+            each step).
+        seed: seed of the local generator used by ``init="noise"``.
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`PrototypeResult`; a warning names the classes that missed the target.
+
+    Example:
+        >>> means = class_means(train_set)                       # doctest: +SKIP
+        >>> res = class_prototypes(model, prior=means, preset="mnist")
+        >>> res.probs.min() >= 0.99
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise InputError(f"steps must be a positive integer, got {steps!r}")
+    if not 0 < target_prob <= 1:
+        raise InputError(f"target_prob must be in (0, 1], got {target_prob!r}")
+    if lam < 0:
+        raise InputError(f"lam must be >= 0, got {lam!r}")
+    if shape is None:
+        if prior is not None:
+            shape = tuple(prior.shape[-3:])  # type: ignore[assignment]
+        elif isinstance(init, Tensor) and init.dim() >= 3:
+            shape = tuple(init.shape[-3:])  # type: ignore[assignment]
+        else:
+            raise InputError(
+                "shape (C, H, W) is needed when neither prior nor an init image is given"
+            )
+    c, h, w = (int(v) for v in shape)  # type: ignore[union-attr]
+    device, dtype = model_device_dtype(model)
+    scale = scaling(preset, c)
+    generator = torch.Generator().manual_seed(int(seed))
+
+    with frozen(model), torch.no_grad():
+        probe = model(scale.normalize(torch.zeros(1, c, h, w)).to(device, dtype))
+    if not isinstance(probe, Tensor) or probe.dim() != 2:
+        raise InputError("the model must return (B, N) class scores")
+    num_classes = probe.shape[1]
+    idx = parse_classes(classes, class_names, num_classes)
+    k = len(idx)
+    names = [class_names[i] if class_names and i < len(class_names) else str(i) for i in idx]
+
+    if isinstance(init, Tensor):
+        start = _fit_start(init, (c, h, w))
+        if start.shape[0] not in (1, k):
+            raise InputError(f"init has {start.shape[0]} images; give 1 or one per class ({k})")
+        start = start.expand(k, -1, -1, -1).clone()
+        init_name = "image"
+    elif init == "zeros":
+        start = torch.zeros(k, c, h, w)
+        init_name = init
+    elif init == "noise":
+        start = (0.5 + 0.1 * torch.randn((k, c, h, w), generator=generator)).clamp(0, 1)
+        init_name = init
+    else:
+        raise InputError(f"init must be 'zeros', 'noise' or an image tensor, got {init!r}")
+
+    target_means: Tensor | None = None
+    if prior is not None and lam > 0:
+        p = prior.detach().float().cpu()
+        if p.dim() == 3:
+            p = p[None].expand(num_classes, -1, -1, -1)
+        if p.dim() != 4 or tuple(p.shape[1:]) != (c, h, w) or p.shape[0] < max(idx) + 1:
+            raise InputError(
+                f"prior must be (N, {c}, {h}, {w}) class means indexed by class for N >= "
+                f"{max(idx) + 1}, got {tuple(prior.shape)}"
+            )
+        target_means = p[idx]
+        if not torch.isfinite(target_means).all():
+            raise InputError("prior has no finite mean image for some requested classes")
+        target_means = target_means.to(device)
+    elif lam > 0:
+        log.info("no prior given: class prototypes use the cross-entropy alone")
+
+    lo = scale.normalize(torch.zeros(1, c, 1, 1)).to(device)
+    hi = scale.normalize(torch.ones(1, c, 1, 1)).to(device)
+    x = scale.normalize(start).to(device).requires_grad_(True)
+    target = torch.tensor(idx, device=device)
+    optimizer = torch.optim.Adam([x], lr=lr)
+    history: list[float] = []
+    taken = steps
+    with frozen(model), grad_enabled(), progress_bar(progress, steps, "prototypes") as bar:
+        for step in range(steps + 1):
+            logits = model(x.to(dtype)).float()
+            logp = torch.log_softmax(logits, 1)
+            probs = logp.exp().gather(1, target[:, None])[:, 0]
+            history.append(float(probs.detach().min()))
+            if bool((probs >= target_prob).all()) or step == steps:
+                taken = step
+                break
+            loss = -logp.gather(1, target[:, None])[:, 0]
+            if target_means is not None:
+                loss = loss + lam * (x - target_means).pow(2).flatten(1).mean(1)
+            (grad,) = torch.autograd.grad(loss.sum(), [x])
+            x.grad = grad
+            optimizer.step()
+            if clamp:
+                with torch.no_grad():
+                    x.copy_(torch.maximum(torch.minimum(x, hi), lo))
+            bar.advance()
+    history.pop()  # the last entry is the final state, reported in probs
+    scores = torch.softmax(logits.detach().float(), 1).cpu()
+    final = probs.detach().cpu()
+    reached = final >= target_prob
+    if not bool(reached.all()):
+        missed = [names[i] for i in (~reached).nonzero().flatten().tolist()]
+        warnings.warn(
+            f"classes {', '.join(missed)} did not reach probability {target_prob} in {steps} "
+            "steps; raise steps or lower lam",
+            stacklevel=2,
+        )
+    inputs = x.detach().float().cpu()
+    images = scale.denormalize(inputs).clamp(0, 1)
+    return PrototypeResult(
+        images=images,
+        start=start,
+        diff=images - start,
+        inputs=inputs,
+        classes=idx,
+        class_names=names,
+        probs=final,
+        scores=scores,
+        reached=reached,
+        steps=taken,
+        init=init_name,
+        lam=float(lam),
+        lr=float(lr),
+        target_prob=float(target_prob),
+        max_steps=steps,
+        history=history,
+    )
