@@ -432,3 +432,101 @@ def test_no_warnings_from_a_clean_run():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         class_prototypes(model, [0], shape=(1, 4, 4), steps=200, target_prob=0.5, lr=0.1)
+
+
+# ---------------------------------------------------------------- command line
+
+
+@pytest.fixture(scope="module")
+def checkpoint(mnist, tmp_path_factory):
+    from cnnlens.models import save_checkpoint
+
+    model, train_set, _ = mnist
+    folder = tmp_path_factory.mktemp("ckpt")
+    path = save_checkpoint(
+        model,
+        folder / "model.safetensors",
+        arch="mnist-dnn",
+        class_names=train_set.classes,
+        input_size=(28, 28),
+        preset="mnist",
+        dataset="mnist-embedded",
+    )
+    eight = train_set.tensors()[1].eq(8).nonzero()[0].item()
+    train_set.image(eight).resize((56, 56)).save(folder / "eight56.png")
+    return path, folder / "eight56.png"
+
+
+def _cli(args, capsys):
+    from cnnlens.cli.main import main
+
+    rc = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_cli_prototype_from_a_resized_image(checkpoint, tmp_path, capsys):
+    from PIL import Image
+
+    ckpt, eight = checkpoint
+    out = tmp_path / "protos"
+    args = ["prototype", "--model", ckpt, "--classes", "3,1", "--init", eight, "--out", out]
+    rc, stdout, stderr = _cli([*args, "--no-progress"], capsys)
+    assert rc == 0, stderr
+    assert "warning: init image is 56x56 but the model takes 28x28; resizing it" in stderr
+    data = json.loads((out / "prototypes.json").read_text())
+    assert data["init"] == "image" and data["lambda"] == 0.1 and data["all_reached"]
+    assert [c["index"] for c in data["classes"]] == [3, 1]
+    assert min(c["prob"] for c in data["classes"]) >= 0.99
+    assert 0 < data["steps"] < 1000
+    for name in ("grid.png", "start.png", "class_03_3.png", "change_01_1.png"):
+        assert (out / name).is_file()
+    assert Image.open(out / "class_03_3.png").size == (112, 112)
+    assert "3  p = 0.99" in stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["prototype", "--steps", "0"], "--steps must be a positive integer, got 0"),
+        (["prototype", "--classes", "seven"], "class 'seven' is not known to the model"),
+        (["prototype", "--classes", "12"], "class index 12 is out of range"),
+        (["prototype", "--init", "missing.png"], "'missing.png' does not exist"),
+        (["visualize", "--layer", "fc9"], "layer 'fc9' not found in MnistDNN; nearest"),
+        (["visualize", "--layer", "fc2", "--channels", "100"], "layer 'fc2' has 100 channels"),
+        (["visualize", "--class", "3", "--param", "dct"], "--param must be fft or pixel"),
+        (["visualize"], "give --layer"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_writes_nothing(checkpoint, tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    rc, _, stderr = _cli([*args, "--model", checkpoint[0], "--out", out, "--no-progress"], capsys)
+    assert rc == 2
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1 and message in stderr
+    assert not out.exists()
+
+
+def test_cli_prototype_needs_a_dataset_for_the_prior(tmp_path, capsys):
+    from cnnlens.models import create, save_checkpoint
+
+    ckpt = save_checkpoint(create("mnist-dnn"), tmp_path / "m.safetensors", arch="mnist-dnn")
+    rc, _, stderr = _cli(["prototype", "--model", ckpt, "--out", tmp_path / "o"], capsys)
+    assert rc == 2 and "records no dataset; pass --dataset NAME, or --lambda 0" in stderr
+
+
+def test_cli_visualize_channels_and_classes(checkpoint, tmp_path, capsys):
+    ckpt = checkpoint[0]
+    base = ["--model", ckpt, "--steps", "5", "--no-progress"]
+    rc, _, err = _cli(["visualize", *base, "--layer", "fc2", "--out", tmp_path / "c"], capsys)
+    assert rc == 0, err
+    data = json.loads((tmp_path / "c" / "visualizations.json").read_text())
+    assert [i["label"] for i in data["images"]] == [f"fc2:{i}" for i in range(16)]
+    assert (tmp_path / "c" / "image_015_fc2-15.png").is_file()
+    rc, _, err = _cli(
+        ["visualize", *base, "--class", "2,7", "--param", "pixel", "--out", tmp_path / "k"],
+        capsys,
+    )
+    assert rc == 0, err
+    data = json.loads((tmp_path / "k" / "visualizations.json").read_text())
+    assert [i["label"] for i in data["images"]] == ["2", "7"]
+    assert all(0 <= i["class_prob"] <= 1 for i in data["images"])

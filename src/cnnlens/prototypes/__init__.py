@@ -15,6 +15,7 @@ from cnnlens.prototypes.class_prototypes import (
     class_means,
     class_prototypes,
     parse_classes,
+    parse_indices,
 )
 from cnnlens.prototypes.maximize import (
     VisualizationResult,
@@ -78,6 +79,7 @@ __all__ = [
     "evaluate",
     "gaussian_blur",
     "parse_classes",
+    "parse_indices",
     "standard_transforms",
     "visualize",
     "visualize_channels",

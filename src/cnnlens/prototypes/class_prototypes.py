@@ -185,6 +185,71 @@ def class_means(
     return (sums / counts[:, None]).reshape(-1, *shape)
 
 
+def parse_indices(
+    spec: int | str | Sequence[int | str] | None,
+    size: int,
+    *,
+    names: Sequence[str] | None = None,
+    what: str = "class",
+    owner: str = "the model",
+    error: type[Exception] = TargetError,
+) -> list[int]:
+    """Indices from an index, a name, a range text (``"0-9"``, ``"1,3,5-7"``) or a list.
+
+    Args:
+        spec: what the user gave; None means all of ``range(size)``.
+        size: valid indices are ``0..size-1``.
+        names: names accepted in place of indices (class names).
+        what: the word used in error messages (``"class"``, ``"channel"``).
+        owner: what has the indices, for messages (``"the model"``, ``"layer 'fc'"``).
+        error: the error type raised.
+
+    Raises:
+        ``error``: for an index out of range, an empty range or an unknown name.
+    """
+    if spec is None:
+        return list(range(size))
+    items: list[int | str]
+    if isinstance(spec, str):
+        items = [part.strip() for part in spec.split(",") if part.strip()]
+    elif isinstance(spec, int):
+        items = [spec]
+    else:
+        items = list(spec)
+    known = list(names) if names else []
+    out: list[int] = []
+    for item in items:
+        if isinstance(item, bool):
+            raise error(f"a {what} must be an index or a name, got {item!r}")
+        if isinstance(item, int):
+            out.append(item)
+        elif isinstance(item, str) and item in known:
+            out.append(known.index(item))
+        elif isinstance(item, str) and item.lstrip("-").isdigit():
+            out.append(int(item))
+        elif (
+            isinstance(item, str)
+            and "-" in item
+            and all(part.strip().isdigit() for part in item.split("-", 1))
+        ):
+            lo, hi = (int(part) for part in item.split("-", 1))
+            if hi < lo:
+                raise error(f"{what} range {item!r} is empty; write it low-high")
+            out.extend(range(lo, hi + 1))
+        else:
+            options = ", ".join(known) if known else f"indices 0..{size - 1}"
+            raise error(f"{what} {item!r} is not known to {owner}; it knows: {options}")
+    if not out:
+        raise error(f"no {what} given; give at least one index{' or name' if known else ''}")
+    bad = [c for c in out if not 0 <= c < size]
+    if bad:
+        plural = what + ("es" if what.endswith("s") else "s")
+        raise error(
+            f"{what} index {bad[0]} is out of range; {owner} has {size} {plural} (0..{size - 1})"
+        )
+    return out
+
+
 def parse_classes(
     classes: int | str | Sequence[int | str] | None,
     class_names: Sequence[str] | None,
@@ -195,47 +260,7 @@ def parse_classes(
     Raises:
         TargetError: for an index out of range or a name the model does not know.
     """
-    if classes is None:
-        return list(range(num_classes))
-    items: list[int | str]
-    if isinstance(classes, str):
-        items = [part.strip() for part in classes.split(",") if part.strip()]
-    elif isinstance(classes, int):
-        items = [classes]
-    else:
-        items = list(classes)
-    names = list(class_names) if class_names else []
-    out: list[int] = []
-    for item in items:
-        if isinstance(item, bool):
-            raise TargetError(f"classes must be indices or names, got {item!r}")
-        if isinstance(item, int):
-            out.append(item)
-        elif isinstance(item, str) and item in names:
-            out.append(names.index(item))
-        elif isinstance(item, str) and item.lstrip("-").isdigit():
-            out.append(int(item))
-        elif (
-            isinstance(item, str)
-            and "-" in item
-            and all(part.strip().isdigit() for part in item.split("-", 1))
-        ):
-            lo, hi = (int(part) for part in item.split("-", 1))
-            if hi < lo:
-                raise TargetError(f"class range {item!r} is empty; write it low-high")
-            out.extend(range(lo, hi + 1))
-        else:
-            known = ", ".join(names) if names else f"indices 0..{num_classes - 1}"
-            raise TargetError(f"class {item!r} is not known to the model; it knows: {known}")
-    if not out:
-        raise TargetError("classes is empty; give at least one class index or name")
-    bad = [c for c in out if not 0 <= c < num_classes]
-    if bad:
-        raise TargetError(
-            f"class index {bad[0]} is out of range; the model has {num_classes} classes "
-            f"(0..{num_classes - 1})"
-        )
-    return out
+    return parse_indices(classes, num_classes, names=class_names, what="class")
 
 
 def _fit_start(image: Tensor, shape: tuple[int, int, int]) -> Tensor:

@@ -62,11 +62,14 @@ def _caption(name: str, prob: float) -> str:
     return label_with_prob(name, prob)
 
 
-def _rows(items: list[Any], ncol: int) -> list[list[Any]]:
+def _rows(items: list[Any], max_cols: int) -> list[list[Any]]:
+    """Items in rows of at most ``max_cols``, the rows as even as possible (10 -> 5 + 5)."""
+    n_rows = -(-len(items) // max_cols)
+    ncol = -(-len(items) // n_rows)
     return [items[i : i + ncol] for i in range(0, len(items), ncol)]
 
 
-def prototype_figure(result: PrototypeResult, *, ncol: int = 10) -> Figure:
+def prototype_figure(result: PrototypeResult, *, max_cols: int = 6) -> Figure:
     """Prototypes with their class and final probability; from a start image, three rows:
     the start, the prototype and the change (diverging colours, symmetric range)."""
     from cnnlens.viz import Panel, grid
@@ -77,13 +80,22 @@ def prototype_figure(result: PrototypeResult, *, ncol: int = 10) -> Figure:
     title = f"class prototypes ({result.init} start, λ = {result.lam:g}, {result.steps} steps)"
     if result.init != "image":
         cells = [Panel(img, caption=cap) for img, cap in zip(result.images, captions, strict=True)]
-        return grid(_rows(cells, ncol), title=title)
+        return grid(_rows(cells, max_cols), title=title)
     cols = list(range(len(result.classes)))
     m = float(result.diff.mean(1).abs().max()) or 1.0
     cells = [
         [Panel(result.start[i]) for i in cols],
         [Panel(result.images[i], caption=captions[i]) for i in cols],
-        [Panel(result.diff[i].mean(0), cmap="bwr", vmin=-m, vmax=m) for i in cols],
+        [
+            Panel(
+                result.diff[i].mean(0),
+                caption=f"max |Δ| = {float(result.diff[i].mean(0).abs().max()):.2f}",
+                cmap="bwr",
+                vmin=-m,
+                vmax=m,
+            )
+            for i in cols
+        ],
     ]
     return grid(
         cells,
@@ -93,15 +105,18 @@ def prototype_figure(result: PrototypeResult, *, ncol: int = 10) -> Figure:
     )
 
 
-def visualization_figure(result: VisualizationResult, *, ncol: int = 8) -> Figure:
-    """Activation-maximization images in a grid, captioned with their label and value."""
+def visualization_figure(result: VisualizationResult, *, max_cols: int = 8) -> Figure:
+    """Activation-maximization images in a grid, captioned with their class and probability
+    (class objectives) or their label and objective value."""
     from cnnlens.viz import Panel, grid
 
-    cells = [
-        Panel(img, caption=f"{label} = {float(v):.3g}")
-        for img, label, v in zip(result.images, result.labels, result.values, strict=True)
-    ]
-    return grid(_rows(cells, ncol), title=result.objective)
+    probs = result.class_probs()
+    if probs is not None:
+        captions = [_caption(label, p) for label, p in zip(result.labels, probs, strict=True)]
+    else:
+        captions = [f"{lab} = {float(v):.3g}" for lab, v in zip(result.labels, result.values)]
+    cells = [Panel(img, caption=cap) for img, cap in zip(result.images, captions, strict=True)]
+    return grid(_rows(cells, max_cols), title=result.objective)
 
 
 def _write_all(files: dict[Path, bytes]) -> dict[str, Path]:

@@ -61,6 +61,7 @@ class VisualizationResult:
         seed: the seed of the run.
         param: ``"fft"`` or ``"pixel"``.
         probs: the model's softmax output for the final images (B, N), for captions.
+        classes: the class of each image when the objective is a class (else None).
     """
 
     images: Tensor
@@ -73,6 +74,7 @@ class VisualizationResult:
     param: str
     probs: Tensor | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    classes: list[int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (no pixels)."""
@@ -91,7 +93,15 @@ class VisualizationResult:
             top = self.probs.max(1)
             for item, p, c in zip(out["images"], top.values, top.indices, strict=True):
                 item["top_class"], item["top_prob"] = int(c), float(p)
+        for item, p in zip(out["images"], self.class_probs() or [], strict=False):
+            item["class_prob"] = p
         return out
+
+    def class_probs(self) -> list[float] | None:
+        """The probability of each image's class (class objectives only)."""
+        if self.classes is None or self.probs is None:
+            return None
+        return [float(self.probs[i, c]) for i, c in enumerate(self.classes)]
 
 
 def _check_positive(value: int, name: str) -> None:
@@ -321,4 +331,6 @@ def visualize_classes(
     else:
         raise InputError(f"score must be 'logprob', 'prob' or 'logit', got {score!r}")
     names = [class_names[i] if class_names and 0 <= i < len(class_names) else str(i) for i in idx]
-    return visualize(model, objective, shape, batch=len(idx), labels=names, **options)
+    result = visualize(model, objective, shape, batch=len(idx), labels=names, **options)
+    result.classes = idx
+    return result

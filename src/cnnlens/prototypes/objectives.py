@@ -123,7 +123,13 @@ class Sum(Objective):
         return torch.stack([term(ctx) for term in self.terms]).sum(0)
 
     def describe(self) -> str:
-        return " + ".join(term.describe() for term in self.terms)
+        text = self.terms[0].describe()
+        for term in self.terms[1:]:
+            if isinstance(term, Scaled) and term.weight < 0:
+                text += f" - {Scaled(term.objective, -term.weight).describe()}"
+            else:
+                text += f" + {term.describe()}"
+        return text
 
 
 class Scaled(Objective):
