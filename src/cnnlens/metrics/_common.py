@@ -1,0 +1,213 @@
+"""Shared plumbing of the metrics: input checks, targets, probabilities, batched forwards.
+
+Everything here speaks torch on the model's device. Inputs a user can get wrong (maps with
+NaN, masks of the wrong size or not binary, targets out of range) raise
+:class:`cnnlens.errors.InputError` / :class:`cnnlens.errors.TargetError` before any work
+is done, so nothing is half-computed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cnnlens.core.capture import frozen
+from cnnlens.core.targets import resolve_targets
+from cnnlens.errors import InputError, TargetError
+
+Activation = Literal["softmax", "sigmoid"] | None
+ACTIVATIONS = ("softmax", "sigmoid", None)
+
+
+@contextmanager
+def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode, frozen parameters and no autograd; every flag restored on exit
+    (:func:`cnnlens.core.capture.frozen` plus ``torch.no_grad``)."""
+    with frozen(model), torch.no_grad():
+        yield model
+
+
+def model_device(model: nn.Module, fallback: torch.device) -> torch.device:
+    """The device of the model's first parameter or buffer (``fallback`` when it has none)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return fallback
+
+
+def check_activation(activation: Activation) -> None:
+    if activation not in ACTIVATIONS:
+        raise InputError(f"activation must be 'softmax', 'sigmoid' or None, got {activation!r}")
+
+
+def probabilities(logits: Tensor, activation: Activation) -> Tensor:
+    """Class probabilities (B, N) in float32: softmax (single-label), sigmoid (multi-label)
+    or the raw scores (``None``)."""
+    if not isinstance(logits, Tensor) or logits.dim() != 2:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise InputError(f"the model must return class scores of shape (B, N), got {shape}")
+    logits = logits.float()
+    if activation == "softmax":
+        return logits.softmax(dim=1)
+    if activation == "sigmoid":
+        return logits.sigmoid()
+    return logits
+
+
+def check_images(x: Tensor, name: str = "x") -> Tensor:
+    """Images as (B, C, H, W); a single (C, H, W) image gains a batch axis."""
+    if not isinstance(x, Tensor):
+        raise InputError(f"{name} must be a tensor (B, C, H, W), got {type(x).__name__}")
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    if x.dim() != 4:
+        raise InputError(f"{name} must have shape (B, C, H, W) or (C, H, W), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise InputError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    return x
+
+
+def check_maps(maps: Tensor, batch: int | None = None, name: str = "maps") -> Tensor:
+    """Maps as float (B, H, W): accepts (H, W), (B, H, W) and (B, 1, H, W).
+
+    Raises:
+        InputError: for another shape, a batch size that differs from the images', or
+            NaN / infinite values.
+    """
+    if not isinstance(maps, Tensor):
+        raise InputError(f"{name} must be a tensor (B, H, W), got {type(maps).__name__}")
+    if maps.dim() == 2:
+        maps = maps.unsqueeze(0)
+    elif maps.dim() == 4:
+        if maps.shape[1] != 1:
+            raise InputError(
+                f"{name} must be one map per image, (B, H, W); got {tuple(maps.shape)}: "
+                f"select one target's maps (e.g. exp.maps[:, 0]) or reduce the channels"
+            )
+        maps = maps[:, 0]
+    elif maps.dim() != 3:
+        raise InputError(f"{name} must have shape (B, H, W), got {tuple(maps.shape)}")
+    if batch is not None and maps.shape[0] != batch:
+        if maps.shape[0] == 1:
+            maps = maps.expand(batch, -1, -1)
+        else:
+            raise InputError(
+                f"{name} has {maps.shape[0]} maps but there are {batch} images; give one map "
+                f"per image"
+            )
+    maps = maps.float() if not maps.is_floating_point() else maps
+    bad = ~torch.isfinite(maps).flatten(1).all(dim=1)
+    if bool(bad.any()):
+        idx = bad.nonzero().flatten().tolist()
+        raise InputError(f"{name} contain NaN or infinite values (image(s) {idx[:10]})")
+    return maps
+
+
+def check_masks(masks: Tensor, maps: Tensor, name: str = "masks") -> Tensor:
+    """Ground-truth masks as bool (B, H, W) matching ``maps`` (B, H, W).
+
+    Accepts bool or 0/1 numbers, shape (H, W) (shared by the batch), (B, H, W) or
+    (B, 1, H, W). Warns about empty masks (their scores are NaN).
+
+    Raises:
+        InputError: for a size that differs from the maps' or values other than 0 and 1.
+    """
+    if not isinstance(masks, Tensor):
+        raise InputError(f"{name} must be a tensor (B, H, W), got {type(masks).__name__}")
+    batch, h, w = maps.shape
+    if masks.dim() == 4 and masks.shape[1] == 1:
+        masks = masks[:, 0]
+    if masks.dim() == 2:
+        masks = masks.unsqueeze(0)
+    if masks.dim() != 3 or tuple(masks.shape[1:]) != (h, w):
+        raise InputError(f"{name} must have the maps' size (B, {h}, {w}), got {tuple(masks.shape)}")
+    if masks.shape[0] not in (1, batch):
+        raise InputError(f"{name} has {masks.shape[0]} masks but there are {batch} maps")
+    if masks.dtype != torch.bool:
+        if masks.is_complex() or not bool(((masks == 0) | (masks == 1)).all()):
+            raise InputError(f"{name} must be binary (bool or 0/1 values), got other values")
+        masks = masks != 0
+    masks = masks.to(maps.device).expand(batch, h, w)
+    empty = ~masks.flatten(1).any(dim=1)
+    if bool(empty.any()):
+        idx = empty.nonzero().flatten().tolist()
+        warnings.warn(
+            f"{name}: empty ground-truth mask for image(s) {idx[:10]}; their scores are NaN",
+            stacklevel=3,
+        )
+    return masks
+
+
+def fit_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Maps resized bilinearly (align_corners=False) to the images' ``size`` if needed."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(
+        maps.unsqueeze(1).float(), size=size, mode="bilinear", align_corners=False
+    ).squeeze(1)
+
+
+def resolve_class_targets(target: object, logits: Tensor) -> Tensor:
+    """One class index per image, long (B,), from None (top class) | int | sequence | (B,)."""
+    if callable(target) and not isinstance(target, Tensor):
+        raise TargetError(
+            "metrics need one class index per image (None, an int or a sequence), "
+            "not a callable target"
+        )
+    resolved = resolve_targets(target, logits)
+    if not resolved.per_image or resolved.k != 1:
+        raise TargetError(
+            f"metrics need one class index per image, shape ({logits.shape[0]},); "
+            f"got {tuple(resolved.indices.shape)}"
+        )
+    return resolved.indices[:, 0].to(logits.device)
+
+
+def batched_target_probs(
+    model: nn.Module,
+    make_batch: Iterator[tuple[Tensor, Tensor]],
+    activation: Activation,
+) -> Tensor:
+    """Run ``model`` on each (inputs, class indices) chunk; the target's probability per row.
+
+    The caller wraps this in :func:`frozen_eval`.
+    """
+    out = []
+    for inputs, classes in make_batch:
+        probs = probabilities(model(inputs), activation)
+        out.append(probs.gather(1, classes.view(-1, 1)).squeeze(1))
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+def check_fractions(fractions: Sequence[float] | Tensor, name: str = "fractions") -> Tensor:
+    """Fractions as a sorted float64 1-D CPU tensor with values in [0, 1]."""
+    f = torch.as_tensor(fractions, dtype=torch.float64).flatten()
+    if f.numel() == 0 or not bool(((f >= 0) & (f <= 1)).all()):
+        raise InputError(f"{name} must be values in [0, 1], got {f.tolist()}")
+    if not bool((f[1:] > f[:-1]).all()):
+        raise InputError(f"{name} must be strictly increasing, got {f.tolist()}")
+    return f
+
+
+def order_ranks(maps: Tensor, descending: bool = True) -> Tensor:
+    """Rank of each pixel, long (B, H*W): 0 for the first pixel to perturb.
+
+    A stable sort, so tied pixels are taken in raster order.
+    """
+    flat = maps.flatten(1)
+    order = torch.argsort(flat, dim=1, descending=descending, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
+    return ranks
