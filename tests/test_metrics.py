@@ -510,3 +510,63 @@ def test_aggregate_bootstrap():
     assert math.isnan(M.aggregate([float("nan")]).mean)
     with pytest.raises(InputError, match="method"):
         M.aggregate(values, method="normal")
+
+
+# --------------------------------------------------------------------------- evaluate helpers
+
+
+def test_evaluate_maps_equals_the_individual_metrics():
+    model = tiny_cnn(3)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 8, 8, generator=g)
+    maps = torch.rand(2, 8, 8, generator=g)
+    masks = torch.rand(2, 8, 8, generator=g) > 0.5
+    opts = {"deletion": {"step": 8}, "insertion": {"step": 8}, "road": {"fractions": (0.3, 0.6)}}
+    out = M.evaluate_maps(model, x, maps, target=[1, 2], masks=masks, options=opts)
+    assert list(out) == M.list_metrics()
+    kw = {"target": [1, 2]}
+    expect = {
+        "deletion": M.deletion(model, x, maps, step=8, **kw).auc,
+        "insertion": M.insertion(model, x, maps, step=8, **kw).auc,
+        "average_drop": M.average_drop(model, x, maps, **kw),
+        "road_morf": M.road(model, x, maps, fractions=(0.3, 0.6), **kw).mean,
+        "pointing_game": M.pointing_game(maps, masks),
+        "iou": M.iou(maps, masks),
+        "entropy": M.entropy(maps),
+    }
+    for name, value in expect.items():
+        assert torch.allclose(out[name], value, atol=1e-6), name
+    no_masks = M.evaluate_maps(model, x, maps, metrics=None, options=opts)
+    assert "pointing_game" not in no_masks and "deletion" in no_masks
+    with pytest.raises(InputError, match="need ground-truth masks"):
+        M.evaluate_maps(model, x, maps, metrics=["iou"])
+    with pytest.raises(InputError, match="unknown metric"):
+        M.evaluate_maps(model, x, maps, metrics=["accuracy"])
+
+
+def test_score_methods_with_baselines_and_summary():
+    from cnnlens import list_methods
+
+    if "gradcam" not in list_methods():
+        pytest.skip("gradcam is not registered")
+    model = tiny_cnn(4)
+    x = torch.randn(3, 3, 8, 8)
+    masks = torch.zeros(3, 8, 8, dtype=torch.bool)
+    masks[:, 2:6, 2:6] = True
+    scores = M.score_methods(
+        model,
+        x,
+        ["gradcam"],
+        masks=masks,
+        metrics=["pointing_game", "sparseness"],
+        method_options={"gradcam": {"layer": "2"}},
+    )
+    assert list(scores) == ["gradcam", "random", "centre"]
+    # the centre baseline's maximum lies in the central 4 x 4 square: always a hit
+    assert scores["centre"]["pointing_game"].tolist() == [1.0, 1.0, 1.0]
+    rnd = M.random_maps(torch.zeros(3, 8, 8), seed=0)
+    assert torch.allclose(scores["random"]["sparseness"], M.sparseness(rnd))
+    rows = M.summarize(scores)
+    assert len(rows) == 6
+    row = next(r for r in rows if r["method"] == "centre" and r["metric"] == "pointing_game")
+    assert row["mean"] == 1.0 and row["higher_is_better"] is True and row["n"] == 3

@@ -16,6 +16,15 @@ from __future__ import annotations
 from cnnlens.metrics.aggregate import Summary, aggregate
 from cnnlens.metrics.baselines import centre_maps, random_maps
 from cnnlens.metrics.complexity import entropy, sparseness
+from cnnlens.metrics.evaluate import (
+    BASELINES,
+    METRICS,
+    MetricInfo,
+    evaluate_maps,
+    list_metrics,
+    score_methods,
+    summarize,
+)
 from cnnlens.metrics.faithfulness import (
     ConfidenceResult,
     CurveResult,
@@ -48,8 +57,11 @@ from cnnlens.metrics.sanity import (
 from cnnlens.metrics.similarity import spearman, ssim
 
 __all__ = [
+    "BASELINES",
+    "METRICS",
     "ConfidenceResult",
     "CurveResult",
+    "MetricInfo",
     "PermutedLabels",
     "SanityResult",
     "Summary",
@@ -63,10 +75,12 @@ __all__ = [
     "deletion",
     "energy_pointing_game",
     "entropy",
+    "evaluate_maps",
     "increase_in_confidence",
     "independent_randomization",
     "insertion",
     "iou",
+    "list_metrics",
     "make_substrate",
     "noisy_linear_impute",
     "pointing_game",
@@ -75,8 +89,10 @@ __all__ = [
     "relevance_rank_accuracy",
     "road",
     "road_combined",
+    "score_methods",
     "sparseness",
     "spearman",
     "ssim",
+    "summarize",
     "train_on_permuted_labels",
 ]

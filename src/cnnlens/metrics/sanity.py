@@ -279,10 +279,14 @@ def _param_layers_in_forward_order(model: nn.Module, x: Tensor) -> list[str]:
     return order
 
 
-def _resolve_step_layers(model: nn.Module, x: Tensor, layers: Sequence[Any] | None) -> list[str]:
-    """Layer names from the head down to the input (the given order, when given)."""
+def _resolve_step_layers(
+    model: nn.Module, work: nn.Module, x: Tensor, layers: Sequence[Any] | None
+) -> list[str]:
+    """Layer names from the head down to the input (the given order, when given); names
+    and modules are looked up in the user's ``model``, the forward order is taken on its
+    copy ``work``."""
     if layers is None:
-        names = list(reversed(_param_layers_in_forward_order(model, x)))
+        names = list(reversed(_param_layers_in_forward_order(work, x)))
         if not names:
             raise ModelError(f"model {type(model).__name__} has no parameters to randomize")
         return names
@@ -339,7 +343,7 @@ def _run(
 ) -> SanityResult:
     name, fn, x, targets = _setup(model, x, method, target, output, threshold, criterion, options)
     work = copy.deepcopy(model)
-    step_layers = _resolve_step_layers(work, x, layers)
+    step_layers = _resolve_step_layers(model, work, x, layers)
     batch = x.shape[0]
     compare = _Comparer(_as_2d(fn(work, x, targets), batch, "reference"))
     rows = [compare(_as_2d(fn(work, x, targets), batch, "original"))]
