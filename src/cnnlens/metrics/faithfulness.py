@@ -149,7 +149,9 @@ def _original(
 ) -> tuple[Tensor, Tensor]:
     """The target classes (B,) and their probabilities (B,) on the unperturbed images."""
     outs = [model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
-    logits = torch.cat([o if isinstance(o, Tensor) else torch.as_tensor(o) for o in outs])
+    for o in outs:
+        probabilities(o, activation)  # raises a clear error for a non-classifier output
+    logits = torch.cat(outs)
     probs = probabilities(logits, activation)
     targets = resolve_class_targets(target, logits)
     return targets, probs.gather(1, targets.view(-1, 1)).squeeze(1)
