@@ -189,21 +189,20 @@ def method_options(cls: type, options: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k in params}
 
 
-def scalar_extras(extras: Mapping[str, Any], index: tuple[int, ...]) -> dict[str, float]:
-    """Per-map scalars from an explanation's ``extras`` (e.g. integrated gradients' ``delta``
-    (B,) or (B, K)) at ``index`` = ``(i,)`` or ``(i, k)``."""
+def scalar_extras(
+    extras: Mapping[str, Any], index: tuple[int, ...], shape: Sequence[int]
+) -> dict[str, float]:
+    """Per-map scalars from an explanation's ``extras``: the float tensors of exactly the
+    targets' ``shape`` ((B,) or (B, K), e.g. integrated gradients' ``delta``), read at
+    ``index`` = ``(i,)`` or ``(i, k)``."""
     out: dict[str, float] = {}
     for key, value in extras.items():
-        if not isinstance(value, Tensor) or value.dim() == 0:
-            continue
-        v = value
-        for j in index:
-            if v.dim() == 0 or v.shape[0] <= j:
-                break
-            v = v[j]
-        else:
-            if v.numel() == 1 and v.is_floating_point():
-                out[key] = float(v)
+        if (
+            isinstance(value, Tensor)
+            and value.is_floating_point()
+            and tuple(value.shape) == tuple(shape)
+        ):
+            out[key] = float(value[index])
     return out
 
 
@@ -548,7 +547,9 @@ def _digits_step(run: _Run, net: nn.Module, train_set: Any, test_set: Any) -> di
                     target=t,
                     class_name=names[t],
                     layer=exp.layer,
-                    stats=map_stats(exp.maps[i], raw, scalar_extras(exp.extras, (i,))),
+                    stats=map_stats(
+                        exp.maps[i], raw, scalar_extras(exp.extras, (i,), exp.targets.shape)
+                    ),
                 )
             )
         shown = show_input(x[i], preset=preset, min_side=cfg.png_side)

@@ -30,6 +30,7 @@ __all__ = [
     "device_option",
     "load_model",
     "parse_class_list",
+    "parse_method_options",
     "progress_bar",
     "resolve_device",
     "split_values",
@@ -157,6 +158,60 @@ def split_values(values: Iterable[Any] | None) -> list[str]:
     out: list[str] = []
     for value in values or []:
         out.extend(part.strip() for part in str(value).split(",") if part.strip())
+    return out
+
+
+def _value(raw: str) -> Any:
+    """``"3"`` -> 3, ``"0.5"`` -> 0.5, ``"true"`` -> True, ``"none"`` -> None, else the text."""
+    low = raw.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    return raw.strip()
+
+
+def parse_method_options(
+    values: Sequence[str] | None, methods: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Per-method options from ``KEY=VALUE`` (every method whose constructor takes KEY) and
+    ``METHOD.KEY=VALUE`` (that method only) texts.
+
+    Returns:
+        method name -> its options (only for methods in ``methods``).
+
+    Raises:
+        InputError: a text that is not ``[METHOD.]KEY=VALUE``, a METHOD that is not among
+            ``methods``, or a KEY that none of the methods it applies to takes.
+    """
+    from cnnlens.core.registry import get_method
+    from cnnlens.demo import method_options
+
+    out: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    for text in values or []:
+        key, sep, raw = str(text).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InputError(f"--option must look like KEY=VALUE or METHOD.KEY=VALUE, got {text!r}")
+        method, dot, name = key.rpartition(".")
+        if dot and method not in out:
+            raise InputError(
+                f"--option {text!r} names method {method!r}, which is not among the methods "
+                f"run ({', '.join(methods)})"
+            )
+        targets = [method] if dot else list(methods)
+        took = [m for m in targets if method_options(get_method(m), {name: None})]
+        if not took:
+            raise InputError(
+                f"--option {text!r}: no method among {', '.join(targets)} takes an option {name!r}"
+            )
+        for m in took:
+            out[m][name] = _value(raw)
     return out
 
 

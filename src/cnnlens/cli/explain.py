@@ -211,6 +211,7 @@ def run_explain(
     out: str | Path,
     weights: str | None = None,
     methods: Sequence[str] = ("gradcam",),
+    options: Sequence[str] = (),
     targets: Sequence[str] = (),
     target_names: Sequence[str] = (),
     topk: int | None = None,
@@ -233,6 +234,8 @@ def run_explain(
         out: the output folder.
         weights: weights for a model name (a file, or a torchvision name like ``DEFAULT``).
         methods: registry names, ``"all"`` for every registered method (comma lists work).
+        options: method options, ``KEY=VALUE`` (every method that takes KEY) or
+            ``METHOD.KEY=VALUE`` (e.g. ``rise.n_masks=1000``).
         targets: class indices (or ranges) to explain; default the top class.
         target_names: class names to explain.
         topk: explain each image's K most probable classes.
@@ -255,6 +258,7 @@ def run_explain(
         class_names_for,
         load_model,
         parse_class_list,
+        parse_method_options,
         progress_bar,
         resolve_device,
         split_values,
@@ -286,6 +290,7 @@ def run_explain(
     if not inputs:
         raise InputError("give at least one image file or folder to explain")
     method_names = _expand_methods(methods)
+    per_method = parse_method_options(options, method_names)
     files, skipped = collect_images(inputs)
     if not files:
         raise ImageError(
@@ -366,7 +371,13 @@ def run_explain(
                 t0 = time.perf_counter()
                 try:
                     exps[name] = cnnlens.explain(
-                        net, x, method=name, target=target, layer=layer, topk=topk
+                        net,
+                        x,
+                        method=name,
+                        target=target,
+                        layer=layer,
+                        topk=topk,
+                        **per_method[name],
                     )
                 except ModelError as err:
                     if len(method_names) == 1:
@@ -398,7 +409,7 @@ def run_explain(
                             explained.append(int(t))
                         index = (j,) if per_class else (j, k)
                         raw = exp.raw[index] if exp.raw.dim() == exp.maps.dim() + 1 else None
-                        extras = scalar_extras(exp.extras, index)
+                        extras = scalar_extras(exp.extras, index, exp.targets.shape)
                         for lname, lmaps in layered.items():
                             m = lmaps[index]
                             signed = signed_view(cls, raw, m)
@@ -492,6 +503,11 @@ def explain_command(
     layer: list[str] | None = typer.Option(
         None, "--layer", help="Layer for CAM methods (repeat: one map per layer)."
     ),
+    option: list[str] | None = typer.Option(
+        None,
+        "--option",
+        help="Method option KEY=VALUE, or METHOD.KEY=VALUE (e.g. rise.n_masks=1000).",
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
     batch_size: int = typer.Option(16, "--batch-size", help="Images per forward pass."),
     title: str | None = typer.Option(None, "--title", help="Title of the report."),
@@ -504,6 +520,7 @@ def explain_command(
         out=out,
         weights=weights,
         methods=method or (),
+        options=option or (),
         targets=target or (),
         target_names=target_name or (),
         topk=topk,
