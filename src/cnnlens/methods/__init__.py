@@ -10,15 +10,40 @@ from cnnlens.methods.cam import (
     LayerCAM,
     XGradCAM,
 )
+from cnnlens.methods.gradients import (
+    Deconvnet,
+    GradientMethod,
+    GuidedBackprop,
+    GuidedGradCAM,
+    InputXGradient,
+    IntegratedGradients,
+    Saliency,
+)
+from cnnlens.methods.noise import SmoothGrad
+from cnnlens.methods.perturbation import RISE, Occlusion, PerturbationMethod
+from cnnlens.methods.score_cam import AblationCAM, ScoreCAM
 
 __all__ = [
     "CAM",
+    "RISE",
+    "AblationCAM",
     "BaseCAM",
+    "Deconvnet",
     "EigenCAM",
     "Explainer",
     "GradCAM",
     "GradCAMPlusPlus",
+    "GradientMethod",
+    "GuidedBackprop",
+    "GuidedGradCAM",
     "HiResCAM",
+    "InputXGradient",
+    "IntegratedGradients",
     "LayerCAM",
+    "Occlusion",
+    "PerturbationMethod",
+    "Saliency",
+    "ScoreCAM",
+    "SmoothGrad",
     "XGradCAM",
 ]

@@ -1,0 +1,304 @@
+"""Gradient-free CAMs that weight channels by forward passes: Score-CAM and Ablation-CAM.
+
+Both ask one question per (image, channel) of the chosen layer, in batched forwards of at
+most ``batch_size`` inputs under ``torch.inference_mode``. The answers for all K explained
+classes come from the same forwards: the weights of a layer are computed once per call and
+reused for every class.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cnnlens.core.explanation import Explanation
+from cnnlens.core.layers import LayersLike
+from cnnlens.core.registry import register
+from cnnlens.core.targets import TargetLike, Targets, logits_of
+from cnnlens.methods.base import BaseCAM
+from cnnlens.methods.perturbation import (
+    Runner,
+    check_flag,
+    check_int,
+    check_optional_int,
+    progress_bar,
+    row_scores,
+    warn_nonfinite,
+)
+
+__all__ = ["AblationCAM", "ScoreCAM"]
+
+_TINY = torch.finfo(torch.float32).tiny
+_EPS = torch.finfo(torch.float32).eps
+
+
+def _constant_channels(acts: Tensor) -> Tensor:
+    """(B, C) mask of channels whose (h, w) map is constant (same test as ``normalize_maps``)."""
+    flat = acts.flatten(2)
+    lo, hi = flat.amin(2), flat.amax(2)
+    return (hi - lo) <= _EPS * torch.maximum(hi.abs(), lo.abs()) + _TINY
+
+
+def _top_channels(acts: Tensor, k: int | None) -> Tensor:
+    """(B, C) mask of the ``k`` channels of largest spatial variance per image (all if None)."""
+    b, c = acts.shape[:2]
+    if k is None or k >= c:
+        return torch.ones(b, c, dtype=torch.bool, device=acts.device)
+    var = acts.flatten(2).var(dim=2, unbiased=False)
+    keep = torch.zeros(b, c, dtype=torch.bool, device=acts.device)
+    return keep.scatter_(1, var.topk(k, dim=1).indices, True)
+
+
+class _ForwardCAM(BaseCAM):
+    """Shared options and the per-call weight cache of Score-CAM and Ablation-CAM."""
+
+    needs_grad: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayersLike = None,
+        *,
+        batch_size: int = 32,
+        top_channels: int | None = None,
+        progress: bool = False,
+        channels_last: bool | None = None,
+        eval_mode: bool = True,
+    ) -> None:
+        super().__init__(model, layer, eval_mode=eval_mode)
+        self.batch_size = check_int("batch_size", batch_size)
+        self.top_channels = check_optional_int("top_channels", top_channels)
+        self.progress = bool(progress)
+        self.channels_last = check_flag("channels_last", channels_last)
+        self._weights: dict[str, Tensor] = {}
+
+    def channel_scores(self, acts: Tensor, ctx: dict[str, Any]) -> Tensor:
+        """Channel weights (B, C, K) of one layer for all K targets."""
+        raise NotImplementedError
+
+    def cam(self, acts: Tensor, grads: Tensor | None, ctx: dict[str, Any]) -> Tensor:
+        name = ctx["layer"]
+        if ctx["k"] == 0 or name not in self._weights:
+            self._weights[name] = self.channel_scores(acts, ctx)
+        w = self._weights[name][:, :, ctx["k"]]
+        return torch.einsum("bc,bchw->bhw", w.to(acts.dtype), acts)
+
+    def explain_batch(self, x: Tensor, target: TargetLike, topk: int | None) -> Explanation:
+        try:
+            return super().explain_batch(x, target, topk)
+        finally:
+            self._weights.clear()
+
+
+@register("scorecam")
+class ScoreCAM(_ForwardCAM):
+    """Score-CAM (Wang et al., 2020, arXiv:1910.01279).
+
+    Each channel's map, upsampled to the input size and min-max normalized to ``H^k``,
+    masks the input; the channel's weight is the softmax over channels of the increase in
+    the class score over the baseline image $X_b = 0$:
+
+    $$s_k = f_c(X \\odot H^k) - f_c(X_b), \\qquad
+    \\alpha_k = \\frac{e^{s_k}}{\\sum_{k'} e^{s_{k'}}}, \\qquad
+    M = \\mathrm{ReLU}\\Big(\\sum_k \\alpha_k A^k\\Big)$$
+
+    A channel whose upsampled map is constant normalizes to ``H^k = 0`` (a constant map
+    carries no location; this is also what a ``(A - min) / (max - min + eps)`` normalization
+    gives), so its masked input *is* the baseline and $s_k = 0$ exactly: it needs no
+    forward pass. It still takes part in the softmax with weight $e^0 / Z$ and adds the
+    constant $\\alpha_k A^k$ to every pixel. Since the softmax only sees differences, the one
+    forward of $X_b$ is made only when such channels exist.
+
+    ``top_channels=k`` keeps the k channels of largest spatial activation variance per
+    image (Faster Score-CAM); the others get weight 0. Channels whose masked score is not
+    finite are left out of the softmax, with a warning.
+
+    Args:
+        model: the network.
+        layer: see :class:`~cnnlens.methods.base.BaseCAM`.
+        batch_size: masked inputs per forward (the memory bound).
+        top_channels: number of channels kept by activation variance (None: all).
+        progress: show a rich progress bar.
+        channels_last: memory format of the masked forwards (None: automatic, see
+            :func:`~cnnlens.methods.perturbation.wants_channels_last`).
+        eval_mode: see :class:`~cnnlens.methods.base.Explainer`.
+
+    Example:
+        >>> ScoreCAM(model, layer="layer4", batch_size=64)(x, topk=3).maps  # doctest: +SKIP
+    """
+
+    def channel_scores(self, acts: Tensor, ctx: dict[str, Any]) -> Tensor:
+        x: Tensor = ctx["x"]
+        targets: Targets = ctx["targets"]
+        b, c = acts.shape[:2]
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        constant = _constant_channels(acts)
+        selected = _top_channels(acts, self.top_channels)
+        todo = (selected & ~constant).nonzero()  # (n, 2): image, channel
+        # s_k = f(X * H^k) - f(X_b); -inf leaves a channel out of the softmax.
+        scores = torch.full((b, c, targets.k), -math.inf, device=x.device)
+        runner = Runner(self.model, x, self.channels_last)
+        n_rows, bad = len(todo), 0
+        with (
+            progress_bar(self.progress, n_rows, f"{self.name} {ctx['layer']}") as advance,
+            torch.inference_mode(),
+        ):
+            for start in range(0, n_rows, self.batch_size):
+                img, ch = todo[start : start + self.batch_size].unbind(1)
+                masks = F.interpolate(
+                    acts[img, ch].unsqueeze(1), size=size, mode="bilinear", align_corners=False
+                )
+                lo = masks.amin(dim=(2, 3), keepdim=True)
+                hi = masks.amax(dim=(2, 3), keepdim=True)
+                masks = (masks - lo) / (hi - lo).clamp(min=_TINY)
+                s = row_scores(targets, runner(x[img] * masks.to(x.dtype)), img)
+                bad += int((~torch.isfinite(s)).any(dim=1).sum())
+                scores[img, ch] = torch.where(torch.isfinite(s), s, -math.inf)
+                advance(len(img))
+            flat = selected & constant
+            if bool(flat.any()):
+                scores = scores - self._baseline_scores(runner, x, targets)[:, None, :]
+                scores[flat] = 0.0
+        warn_nonfinite(self.name, bad, n_rows, "masked inputs")
+        scores = scores.clone()
+        weights = torch.softmax(scores, dim=1)
+        return torch.nan_to_num(weights, nan=0.0)  # all channels left out: weights 0
+
+    def _baseline_scores(self, runner: Runner, x: Tensor, targets: Targets) -> Tensor:
+        """f_c(X_b) for every image and target, (B, K): one forward of a zero image when the
+        targets are class indices."""
+        b = x.shape[0]
+        rows = torch.arange(b, device=x.device)
+        if targets.fn is None:
+            logits = logits_of(runner(torch.zeros_like(x[:1]))).float()
+            return logits.expand(b, -1).gather(1, targets.indices.to(logits.device))
+        return row_scores(targets, runner(torch.zeros_like(x)), rows)
+
+
+@register("ablationcam")
+class AblationCAM(_ForwardCAM):
+    """Ablation-CAM (Desai & Ramaswamy, 2020, WACV): each channel is weighted by the
+    relative drop of the class score when that channel of the layer is set to
+    ``ablation_value`` (zero, as in the paper):
+
+    $$w_k = \\frac{y_c - y_c^{(k)}}{|y_c|}, \\qquad M = \\mathrm{ReLU}\\Big(\\sum_k w_k
+    A^k\\Big)$$
+
+    The paper divides by $y_c$; dividing by $|y_c|$ gives the same map for a positive score
+    and keeps the sign of every weight when the score is negative (with $|y_c|$ at zero the
+    drop itself is used). A channel that already equals ``ablation_value`` everywhere (a
+    dead ReLU channel) cannot change the output, so its weight is 0 with no forward pass.
+    The ablated activations replace the layer's output through a forward hook that lives
+    for the call; a module that runs several times per forward is ablated at its last run,
+    the output the map is made of. ``top_channels`` and non-finite scores are handled as in
+    :class:`ScoreCAM` (weight 0).
+
+    Args:
+        model: the network.
+        layer: see :class:`~cnnlens.methods.base.BaseCAM`.
+        ablation_value: the value an ablated channel is set to.
+        batch_size, top_channels, progress, channels_last, eval_mode: see
+            :class:`ScoreCAM`.
+
+    Example:
+        >>> AblationCAM(model, layer="layer4")(x, target=3).maps         # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayersLike = None,
+        *,
+        ablation_value: float = 0.0,
+        batch_size: int = 32,
+        top_channels: int | None = None,
+        progress: bool = False,
+        channels_last: bool | None = None,
+        eval_mode: bool = True,
+    ) -> None:
+        super().__init__(
+            model,
+            layer,
+            batch_size=batch_size,
+            top_channels=top_channels,
+            progress=progress,
+            channels_last=channels_last,
+            eval_mode=eval_mode,
+        )
+        self.ablation_value = float(ablation_value)
+
+    def channel_scores(self, acts: Tensor, ctx: dict[str, Any]) -> Tensor:
+        x: Tensor = ctx["x"]
+        targets: Targets = ctx["targets"]
+        b, c = acts.shape[:2]
+        module = dict(self.model.named_modules())[ctx["layer"]]
+        y = targets.scores(ctx["outputs"]).detach().float()  # (B, K)
+        already = (acts == self.ablation_value).flatten(2).all(dim=2)
+        selected = _top_channels(acts, self.top_channels)
+        todo = (selected & ~already).nonzero()
+        drops = torch.zeros(b, c, targets.k, device=x.device)
+        original = acts  # float32 copy taken before any ablated forward
+        runner = Runner(self.model, x, self.channels_last)
+        state: dict[str, Any] = {"calls": 0, "last": self._calls_per_forward(module, runner, x)}
+
+        def restart(_m: nn.Module, _args: object) -> None:
+            state["calls"] = 0
+
+        def ablate(_m: nn.Module, _i: object, out: object) -> object:
+            state["calls"] += 1
+            if state["calls"] != state["last"] or not isinstance(out, Tensor):
+                return None  # an earlier call of a module run several times: unchanged
+            return state["acts"].to(out.dtype)
+
+        n_rows, bad = len(todo), 0
+        handles = [
+            self.model.register_forward_pre_hook(restart),
+            module.register_forward_hook(ablate),
+        ]
+        try:
+            with (
+                progress_bar(self.progress, n_rows, f"{self.name} {ctx['layer']}") as advance,
+                torch.inference_mode(),
+            ):
+                for start in range(0, n_rows, self.batch_size):
+                    img, ch = todo[start : start + self.batch_size].unbind(1)
+                    ablated = original[img].clone()
+                    ablated[torch.arange(len(img), device=ablated.device), ch] = self.ablation_value
+                    state["acts"] = ablated
+                    s = row_scores(targets, runner(x[img]), img)
+                    finite = torch.isfinite(s)
+                    bad += int((~finite).any(dim=1).sum())
+                    drops[img, ch] = torch.where(finite, y[img] - s, torch.zeros_like(s))
+                    advance(len(img))
+        finally:
+            for handle in handles:
+                handle.remove()
+        warn_nonfinite(self.name, bad, n_rows, "ablated inputs")
+        scale = torch.where(y.abs() > _TINY, y.abs(), torch.ones_like(y))
+        return drops.clone() / scale[:, None, :]
+
+    def _calls_per_forward(self, module: nn.Module, runner: Runner, x: Tensor) -> int:
+        """How many times ``module`` runs in one forward (one image, no graph)."""
+        calls = [0]
+
+        def restart(_m: nn.Module, _args: object) -> None:
+            calls[0] = 0  # a forward retried in another memory format counts once
+
+        def count(_m: nn.Module, _i: object, _o: object) -> None:
+            calls[0] += 1
+
+        handles = [
+            self.model.register_forward_pre_hook(restart),
+            module.register_forward_hook(count),
+        ]
+        try:
+            with torch.inference_mode():
+                runner(x[:1])
+        finally:
+            for handle in handles:
+                handle.remove()
+        return max(calls[0], 1)
