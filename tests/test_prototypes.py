@@ -100,42 +100,69 @@ def mnist():
 # ---------------------------------------------------------------- class prototypes
 
 
-def test_mnist_prototypes_reach_099_and_leave_model_alone(mnist):
-    model, train_set, means = mnist
+@pytest.fixture(scope="module")
+def demo(mnist):
+    """The report's demo: ten prototypes from zeros and an 8 turned into a 3 and a 1."""
+    from cnnlens.prototypes.figures import demo_prototypes
+
+    model, train_set, _ = mnist
     model.train()
     before = _state(model)
-    res = class_prototypes(model, prior=means, preset="mnist", class_names=train_set.classes)
+    result = demo_prototypes(model, train_set, source_class=8, targets=(3, 1))
     after = _state(model)
-    assert before[:2] == after[:2] and after[3] == 0
+    model.eval()
+    return result, before, after
+
+
+def test_mnist_prototypes_reach_099_and_leave_model_alone(mnist, demo):
+    model, train_set, _ = mnist
+    result, before, after = demo
+    assert before[:2] == after[:2] and after[3] == 0  # train flags, requires_grad, no hooks
     assert all(g is None for g in after[2])  # no parameter .grad written
-    assert res.classes == list(range(10))
+    res = result.all_classes
+    assert res.classes == list(range(10)) and res.class_names == train_set.classes
     assert res.probs.min() >= 0.99, res.probs
     assert res.predicted == list(range(10))
     assert 0 < res.steps < res.max_steps and bool(res.reached.all())
     # the probabilities reported are those of the returned (display-space) images
-    model.eval()
     with torch.no_grad():
         p = torch.softmax(model((res.images - 0.1307) / 0.3081), 1)
     assert torch.allclose(p[torch.arange(10), torch.arange(10)], res.probs, atol=1e-4)
     assert res.images.min() >= 0 and res.images.max() <= 1
     # early stop: the state before the last step had not reached the target yet
-    assert min(res.history[-1:]) < 0.99
+    assert res.history[-1] < 0.99 and len(res.history) == res.steps
 
 
-def test_from_an_eight_to_three_and_one_stays_close_to_the_eight(mnist):
-    model, train_set, means = mnist
+def test_from_an_eight_to_three_and_one_stays_close_to_the_eight(mnist, demo):
+    _, train_set, _ = mnist
+    result = demo[0]
     labels = train_set.tensors()[1]
-    idx = int((labels == 8).nonzero()[0])
-    eight = train_set[idx][0] * 0.3081 + 0.1307  # display space
-    turned = class_prototypes(model, [3, 1], prior=means, preset="mnist", init=eight)
-    zero = class_prototypes(model, [3, 1], prior=means, preset="mnist", init="zeros")
-    assert turned.probs.min() >= 0.99 and zero.probs.min() >= 0.99
-    assert torch.allclose(turned.start, eight.expand(2, -1, -1, -1))
-    assert torch.allclose(turned.diff, turned.images - eight)
+    assert result.source_index == int((labels == 8).nonzero()[0])
+    eight = train_set[result.source_index][0] * 0.3081 + 0.1307  # display space
+    turned, zero = result.from_image, result.all_classes
+    assert turned.init == "image" and turned.classes == [3, 1]
+    assert turned.probs.min() >= 0.99
+    assert torch.allclose(turned.start, eight.expand(2, -1, -1, -1), atol=1e-6)
+    assert torch.allclose(turned.diff, turned.images - turned.start)
     d_turned = (turned.images - eight).flatten(1).norm(dim=1)
-    d_zero = (zero.images - eight).flatten(1).norm(dim=1)
+    d_zero = (zero.images[[3, 1]] - eight).flatten(1).norm(dim=1)
     assert (d_turned < d_zero).all(), (d_turned, d_zero)
-    assert torch.allclose(turned.distance_to_start(), d_turned)
+    assert torch.allclose(turned.distance_to_start(), d_turned, atol=1e-5)
+
+
+def test_demo_pictures_and_files(demo, tmp_path):
+    from cnnlens.report.content import Prototype
+
+    result = demo[0]
+    pics = result.pictures()
+    assert len(pics) == 11 and all(isinstance(p, Prototype) for p in pics)
+    assert pics[3].class_name == "3" and pics[3].index == 3 and "p = 0.99" in pics[3].caption
+    assert pics[3].image.size == (112, 112)
+    assert "what makes it 3 or 1" in pics[10].caption
+    written = result.save(tmp_path)
+    assert "all/grid.png" in written and "from_image/start.png" in written
+    assert (tmp_path / "all" / "class_09_9.png").is_file()
+    assert (tmp_path / "from_image" / "change_03_3.png").is_file()
 
 
 def test_one_step_matches_hand_computed_adam_update():

@@ -119,14 +119,32 @@ def visualization_figure(result: VisualizationResult, *, max_cols: int = 8) -> F
     return grid(_rows(cells, max_cols), title=result.objective)
 
 
-def _write_all(files: dict[Path, bytes]) -> dict[str, Path]:
+def _write_all(files: dict[Path, bytes], base: Path) -> dict[str, Path]:
+    """Write every file atomically; keys of the result are paths relative to ``base``."""
     from cnnlens.viz import atomic_write
 
-    return {path.name: atomic_write(path, data) for path, data in files.items()}
+    return {
+        path.relative_to(base).as_posix(): atomic_write(path, data) for path, data in files.items()
+    }
 
 
 def _json_bytes(data: dict[str, Any]) -> bytes:
     return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+def _prototype_files(result: PrototypeResult, out: Path) -> dict[Path, bytes]:
+    from cnnlens.viz import to_png_bytes
+
+    files: dict[Path, bytes] = {out / "grid.png": to_png_bytes(prototype_figure(result))}
+    for i, (c, name) in enumerate(zip(result.classes, result.class_names, strict=True)):
+        stem = f"{c:02d}_{_slug(name)}"
+        files[out / f"class_{stem}.png"] = to_png_bytes(to_pil(result.images[i]))
+        if result.init == "image":
+            files[out / f"change_{stem}.png"] = to_png_bytes(diff_pil(result.diff[i]))
+    if result.init == "image":
+        files[out / "start.png"] = to_png_bytes(to_pil(result.start[0]))
+    files[out / "prototypes.json"] = _json_bytes(result.to_dict())
+    return files
 
 
 def save_prototypes(result: PrototypeResult, out_dir: str | Path) -> dict[str, Path]:
@@ -138,19 +156,8 @@ def save_prototypes(result: PrototypeResult, out_dir: str | Path) -> dict[str, P
     Returns:
         File name -> path written.
     """
-    from cnnlens.viz import to_png_bytes
-
     out = Path(out_dir)
-    files: dict[Path, bytes] = {out / "grid.png": to_png_bytes(prototype_figure(result))}
-    for i, (c, name) in enumerate(zip(result.classes, result.class_names, strict=True)):
-        stem = f"{c:02d}_{_slug(name)}"
-        files[out / f"class_{stem}.png"] = to_png_bytes(to_pil(result.images[i]))
-        if result.init == "image":
-            files[out / f"change_{stem}.png"] = to_png_bytes(diff_pil(result.diff[i]))
-    if result.init == "image":
-        files[out / "start.png"] = to_png_bytes(to_pil(result.start[0]))
-    files[out / "prototypes.json"] = _json_bytes(result.to_dict())
-    return _write_all(files)
+    return _write_all(_prototype_files(result, out), out)
 
 
 def save_visualizations(result: VisualizationResult, out_dir: str | Path) -> dict[str, Path]:
@@ -162,7 +169,7 @@ def save_visualizations(result: VisualizationResult, out_dir: str | Path) -> dic
     for i, (img, label) in enumerate(zip(result.images, result.labels, strict=True)):
         files[out / f"image_{i:03d}_{_slug(label)}.png"] = to_png_bytes(to_pil(img))
     files[out / "visualizations.json"] = _json_bytes(result.to_dict())
-    return _write_all(files)
+    return _write_all(files, out)
 
 
 @dataclass
@@ -209,16 +216,12 @@ class PrototypeDemo:
         return pics
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write both result sets (``out_dir/all`` and ``out_dir/from_image``)."""
+        """Write both result sets (``out_dir/all/...`` and ``out_dir/from_image/...``, see
+        :func:`save_prototypes`); returns relative path -> path written."""
         out = Path(out_dir)
-        written = save_prototypes(self.all_classes, out / "all")
-        written.update(
-            {
-                f"from_image/{k}": v
-                for k, v in save_prototypes(self.from_image, out / "from_image").items()
-            }
-        )
-        return written
+        files = _prototype_files(self.all_classes, out / "all")
+        files.update(_prototype_files(self.from_image, out / "from_image"))
+        return _write_all(files, out)
 
 
 def demo_prototypes(

@@ -12,7 +12,8 @@ robustness transforms, :math:`x` given by a :mod:`parameterization <cnnlens.prot
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +105,55 @@ class VisualizationResult:
         return [float(self.probs[i, c]) for i, c in enumerate(self.classes)]
 
 
+class _RedirectedReLU(torch.autograd.Function):
+    """ReLU whose backward pass also lets through gradient that would switch a unit on.
+
+    $$\\frac{\\partial L}{\\partial x} = g \\cdot [x > 0 \\;\\lor\\; g < 0]$$
+
+    (``g`` is the gradient of the loss being minimized, so ``g < 0`` asks for a larger ``x``).
+    Without it, a channel that is off everywhere on the starting image has zero gradient and
+    never starts (Olah et al., 2017, use the same remedy for the first steps).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * ((x > 0) | (grad < 0)).to(grad.dtype)
+
+
+@contextmanager
+def redirected_relus(model: nn.Module, active: Callable[[], bool]) -> Iterator[None]:
+    """While ``active()`` is true, every ``nn.ReLU`` module of ``model`` computes the same
+    output but passes the gradient of :class:`_RedirectedReLU`. Hooks removed in finally."""
+    inputs: dict[int, Tensor] = {}
+    handles = []
+
+    def pre(module: nn.Module, args: tuple[Any, ...]) -> None:
+        if active() and torch.is_grad_enabled() and args and isinstance(args[0], Tensor):
+            x = args[0]
+            inputs[id(module)] = x.clone() if getattr(module, "inplace", False) else x
+
+    def post(module: nn.Module, _args: object, _out: object) -> Tensor | None:
+        x = inputs.pop(id(module), None)
+        return None if x is None else _RedirectedReLU.apply(x)
+
+    try:
+        for module in model.modules():
+            if isinstance(module, nn.ReLU):
+                handles.append(module.register_forward_pre_hook(pre))
+                handles.append(module.register_forward_hook(post))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        inputs.clear()
+
+
 def _check_positive(value: int, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InputError(f"{name} must be a positive integer, got {value!r}")
@@ -154,6 +204,7 @@ def visualize(
     diversity_layer: LayerSpec | None = None,
     init: Tensor | None = None,
     labels: Sequence[str] | None = None,
+    redirect_relu: int = 16,
     seed: int = 0,
     progress: bool = False,
 ) -> VisualizationResult:
@@ -184,6 +235,8 @@ def visualize(
             defaults to the objective's first layer).
         init: start images for ``param="pixel"``, display space (B or 1, C, H, W).
         labels: a caption per image.
+        redirect_relu: for this many first steps, ``nn.ReLU`` modules let through gradient
+            that would switch an inactive unit on (see :class:`_RedirectedReLU`); 0: never.
         seed: seed of the local random generator (the global RNG is not used).
         progress: show a progress bar.
 
@@ -244,13 +297,15 @@ def visualize(
             raise InputError("the model must return a (B, N) tensor of class scores")
         return Context(image=images, input=x, logits=logits, acts=acts, names=names)
 
+    step = 0
     with (
         frozen(model),
         grad_enabled(),
+        redirected_relus(model, lambda: step < redirect_relu),
         capture_layers(model, total.layers) as (acts, names),
         progress_bar(progress, steps, f"maximizing {objective.describe()}") as bar,
     ):
-        for step in range(steps):
+        for step in range(steps):  # the redirect reads step
             values = total(forward(image_param.image(), transform))
             grads = torch.autograd.grad(-values.sum(), image_param.params)
             for p, g in zip(image_param.params, grads, strict=True):
@@ -260,6 +315,7 @@ def visualize(
                 image_param.blur_(blur_sigma)
             history.append(float(values.detach().mean()))
             bar.advance()
+        step = steps
         with torch.no_grad():
             images = image_param.image()
             ctx = forward(images, None)
