@@ -261,6 +261,7 @@ def test_objective_values_by_hand():
     assert torch.allclose(evaluate(model, combo, x), 2 * a0 + logits[:, 1] - 0.5 * a1)
     assert torch.allclose(evaluate(model, -ClassLogit(0), x), -logits[:, 0])
     assert sum([ClassLogit(0), ClassLogit(1)]).describe() == "logit[0] + logit[1]"
+    assert (ClassLogit(0) - 0.5 * TotalVariation()).describe() == "logit[0] - 0.5*TotalVariation"
 
 
 def test_image_penalties_and_diversity_by_hand():
@@ -405,6 +406,28 @@ def test_visualize_classes_and_diversity_run_under_no_grad():
     )
     assert div.images.shape == (3, 3, 16, 16)
     assert "diversity(2)" in div.objective
+
+
+def test_redirected_relu_gradient_and_a_dead_channel_starts():
+    from cnnlens.prototypes.maximize import _RedirectedReLU
+
+    x = torch.tensor([-1.0, 2.0, -3.0, 0.5], requires_grad=True)
+    y = _RedirectedReLU.apply(x)
+    assert torch.equal(y, torch.relu(x))
+    (g,) = torch.autograd.grad(y, x, torch.tensor([-1.0, -1.0, 1.0, 2.0]))
+    # passed where the unit is on (x > 0) or where the loss asks for a larger input (g < 0)
+    assert torch.equal(g, torch.tensor([-1.0, -1.0, 0.0, 2.0]))
+    # a unit that is off on the whole start image: x - 0.9 < 0 for grey images
+    model = nn.Sequential(nn.Conv2d(1, 1, 1), nn.ReLU(), nn.Flatten(), nn.Linear(16, 2))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[0].bias.fill_(-0.9)
+    opts = dict(param="pixel", steps=40, lr=0.1, transforms=None)
+    dead = visualize_channels(model, "1", [0], (1, 4, 4), redirect_relu=0, **opts)
+    alive = visualize_channels(model, "1", [0], (1, 4, 4), **opts)
+    assert dead.values.item() == 0.0
+    assert alive.values.item() > 0.01
+    assert _state(model)[3] == 0
 
 
 def test_visualize_bad_input_leaves_no_hooks():
