@@ -199,6 +199,15 @@ def test_noise_init_is_seeded_and_leaves_global_rng_alone():
     assert 0.1 < float(a.start.std()) < 0.2 and abs(float(a.start.mean()) - 0.5) < 0.1
 
 
+def test_works_inside_inference_mode():
+    model = Tiny()
+    with torch.inference_mode():
+        res = class_prototypes(model, [0], shape=(1, 3, 3), init="noise", lr=0.1, target_prob=0.5)
+        vis = visualize(model, Channel("relu", 1), (1, 3, 3), steps=3, transforms=None)
+    assert res.probs.item() >= 0.5 and not res.images.is_inference()
+    assert vis.images.shape == (1, 1, 3, 3) and _state(model)[3] == 0
+
+
 def test_class_means_by_hand():
     data = torch.utils.data.TensorDataset(
         torch.tensor([[[[1.0]]], [[[3.0]]], [[[10.0]]]]), torch.tensor([0, 0, 2])

@@ -8,10 +8,11 @@ package usable on its own and behave the same way.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -81,6 +82,21 @@ def grad_enabled() -> Iterator[None]:
     """Autograd on, also inside the caller's ``torch.no_grad()`` or ``inference_mode()``."""
     with torch.inference_mode(False), torch.enable_grad():
         yield
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def with_grad(func: F) -> F:
+    """Run ``func`` with autograd on (see :func:`grad_enabled`), so that tensors it creates
+    are ordinary ones even when the caller is inside ``torch.inference_mode()``."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with grad_enabled():
+            return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

@@ -34,10 +34,10 @@ from torch.utils.data import DataLoader, Dataset
 from cnnlens.errors import DataError, InputError, TargetError
 from cnnlens.prototypes._compat import (
     frozen,
-    grad_enabled,
     model_device_dtype,
     progress_bar,
     scaling,
+    with_grad,
 )
 
 log = logging.getLogger("cnnlens")
@@ -265,7 +265,7 @@ def parse_classes(
 
 def _fit_start(image: Tensor, shape: tuple[int, int, int]) -> Tensor:
     """A start image (C, H, W) or (B, C, H, W) in display space, fitted to ``shape``."""
-    img = image.detach().float().cpu()
+    img = image.detach().float().cpu().clone()
     img = img[None] if img.dim() == 3 else img
     if img.dim() == 2:
         img = img[None, None]
@@ -294,6 +294,7 @@ def _fit_start(image: Tensor, shape: tuple[int, int, int]) -> Tensor:
     return img
 
 
+@with_grad
 def class_prototypes(
     model: nn.Module,
     classes: int | str | Sequence[int | str] | None = None,
@@ -391,7 +392,7 @@ def class_prototypes(
 
     target_means: Tensor | None = None
     if prior is not None and lam > 0:
-        p = prior.detach().float().cpu()
+        p = prior.detach().float().cpu().clone()
         if p.dim() == 3:
             p = p[None].expand(num_classes, -1, -1, -1)
         if p.dim() != 4 or tuple(p.shape[1:]) != (c, h, w) or p.shape[0] < max(idx) + 1:
@@ -413,7 +414,7 @@ def class_prototypes(
     optimizer = torch.optim.Adam([x], lr=lr)
     history: list[float] = []
     taken = steps
-    with frozen(model), grad_enabled(), progress_bar(progress, steps, "prototypes") as bar:
+    with frozen(model), progress_bar(progress, steps, "prototypes") as bar:
         for step in range(steps + 1):
             logits = model(x.to(dtype)).float()
             logp = torch.log_softmax(logits, 1)

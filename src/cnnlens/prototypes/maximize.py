@@ -24,10 +24,10 @@ from torch import Tensor, nn
 from cnnlens.errors import InputError
 from cnnlens.prototypes._compat import (
     frozen,
-    grad_enabled,
     model_device_dtype,
     progress_bar,
     scaling,
+    with_grad,
 )
 from cnnlens.prototypes.objectives import (
     L1,
@@ -182,6 +182,7 @@ def _transforms(spec: str | Sequence[Transform] | Transform | None, size: int) -
     return Compose(list(spec))
 
 
+@with_grad
 def visualize(
     model: nn.Module,
     objective: Objective,
@@ -260,7 +261,7 @@ def visualize(
     if init is not None:
         if param != "pixel":
             raise InputError("init images need param='pixel'")
-        init = init.float()
+        init = init.detach().float().cpu().clone()
         init = init[None] if init.dim() == 3 else init
         if init.shape[1:] != full[1:] or init.shape[0] not in (1, batch):
             raise InputError(f"init must be (B or 1, {c}, {h}, {w}), got {tuple(init.shape)}")
@@ -300,7 +301,6 @@ def visualize(
     step = 0
     with (
         frozen(model),
-        grad_enabled(),
         redirected_relus(model, lambda: step < redirect_relu),
         capture_layers(model, total.layers) as (acts, names),
         progress_bar(progress, steps, f"maximizing {objective.describe()}") as bar,
