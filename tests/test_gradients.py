@@ -93,7 +93,7 @@ def test_captum_oracles_torchvision(name: str, size: int, layer_name: str) -> No
             n_steps=8,
             rule=rule,
             internal_batch_size=4,  # the same batches of path points as captum's
-            channels_last=False,
+            optimize=False,
         )
         ref, delta = captum_attr.IntegratedGradients(model).attribute(
             x,
@@ -483,7 +483,9 @@ def test_memory_bounded_by_batch_options() -> None:
     model = make_model("relu")
     x = inputs(3, 32)
     count = MaxBatch(model)
-    exp = cnnlens.explain(model, x, "integrated_gradients", n_steps=200, internal_batch_size=7)
+    exp = cnnlens.explain(
+        model, x, "integrated_gradients", n_steps=200, internal_batch_size=7, optimize=False
+    )
     assert count.largest <= 7
     assert count.calls >= 3 * 200 // 7
     count.largest = 0

@@ -15,6 +15,7 @@ import cnnlens
 from cnnlens.errors import InputError
 from cnnlens.methods import RISE, AblationCAM, ScoreCAM
 from cnnlens.methods.base import normalize_maps, upsample
+from cnnlens.methods.perturbation import Runner
 from conftest import assert_unchanged, make_model, pearson, snapshot
 
 captum_attr = pytest.importorskip("captum.attr")
@@ -287,6 +288,7 @@ def test_topk_shares_the_forwards_and_equals_one_class_at_a_time(method: str, op
     torch.testing.assert_close(exp.raw[:, 1], one.raw, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("optimize", [False, None])
 @pytest.mark.parametrize(
     ("method", "opts", "rows"),
     [
@@ -296,21 +298,36 @@ def test_topk_shares_the_forwards_and_equals_one_class_at_a_time(method: str, op
         ("ablationcam", {}, 3 * 16),
     ],
 )
-def test_memory_bounded_by_batch_size(method: str, opts: dict, rows: int) -> None:
-    model = make_model("relu")
+def test_memory_bounded_by_batch_size(
+    method: str, opts: dict, rows: int, optimize: bool | None, monkeypatch
+) -> None:
+    model = make_model("relu")  # has BatchNorm: the optimized path runs a folded copy
     x = inputs(3, 32)
-    count = MaxBatch(model)
-    cnnlens.explain(model, x, method, batch_size=5, **opts)
-    count.handle.remove()
-    assert count.largest <= 5
-    assert count.calls >= rows // 5 * 0.9
+    sizes: list[int] = []
+    if optimize is None:  # count what the runner feeds, whichever network runs it
+        forward = Runner.forward
+
+        def record(self: Runner, batch: torch.Tensor, **kw: object) -> object:
+            sizes.append(int(batch.shape[0]))
+            return forward(self, batch, **kw)
+
+        monkeypatch.setattr(Runner, "forward", record)
+        count = None
+    else:
+        count = MaxBatch(model)
+    cnnlens.explain(model, x, method, batch_size=5, optimize=optimize, **opts)
+    if count is not None:
+        count.handle.remove()
+        sizes = [count.largest] * count.calls
+    assert max(sizes) <= 5
+    assert len(sizes) >= rows // 5 * 0.5
 
 
 def test_scorecam_top_channels_and_multi_layer() -> None:
     model = make_model("relu")
     x = inputs(2, 32)
     count = MaxBatch(model)
-    fast = ScoreCAM(model, layer="features.7", top_channels=4, batch_size=100)(x)
+    fast = ScoreCAM(model, layer="features.7", top_channels=4, batch_size=100, optimize=False)(x)
     count.handle.remove()
     assert count.largest == 2 * 4
     acts = {}
@@ -387,7 +404,8 @@ def test_model_state_restored_after_error(method: str, opts: dict) -> None:
     model = Boom().train()
     before = snapshot(model)
     with pytest.raises(RuntimeError, match="boom"):
-        opts = {**opts, "batch_size": 2}
+        # optimize=False: a folded copy would have traced the Python counter away
+        opts = {**opts, "batch_size": 2, "optimize": False}
         if method in ("scorecam", "ablationcam"):
             opts["layer"] = "net.features.7"
         cnnlens.explain(model, inputs(2, 32), method, **opts)
@@ -416,10 +434,53 @@ def test_channels_last_falls_back_for_models_that_refuse_it() -> None:
         if method in ("scorecam", "ablationcam"):
             opts = {**opts, "layer": "conv"}
         auto = cnnlens.explain(model, x, method, target=1, **opts)
-        plain = cnnlens.explain(model, x, method, target=1, channels_last=False, **opts)
+        plain = cnnlens.explain(model, x, method, target=1, optimize=False, **opts)
         torch.testing.assert_close(auto.raw, plain.raw, atol=1e-5, rtol=1e-4)
     exp = cnnlens.explain(model, x, "integrated_gradients", n_steps=4, target=1)
     assert torch.isfinite(exp.raw).all()
+
+
+class Branchy(nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it, so nothing is folded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = make_model("relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        return out if bool(x.mean() > -10) else -out
+
+
+def test_batchnorm_folding_is_checked_and_optional(monkeypatch) -> None:
+    import cnnlens.methods.perturbation as pert
+
+    model = make_model("relu")
+    x = inputs(2, 32)
+    runner = Runner(model, x, None)
+    assert runner.fast is not None and runner.channels_last
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in runner.fast.modules())
+    with torch.no_grad():
+        runner.check(x, model(x))
+        assert runner.fast is not None
+        torch.testing.assert_close(runner(x), model(x), atol=1e-5, rtol=1e-4)
+    assert Runner(Branchy().eval(), x, None).fast is None
+    plain = cnnlens.explain(model, x, "occlusion", window=8, optimize=False)
+    fast = cnnlens.explain(model, x, "occlusion", window=8)
+    torch.testing.assert_close(fast.raw, plain.raw, atol=1e-5, rtol=1e-4)
+
+    def wrong_copy(net: nn.Module) -> nn.Module:
+        twin = make_model("gap")  # another network: the check must refuse it
+        return twin
+
+    monkeypatch.setattr(pert, "folded_copy", wrong_copy)
+    refused = Runner(model, x, None)
+    with torch.no_grad():
+        refused.check(x, model(x))
+    assert refused.fast is None
+    torch.testing.assert_close(
+        cnnlens.explain(model, x, "occlusion", window=8).raw, plain.raw, atol=1e-5, rtol=1e-4
+    )
 
 
 def test_progress_bar_runs(capsys) -> None:
@@ -448,7 +509,7 @@ def test_progress_bar_runs(capsys) -> None:
         ("rise", {"cell_size": -2}, "cell_size"),
         ("scorecam", {"top_channels": 0}, "top_channels"),
         ("ablationcam", {"batch_size": 1.5}, "batch_size"),
-        ("rise", {"channels_last": "yes"}, "channels_last"),
+        ("rise", {"optimize": "yes"}, "optimize"),
     ],
 )
 def test_bad_options_raise_one_line_input_error(method: str, opts: dict, word: str) -> None:

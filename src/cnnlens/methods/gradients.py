@@ -286,8 +286,8 @@ class IntegratedGradients(GradientMethod):
             untouched).
         reduce: channel reduction of the map (default ``"abs"``).
         progress: show a rich progress bar.
-        channels_last: memory format of the path batches (None: automatic, see
-            :func:`~cnnlens.methods.perturbation.wants_channels_last`).
+        optimize: run the path batches on the fast CPU path (None: automatic; see
+            :class:`~cnnlens.methods.perturbation.Runner`); False runs the model as it is.
         eval_mode: see :class:`~cnnlens.methods.base.Explainer`.
 
     Example:
@@ -309,7 +309,7 @@ class IntegratedGradients(GradientMethod):
         seed: int = 0,
         reduce: str | None = None,
         progress: bool = False,
-        channels_last: bool | None = None,
+        optimize: bool | None = None,
         eval_mode: bool = True,
     ) -> None:
         super().__init__(model, reduce=reduce, eval_mode=eval_mode)
@@ -335,7 +335,7 @@ class IntegratedGradients(GradientMethod):
         self.blur_sigma = blur_sigma
         self.seed = check_int("seed", seed, minimum=0)
         self.progress = bool(progress)
-        self.channels_last = check_flag("channels_last", channels_last)
+        self.optimize = check_flag("optimize", optimize)
 
     def baselines(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
         """The baseline of each row of ``x`` (n, C, H, W); ``rows`` maps rows to images."""
@@ -365,7 +365,7 @@ class IntegratedGradients(GradientMethod):
         fx: Tensor | None = None,
         runner: Runner | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        runner = runner or Runner(self.model, x, self.channels_last)
+        runner = runner or Runner(self.model, x, self.optimize)
         n = x.shape[0]
         local = torch.arange(n, device=x.device)
         sub = rows_targets(targets, rows)
@@ -406,7 +406,7 @@ class IntegratedGradients(GradientMethod):
     def explain_batch(self, x: Tensor, target: TargetLike, topk: int | None) -> Explanation:
         if not isinstance(self.baseline, str):
             broadcast_to_input("baseline", self.baseline, x)  # checks the shape up front
-        runner = Runner(self.model, x, self.channels_last)
+        runner = Runner(self.model, x, self.optimize)
         outputs, targets = first_pass(runner, x, target, topk)
         rows = torch.arange(x.shape[0], device=x.device)
         fx = row_scores(targets, outputs, rows)

@@ -10,6 +10,7 @@ SmoothGrad, Score-CAM and Ablation-CAM.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import warnings
@@ -100,13 +101,11 @@ def broadcast_to_input(name: str, value: Any, x: Tensor) -> Tensor:
 _LAYOUT_ERRORS = ("view size is not compatible", "stride", "contiguous")
 
 
-def wants_channels_last(model: nn.Module, x: Tensor, flag: bool | None) -> bool:
-    """Whether batched forwards should use the channels-last memory format.
+def wants_optimize(model: nn.Module, x: Tensor, flag: bool | None) -> bool:
+    """Whether the batched forwards of a call run on the fast CPU path.
 
     ``None`` (automatic) chooses it for 4-D float32 inputs on the CPU when the model has a
-    2-D convolution: oneDNN's channels-last kernels run a CNN forward 1.3-1.5x faster and a
-    forward + backward about 2x faster there. The values agree with the default layout to
-    float32 rounding; gradients can differ where a ReLU input sits within rounding of zero.
+    2-D convolution. See :class:`Runner` for what the fast path does.
     """
     if flag is not None:
         return bool(flag) and x.dim() == 4
@@ -115,18 +114,76 @@ def wants_channels_last(model: nn.Module, x: Tensor, flag: bool | None) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-class Runner:
-    """Runs the batched forwards of one explain call.
+def folded_copy(model: nn.Module) -> nn.Module | None:
+    """A private copy of ``model`` with every BatchNorm folded into the convolution or linear
+    layer before it (torch.fx), parameters frozen and hooks dropped; None when the model has
+    no BatchNorm in eval mode or cannot be traced symbolically."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or any(m.training for m in norms):
+        return None
+    from torch.fx.experimental.optimization import fuse
 
-    It feeds the model channels-last inputs when :func:`wants_channels_last` says so, and
-    falls back to the default layout for the rest of the call when the model's forward
-    refuses them (a ``.view`` on a channels-last activation raises a stride error); any other
-    error is raised as it is.
+    try:
+        twin = copy.deepcopy(model)
+        for module in twin.modules():
+            for hooks in (
+                module._forward_hooks,
+                module._forward_pre_hooks,
+                module._backward_hooks,
+                module._backward_pre_hooks,
+            ):
+                hooks.clear()
+        twin = fuse(twin, inplace=True)
+    except Exception as err:  # an untraceable or uncopyable model runs as it is
+        log.debug("no BatchNorm folding for %s: %s", type(model).__name__, err)
+        return None
+    for p in twin.parameters():
+        p.requires_grad_(False)
+    return twin
+
+
+class Runner:
+    """Runs the batched forwards of one explain call, on a fast path when asked.
+
+    With ``optimize`` (None: automatic, see :func:`wants_optimize`) the inputs are fed in the
+    channels-last memory format, whose oneDNN kernels run a CNN forward 1.3-1.5x faster and
+    a forward + backward about 2x faster on the CPU, and, when ``fold`` is set, through a
+    private copy of the model with each BatchNorm folded into the convolution before it
+    (:func:`folded_copy`; another 1.1-1.2x). The caller's model is not touched. The copy is
+    used only after :meth:`check` has seen it reproduce the model's outputs; values agree
+    with the plain path to float32 rounding (gradients can differ where a ReLU input sits
+    within rounding of zero). When the model's forward refuses channels-last inputs (a
+    ``.view`` on a channels-last activation raises a stride error), the rest of the call
+    uses the default layout; any other error is raised as it is.
     """
 
-    def __init__(self, model: nn.Module, x: Tensor, channels_last: bool | None) -> None:
+    def __init__(
+        self, model: nn.Module, x: Tensor, optimize: bool | None, *, fold: bool = True
+    ) -> None:
         self.model = model
-        self.channels_last = wants_channels_last(model, x, channels_last)
+        self.channels_last = wants_optimize(model, x, optimize)
+        self.fast: nn.Module | None = folded_copy(model) if self.channels_last and fold else None
+        self.checked = self.fast is None
+
+    def check(self, x: Tensor, outputs: Any) -> None:
+        """Keep the folded copy only if it reproduces the model's ``outputs`` for ``x``."""
+        if self.checked:
+            return
+        self.checked = True
+        if not isinstance(outputs, Tensor) or not outputs.is_floating_point():
+            self.fast = None
+            return
+        with torch.inference_mode():
+            got = self.forward(x)[1]
+        ref = outputs.detach().float()
+        tol = 1e-3 * float(ref.abs().max()) + 1e-5
+        if (
+            not isinstance(got, Tensor)
+            or got.shape != ref.shape
+            or bool(((got.float() - ref).abs() > tol).any())
+        ):
+            log.debug("the BatchNorm-folded copy disagrees with the model; not using it")
+            self.fast = None
 
     def _layout(self, t: Tensor) -> Tensor:
         if self.channels_last:
@@ -135,18 +192,19 @@ class Runner:
 
     def forward(self, batch: Tensor, *, requires_grad: bool = False) -> tuple[Tensor, Any]:
         """``(leaf, outputs)``: the input actually fed (a leaf when ``requires_grad``)."""
+        net = self.fast if self.fast is not None else self.model
         leaf = self._layout(batch).detach().requires_grad_(requires_grad)
         if not self.channels_last:
-            return leaf, self.model(leaf)
+            return leaf, net(leaf)
         try:
-            return leaf, self.model(leaf)
+            return leaf, net(leaf)
         except RuntimeError as err:
             if not any(text in str(err) for text in _LAYOUT_ERRORS):
                 raise
             log.debug("the model refuses channels-last inputs (%s); using the default layout", err)
             self.channels_last = False
             leaf = batch.contiguous().detach().requires_grad_(requires_grad)
-            return leaf, self.model(leaf)
+            return leaf, net(leaf)
 
     def __call__(self, batch: Tensor) -> Any:
         return self.forward(batch)[1]
@@ -172,10 +230,12 @@ def row_scores(targets: Targets, outputs: Any, rows: Tensor, *, softmax: bool = 
 def first_pass(
     runner: Runner, x: Tensor, target: TargetLike, topk: int | None
 ) -> tuple[Any, Targets]:
-    """The model's outputs for ``x`` (no graph) and the resolved targets."""
+    """The model's own outputs for ``x`` (no graph) and the resolved targets; the runner's
+    fast path is checked against them."""
     with torch.no_grad():
-        outputs = runner(x)
+        outputs = runner.model(x)
     targets = resolve_targets(target, outputs, topk, batch=x.shape[0])
+    runner.check(x, outputs)
     return outputs, targets
 
 
@@ -250,8 +310,9 @@ class PerturbationMethod(Explainer):
         model: the network; it is never changed.
         batch_size: the most inputs passed to the model in one forward (the memory bound).
         progress: show a rich progress bar on stderr (off by default in the library).
-        channels_last: memory format of the batched forwards; None chooses channels-last for
-            float32 CNNs on the CPU (see :func:`wants_channels_last`).
+        optimize: run the batched forwards on the fast CPU path (channels-last inputs, a
+            BatchNorm-folded private copy of the model; see :class:`Runner`); None chooses it
+            for float32 CNNs on the CPU, False runs the model exactly as it is.
         eval_mode: see :class:`~cnnlens.methods.base.Explainer`.
     """
 
@@ -261,13 +322,13 @@ class PerturbationMethod(Explainer):
         *,
         batch_size: int = 32,
         progress: bool = False,
-        channels_last: bool | None = None,
+        optimize: bool | None = None,
         eval_mode: bool = True,
     ) -> None:
         super().__init__(model, eval_mode=eval_mode)
         self.batch_size = check_int("batch_size", batch_size)
         self.progress = bool(progress)
-        self.channels_last = check_flag("channels_last", channels_last)
+        self.optimize = check_flag("optimize", optimize)
 
 
 @register("occlusion")
@@ -292,7 +353,7 @@ class Occlusion(PerturbationMethod):
             the window.
         baseline: the value inside the window: a number, or a tensor broadcastable to the
             input, e.g. (C, 1, 1) per-channel means or a (C, H, W) blurred image.
-        batch_size, progress, channels_last, eval_mode: see :class:`PerturbationMethod`.
+        batch_size, progress, optimize, eval_mode: see :class:`PerturbationMethod`.
 
     ``raw`` is (B[, K], C, H, W) with the same value on every channel.
 
@@ -309,14 +370,14 @@ class Occlusion(PerturbationMethod):
         baseline: float | Tensor = 0.0,
         batch_size: int = 32,
         progress: bool = False,
-        channels_last: bool | None = None,
+        optimize: bool | None = None,
         eval_mode: bool = True,
     ) -> None:
         super().__init__(
             model,
             batch_size=batch_size,
             progress=progress,
-            channels_last=channels_last,
+            optimize=optimize,
             eval_mode=eval_mode,
         )
         self.window = check_pair("window", window)
@@ -347,7 +408,7 @@ class Occlusion(PerturbationMethod):
         b, c, h, w = x.shape
         ys, xs = self._positions((h, w))
         base = broadcast_to_input("baseline", self.baseline, x)
-        runner = Runner(self.model, x, self.channels_last)
+        runner = Runner(self.model, x, self.optimize)
         outputs, targets = first_pass(runner, x, target, topk)
         fx = row_scores(targets, outputs, torch.arange(b, device=x.device))  # (B, K)
         k = targets.k
@@ -411,7 +472,7 @@ class RISE(PerturbationMethod):
         seed: seed of the mask generator.
         probabilities: weight the masks by softmax probabilities (the paper) rather than
             raw scores.
-        batch_size, progress, channels_last, eval_mode: see :class:`PerturbationMethod`.
+        batch_size, progress, optimize, eval_mode: see :class:`PerturbationMethod`.
 
     Example:
         >>> RISE(model, n_masks=2000, seed=0)(x).maps                  # doctest: +SKIP
@@ -430,14 +491,14 @@ class RISE(PerturbationMethod):
         probabilities: bool = True,
         batch_size: int = 32,
         progress: bool = False,
-        channels_last: bool | None = None,
+        optimize: bool | None = None,
         eval_mode: bool = True,
     ) -> None:
         super().__init__(
             model,
             batch_size=batch_size,
             progress=progress,
-            channels_last=channels_last,
+            optimize=optimize,
             eval_mode=eval_mode,
         )
         self.n_masks = check_int("n_masks", n_masks)
@@ -472,7 +533,7 @@ class RISE(PerturbationMethod):
     def explain_batch(self, x: Tensor, target: TargetLike, topk: int | None) -> Explanation:
         b, c, h, w = x.shape
         dev = x.device
-        runner = Runner(self.model, x, self.channels_last)
+        runner = Runner(self.model, x, self.optimize)
         outputs, targets = first_pass(runner, x, target, topk)
         k = targets.k
         total = torch.zeros(b, k, h, w, device=dev)

@@ -9,6 +9,7 @@ reused for every class.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -53,49 +54,28 @@ def _top_channels(acts: Tensor, k: int | None) -> Tensor:
     return keep.scatter_(1, var.topk(k, dim=1).indices, True)
 
 
-class _ForwardCAM(BaseCAM):
-    """Shared options and the per-call weight cache of Score-CAM and Ablation-CAM."""
+class _ChannelWeights:
+    """The channel weights (B, C, K) of each layer for one call: computed with the K
+    targets' scores from one set of forwards at the first target, reused for the others."""
 
-    needs_grad: ClassVar[bool] = False
+    def __init__(self) -> None:
+        self.store: dict[str, Tensor] = {}
 
-    def __init__(
+    def cam(
         self,
-        model: nn.Module,
-        layer: LayersLike = None,
-        *,
-        batch_size: int = 32,
-        top_channels: int | None = None,
-        progress: bool = False,
-        channels_last: bool | None = None,
-        eval_mode: bool = True,
-    ) -> None:
-        super().__init__(model, layer, eval_mode=eval_mode)
-        self.batch_size = check_int("batch_size", batch_size)
-        self.top_channels = check_optional_int("top_channels", top_channels)
-        self.progress = bool(progress)
-        self.channels_last = check_flag("channels_last", channels_last)
-        self._weights: dict[str, Tensor] = {}
-
-    def channel_scores(self, acts: Tensor, ctx: dict[str, Any]) -> Tensor:
-        """Channel weights (B, C, K) of one layer for all K targets."""
-        raise NotImplementedError
-
-    def cam(self, acts: Tensor, grads: Tensor | None, ctx: dict[str, Any]) -> Tensor:
+        acts: Tensor,
+        ctx: dict[str, Any],
+        compute: Callable[[Tensor, dict[str, Any]], Tensor],
+    ) -> Tensor:
         name = ctx["layer"]
-        if ctx["k"] == 0 or name not in self._weights:
-            self._weights[name] = self.channel_scores(acts, ctx)
-        w = self._weights[name][:, :, ctx["k"]]
+        if ctx["k"] == 0 or name not in self.store:
+            self.store[name] = compute(acts, ctx)
+        w = self.store[name][:, :, ctx["k"]]
         return torch.einsum("bc,bchw->bhw", w.to(acts.dtype), acts)
-
-    def explain_batch(self, x: Tensor, target: TargetLike, topk: int | None) -> Explanation:
-        try:
-            return super().explain_batch(x, target, topk)
-        finally:
-            self._weights.clear()
 
 
 @register("scorecam")
-class ScoreCAM(_ForwardCAM):
+class ScoreCAM(BaseCAM):
     """Score-CAM (Wang et al., 2020, arXiv:1910.01279).
 
     Each channel's map, upsampled to the input size and min-max normalized to ``H^k``,
@@ -123,15 +103,49 @@ class ScoreCAM(_ForwardCAM):
         batch_size: masked inputs per forward (the memory bound).
         top_channels: number of channels kept by activation variance (None: all).
         progress: show a rich progress bar.
-        channels_last: memory format of the masked forwards (None: automatic, see
-            :func:`~cnnlens.methods.perturbation.wants_channels_last`).
+        optimize: run the masked forwards on the fast CPU path (None: automatic; see
+            :class:`~cnnlens.methods.perturbation.Runner`); False runs the model as it is.
         eval_mode: see :class:`~cnnlens.methods.base.Explainer`.
 
     Example:
         >>> ScoreCAM(model, layer="layer4", batch_size=64)(x, topk=3).maps  # doctest: +SKIP
     """
 
+    needs_grad: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayersLike = None,
+        *,
+        batch_size: int = 32,
+        top_channels: int | None = None,
+        progress: bool = False,
+        optimize: bool | None = None,
+        eval_mode: bool = True,
+    ) -> None:
+        super().__init__(model, layer, eval_mode=eval_mode)
+        self.batch_size = check_int("batch_size", batch_size)
+        self.top_channels = check_optional_int("top_channels", top_channels)
+        self.progress = bool(progress)
+        self.optimize = check_flag("optimize", optimize)
+        self._weights = _ChannelWeights()
+        self._runner: Runner | None = None
+
+    def cam(self, acts: Tensor, grads: Tensor | None, ctx: dict[str, Any]) -> Tensor:
+        return self._weights.cam(acts, ctx, self.channel_scores)
+
+    def explain_batch(self, x: Tensor, target: TargetLike, topk: int | None) -> Explanation:
+        # The runner (and its BatchNorm-folded copy) is made before the capture hooks exist.
+        self._runner = Runner(self.model, x, self.optimize)
+        try:
+            return super().explain_batch(x, target, topk)
+        finally:
+            self._weights.store.clear()
+            self._runner = None
+
     def channel_scores(self, acts: Tensor, ctx: dict[str, Any]) -> Tensor:
+        """Channel weights (B, C, K) of one layer for all K targets."""
         x: Tensor = ctx["x"]
         targets: Targets = ctx["targets"]
         b, c = acts.shape[:2]
@@ -141,7 +155,8 @@ class ScoreCAM(_ForwardCAM):
         todo = (selected & ~constant).nonzero()  # (n, 2): image, channel
         # s_k = f(X * H^k) - f(X_b); -inf leaves a channel out of the softmax.
         scores = torch.full((b, c, targets.k), -math.inf, device=x.device)
-        runner = Runner(self.model, x, self.channels_last)
+        runner = self._runner or Runner(self.model, x, self.optimize)
+        runner.check(x, ctx["outputs"])
         n_rows, bad = len(todo), 0
         with (
             progress_bar(self.progress, n_rows, f"{self.name} {ctx['layer']}") as advance,
@@ -180,7 +195,7 @@ class ScoreCAM(_ForwardCAM):
 
 
 @register("ablationcam")
-class AblationCAM(_ForwardCAM):
+class AblationCAM(BaseCAM):
     """Ablation-CAM (Desai & Ramaswamy, 2020, WACV): each channel is weighted by the
     relative drop of the class score when that channel of the layer is set to
     ``ablation_value`` (zero, as in the paper):
@@ -201,12 +216,14 @@ class AblationCAM(_ForwardCAM):
         model: the network.
         layer: see :class:`~cnnlens.methods.base.BaseCAM`.
         ablation_value: the value an ablated channel is set to.
-        batch_size, top_channels, progress, channels_last, eval_mode: see
+        batch_size, top_channels, progress, optimize, eval_mode: see
             :class:`ScoreCAM`.
 
     Example:
         >>> AblationCAM(model, layer="layer4")(x, target=3).maps         # doctest: +SKIP
     """
+
+    needs_grad: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -217,21 +234,28 @@ class AblationCAM(_ForwardCAM):
         batch_size: int = 32,
         top_channels: int | None = None,
         progress: bool = False,
-        channels_last: bool | None = None,
+        optimize: bool | None = None,
         eval_mode: bool = True,
     ) -> None:
-        super().__init__(
-            model,
-            layer,
-            batch_size=batch_size,
-            top_channels=top_channels,
-            progress=progress,
-            channels_last=channels_last,
-            eval_mode=eval_mode,
-        )
+        super().__init__(model, layer, eval_mode=eval_mode)
         self.ablation_value = float(ablation_value)
+        self.batch_size = check_int("batch_size", batch_size)
+        self.top_channels = check_optional_int("top_channels", top_channels)
+        self.progress = bool(progress)
+        self.optimize = check_flag("optimize", optimize)
+        self._weights = _ChannelWeights()
+
+    def cam(self, acts: Tensor, grads: Tensor | None, ctx: dict[str, Any]) -> Tensor:
+        return self._weights.cam(acts, ctx, self.channel_scores)
+
+    def explain_batch(self, x: Tensor, target: TargetLike, topk: int | None) -> Explanation:
+        try:
+            return super().explain_batch(x, target, topk)
+        finally:
+            self._weights.store.clear()
 
     def channel_scores(self, acts: Tensor, ctx: dict[str, Any]) -> Tensor:
+        """Channel weights (B, C, K) of one layer for all K targets."""
         x: Tensor = ctx["x"]
         targets: Targets = ctx["targets"]
         b, c = acts.shape[:2]
@@ -242,7 +266,8 @@ class AblationCAM(_ForwardCAM):
         todo = (selected & ~already).nonzero()
         drops = torch.zeros(b, c, targets.k, device=x.device)
         original = acts  # float32 copy taken before any ablated forward
-        runner = Runner(self.model, x, self.channels_last)
+        # the ablation hook lives on the caller's layer, so no folded copy: channels-last only
+        runner = Runner(self.model, x, self.optimize, fold=False)
         state: dict[str, Any] = {"calls": 0, "last": self._calls_per_forward(module, runner, x)}
 
         def restart(_m: nn.Module, _args: object) -> None:
