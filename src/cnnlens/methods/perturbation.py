@@ -62,6 +62,14 @@ def check_pair(name: str, value: Any) -> tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
+def batch_for(x: Tensor, batch_size: int | None) -> int:
+    """``batch_size``, or the default for ``x``'s device: 16 on the CPU (where larger batches
+    are no faster per image), 64 on an accelerator."""
+    if batch_size is not None:
+        return batch_size
+    return 16 if x.device.type == "cpu" else 64
+
+
 def check_flag(name: str, value: Any) -> bool | None:
     if value is not None and not isinstance(value, bool):
         raise InputError(f"{name} must be True, False or None (automatic), got {value!r}")
@@ -308,7 +316,8 @@ class PerturbationMethod(Explainer):
 
     Args:
         model: the network; it is never changed.
-        batch_size: the most inputs passed to the model in one forward (the memory bound).
+        batch_size: the most inputs passed to the model in one forward (the memory bound);
+            None: 16 on the CPU, 64 on an accelerator.
         progress: show a rich progress bar on stderr (off by default in the library).
         optimize: run the batched forwards on the fast CPU path (channels-last inputs, a
             BatchNorm-folded private copy of the model; see :class:`Runner`); None chooses it
@@ -320,13 +329,13 @@ class PerturbationMethod(Explainer):
         self,
         model: nn.Module,
         *,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         progress: bool = False,
         optimize: bool | None = None,
         eval_mode: bool = True,
     ) -> None:
         super().__init__(model, eval_mode=eval_mode)
-        self.batch_size = check_int("batch_size", batch_size)
+        self.batch_size = check_optional_int("batch_size", batch_size)
         self.progress = bool(progress)
         self.optimize = check_flag("optimize", optimize)
 
@@ -368,7 +377,7 @@ class Occlusion(PerturbationMethod):
         window: int | tuple[int, int] = 16,
         stride: int | tuple[int, int] | None = None,
         baseline: float | Tensor = 0.0,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         progress: bool = False,
         optimize: bool | None = None,
         eval_mode: bool = True,
@@ -420,10 +429,10 @@ class Occlusion(PerturbationMethod):
         ys, xs = ys.to(dev), xs.to(dev)
         yy = torch.arange(h, device=dev).view(1, h, 1)
         xx = torch.arange(w, device=dev).view(1, 1, w)
-        bad = 0
+        bad, bs = 0, batch_for(x, self.batch_size)
         with progress_bar(self.progress, n_rows, "occlusion") as advance, torch.inference_mode():
-            for start in range(0, n_rows, self.batch_size):
-                idx = torch.arange(start, min(start + self.batch_size, n_rows), device=dev)
+            for start in range(0, n_rows, bs):
+                idx = torch.arange(start, min(start + bs, n_rows), device=dev)
                 img, pos = idx // n_pos, idx % n_pos
                 y0 = ys[pos // len(xs)].view(-1, 1, 1)
                 x0 = xs[pos % len(xs)].view(-1, 1, 1)
@@ -489,7 +498,7 @@ class RISE(PerturbationMethod):
         p: float = 0.5,
         seed: int = 0,
         probabilities: bool = True,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         progress: bool = False,
         optimize: bool | None = None,
         eval_mode: bool = True,
@@ -539,15 +548,15 @@ class RISE(PerturbationMethod):
         total = torch.zeros(b, k, h, w, device=dev)
         valid = torch.zeros(b, k, device=dev)
         softmax = self.probabilities and targets.fn is None
-        bad = 0
+        bad, bs = 0, batch_for(x, self.batch_size)
         with (
             progress_bar(self.progress, b * self.n_masks, "rise") as advance,
             torch.inference_mode(),
         ):
             for masks in self.masks((h, w), dev):
                 n_rows = b * masks.shape[0]
-                for start in range(0, n_rows, self.batch_size):
-                    idx = torch.arange(start, min(start + self.batch_size, n_rows), device=dev)
+                for start in range(0, n_rows, bs):
+                    idx = torch.arange(start, min(start + bs, n_rows), device=dev)
                     img, m = idx % b, idx // b
                     mk = masks[m].unsqueeze(1)  # (n, 1, H, W)
                     out = runner(x[img] * mk.to(x.dtype))
