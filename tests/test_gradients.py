@@ -18,6 +18,7 @@ from cnnlens.errors import InputError, TargetError
 from cnnlens.methods import (
     Deconvnet,
     GuidedBackprop,
+    GuidedGradCAM,
     IntegratedGradients,
     Saliency,
     SmoothGrad,
@@ -464,6 +465,9 @@ def test_smoothgrad_seeded_wrapper_and_kinds() -> None:
     plain = cnnlens.explain(model, x, "integrated_gradients", n_steps=4)
     torch.testing.assert_close(ig.raw, plain.raw, atol=1e-6, rtol=1e-5)
     assert ig.extras["base"] == "integrated_gradients"
+    ggc = GuidedGradCAM(model, layer="features.4")
+    wrapped = SmoothGrad(ggc, n_samples=2, noise=0.0)(x, topk=2)
+    torch.testing.assert_close(wrapped.raw, ggc(x, topk=2).raw, atol=1e-6, rtol=1e-5)
 
 
 class MaxBatch:

@@ -365,7 +365,8 @@ class IntegratedGradients(GradientMethod):
         fx: Tensor | None = None,
         runner: Runner | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        runner = runner or Runner(self.model, x, self.optimize)
+        # without a runner checked by explain_batch (SmoothGrad's rows): channels-last only
+        runner = runner or Runner(self.model, x, self.optimize, fold=False)
         n = x.shape[0]
         local = torch.arange(n, device=x.device)
         sub = rows_targets(targets, rows)
