@@ -15,7 +15,7 @@ import typer
 from cnnlens.errors import CnnlensError
 
 # The one list of sub-command modules (cnnlens/cli/<name>.py, each with register(app)).
-COMMANDS: tuple[str, ...] = ("demo", "explain", "prototype", "report", "summary", "train")
+COMMANDS: tuple[str, ...] = ("assess", "demo", "explain", "prototype", "report", "summary", "train")
 
 app = typer.Typer(
     name="cnnlens",

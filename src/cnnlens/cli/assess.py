@@ -1,0 +1,238 @@
+"""``cnnlens assess``: benchmark explanation methods on a dataset with ground truth.
+
+    cnnlens assess --model runs/gap-shapes/model.safetensors --dataset shapes \\
+        --methods all --metrics all --n 200 --out runs/assess-shapes --light
+    cnnlens assess --model runs/mnist/model.safetensors --dataset mnist-embedded \\
+        --metrics deletion,insertion,cascading_randomization --n 100 --out runs/assess-mnist
+    cnnlens assess --model my.safetensors --dataset folder --data-dir mydata --out runs/mine
+
+Writes the table (``table.md``, ``table.csv``, ``table.json``: mean and 95% confidence
+interval of every method x metric), the curves and sanity figures (``figures/*.png``) and
+``report.html`` to OUT. Interrupted runs resume: run the same command again and the rows
+saved in ``OUT/rows.jsonl`` are skipped. ``--dataset folder`` reads ``DATA_DIR/images/``
+with a parallel ``DATA_DIR/masks/`` of binary PNGs (see docs/evaluation.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from cnnlens.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["parse_scoped_options", "register"]
+
+
+def _value(raw: str) -> Any:
+    low = raw.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def parse_scoped_options(items: list[str] | None, option: str) -> dict[str, dict[str, Any]]:
+    """``["deletion.step=64", "road.noise=0"]`` -> ``{"deletion": {"step": 64}, ...}``.
+
+    Raises:
+        InputError: an item that is not ``NAME.KEY=VALUE``.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        for part in (p.strip() for p in str(item).split(",")):
+            if not part:
+                continue
+            key, sep, raw = part.partition("=")
+            name, dot, opt = key.strip().rpartition(".")
+            if not sep or not dot or not name or not opt:
+                raise InputError(f"{option} must look like NAME.KEY=VALUE, got {part!r}")
+            out.setdefault(name, {})[opt.replace("-", "_")] = _value(raw.strip())
+    return out
+
+
+def _dataset_options(items: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = str(item).partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--dataset-option must look like KEY=VALUE, got {item!r}")
+        out[key.strip().replace("-", "_")] = _value(raw.strip())
+    return out
+
+
+def assess_command(
+    model: str = typer.Option(
+        ..., "--model", "-m", help="cnnlens checkpoint (.safetensors) or a model name."
+    ),
+    dataset: str = typer.Option(
+        ..., "--dataset", "-d", help="shapes, shapes-pair, mnist-embedded, ... or folder."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    weights: str | None = typer.Option(None, "--weights", help="Weights for a model name."),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="For folder: the folder holding images/ and masks/."
+    ),
+    split: str = typer.Option("test", "--split", help="Dataset split."),
+    dataset_option: list[str] | None = typer.Option(
+        None, "--dataset-option", help="Dataset option KEY=VALUE (e.g. seed=1)."
+    ),
+    methods: list[str] | None = typer.Option(
+        None, "--methods", "--method", help="Method names (comma list, repeat) or 'all'."
+    ),
+    metrics: list[str] | None = typer.Option(
+        None, "--metrics", "--metric", help="Metric names (comma list, repeat) or 'all'."
+    ),
+    n: int = typer.Option(200, "--n", help="Images to assess (the first N)."),
+    target: str = typer.Option(
+        "label", "--target", help="label (ground-truth class) or predicted (top class)."
+    ),
+    option: list[str] | None = typer.Option(
+        None,
+        "--option",
+        help="Method option [METHOD.]KEY=VALUE, e.g. rise.n_masks=1000 (repeat).",
+    ),
+    metric_option: list[str] | None = typer.Option(
+        None, "--metric-option", help="METRIC.KEY=VALUE, e.g. deletion.step=64 (repeat)."
+    ),
+    light: bool = typer.Option(
+        False, "--light", help="Scale down the slow methods (fewer steps, samples, masks)."
+    ),
+    batch_size: int = typer.Option(16, "--batch-size", help="Rows explained together."),
+    sanity_images: int = typer.Option(
+        8, "--sanity-images", help="Images for the sanity check (0: none)."
+    ),
+    examples: int = typer.Option(3, "--examples", help="Rows shown in figures/examples.png."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the baselines and sanity checks."),
+    fresh: bool = typer.Option(False, "--fresh", help="Discard earlier rows in OUT."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    title: str | None = typer.Option(None, "--title", help="Title of the report."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+) -> None:
+    """Benchmark explanation methods: every method x metric with 95% CIs, figures, report."""
+    from cnnlens.assess import assess, light_options, load_data, resolve_methods
+    from cnnlens.cli._common import load_model, parse_method_options, split_values
+
+    if n < 1:
+        raise InputError(f"--n must be a positive number of images, got {n}")
+    if data_dir is not None and not data_dir.is_dir():
+        raise InputError(f"--data-dir {str(data_dir)!r} does not exist or is not a folder")
+    chosen = resolve_methods(split_values(methods) or ["all"])
+    given = {k: v for k, v in parse_method_options(option, chosen).items() if v}
+    base = light_options(chosen) if light else {}
+    m_opts = {k: {**base.get(k, {}), **given.get(k, {})} for k in {**base, **given}}
+    x_opts = parse_scoped_options(metric_option, "--metric-option")
+    net, info = load_model(model, weights, device)
+    with _warnings_as_lines():
+        data = load_data(
+            dataset,
+            model_info=info,
+            split=split,
+            root=data_dir,
+            n=n,
+            options=_dataset_options(dataset_option),
+        )
+        try:
+            res = assess(
+                net,
+                data,
+                out,
+                methods=chosen,
+                metrics=split_values(metrics) or "all",
+                n=n,
+                target=target,
+                batch_size=batch_size,
+                seed=seed,
+                method_options=m_opts,
+                metric_options=x_opts,
+                sanity_images=sanity_images,
+                examples=examples,
+                model_info=info,
+                title=title,
+                progress=progress,
+                fresh=fresh,
+                echo=typer.echo,
+            )
+        except KeyboardInterrupt:
+            typer.echo(
+                f"interrupted: the finished rows are saved in {out / 'rows.jsonl'}; run the "
+                "same command again to resume",
+                err=True,
+            )
+            raise typer.Exit(130) from None
+    _print_table(res)
+    typer.echo(f"table: {res.files['table_md']} (also table.csv, table.json)")
+    typer.echo(f"report: {res.files['report']}")
+
+
+@contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """Show each warning as one line ``warning: ...`` on stderr (no file and line)."""
+    saved = warnings.showwarning
+
+    def show(message: Any, *_: Any, **__: Any) -> None:
+        typer.echo(f"warning: {message}", err=True)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = saved
+
+
+_SHORT = {
+    "deletion": "del",
+    "insertion": "ins",
+    "average_drop": "drop",
+    "increase_in_confidence": "incr",
+    "road_morf": "morf",
+    "road_lerf": "lerf",
+    "road": "road",
+    "pointing_game": "point",
+    "energy_pointing_game": "energy",
+    "relevance_rank_accuracy": "rank",
+    "iou": "iou",
+    "sparseness": "gini",
+    "entropy": "entropy",
+    "cascading_randomization": "sanity",
+}
+
+
+def _print_table(res: Any) -> None:
+    """The means as a compact table (the intervals are in table.md)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cnnlens.assess import BASELINES, metric_direction
+
+    arrow = {True: "↑", False: "↓", None: ""}
+    table = Table(title="mean over rows (95% intervals in table.md)", show_edge=False)
+    table.add_column("method", no_wrap=True)
+    for m in res.metrics:
+        table.add_column(_SHORT.get(m, m) + arrow[metric_direction(m)], justify="right")
+    by = {(r["method"], r["metric"]): r["mean"] for r in res.rows}
+    for method in [*res.methods, *BASELINES]:
+        if any(k[0] == method for k in by):
+            cells = [by.get((method, m), float("nan")) for m in res.metrics]
+            table.add_row(method, *("—" if v != v else f"{v:.3f}" for v in cells))
+    Console(width=max(120, 12 + 8 * len(res.metrics))).print(table)
+    for v in res.sanity:
+        typer.echo(f"sanity ({v.check}): {v.method} {'passes' if v.passed else 'FAILS'}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``assess`` command to the cnnlens command line."""
+    app.command("assess")(assess_command)

@@ -1,0 +1,417 @@
+"""`cnnlens assess` and cnnlens.assess: tables checked against the saved rows and an oracle,
+resuming after an interruption, the folder+masks layout, and the user errors.
+
+The model is a gap-cnn with fixed random weights on 16x16 images: these tests check the
+pipeline, not what a trained model does (tests/test_trust_acceptance.py does that).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import stats
+
+import cnnlens
+import cnnlens.assess as A
+from cnnlens import models
+from cnnlens.cli.main import main
+from cnnlens.data import SHAPE_CLASSES
+from cnnlens.errors import DataError, InputError
+from cnnlens.report import SanityVerdict, load_results
+
+SIZE = 16
+FAST = {"deletion": {"step": 32}, "insertion": {"step": 32}}
+QUICK_METRICS = ["deletion", "insertion", "pointing_game", "sparseness"]
+
+
+@pytest.fixture(scope="module")
+def net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = models.create("gap-cnn")
+    with torch.no_grad():  # spread the outputs so the classes differ clearly
+        model.fc.weight.mul_(8.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(net: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
+    return models.save_checkpoint(
+        net,
+        path,
+        arch="gap-cnn",
+        class_names=list(SHAPE_CLASSES),
+        input_size=(SIZE, SIZE),
+        preset="none",
+        dataset="shapes",
+    )
+
+
+@pytest.fixture(scope="module")
+def data() -> A.AssessData:
+    return A.load_data("shapes", options={"size": SIZE}, n=8)
+
+
+def _run(*args: object) -> int:
+    return main(["assess", *map(str, args)])
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def test_cli_writes_tables_that_match_the_rows_and_an_oracle(
+    checkpoint: Path, net: torch.nn.Module, data: A.AssessData, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    rc = _run(
+        "--model", checkpoint, "--dataset", "shapes", "--methods", "gradcam,saliency",
+        "--metrics", "deletion,insertion,pointing_game,cascading_randomization",
+        "--n", 6, "--out", out, "--sanity-images", 3, "--examples", 2,
+        "--metric-option", "deletion.step=32", "--metric-option", "insertion.step=32",
+        "--no-progress",
+    )  # fmt: skip
+    assert rc == 0
+    for name in ("table.md", "table.csv", "table.json", "report.html", "results.json"):
+        assert (out / name).is_file(), name
+    for name in ("curves", "sanity", "examples", "sanity_gradcam", "sanity_saliency"):
+        assert (out / "figures" / f"{name}.png").is_file(), name
+
+    rows = _rows(out)
+    assert len(rows) == 6 * 4  # 6 images x (2 methods + 2 baselines)
+    with open(out / "table.csv") as fh:
+        table = {(r["method"], r["metric"]): r for r in csv.DictReader(fh)}
+    # the deletion mean and its Student-t interval, recomputed from the saved rows
+    vals = np.array([r["scores"]["deletion"] for r in rows if r["method"] == "gradcam"])
+    half = stats.t.ppf(0.975, len(vals) - 1) * vals.std(ddof=1) / math.sqrt(len(vals))
+    cell = table[("gradcam", "deletion")]
+    assert float(cell["mean"]) == pytest.approx(vals.mean(), abs=1e-5)
+    assert float(cell["low"]) == pytest.approx(vals.mean() - half, abs=1e-5)
+    assert float(cell["high"]) == pytest.approx(vals.mean() + half, abs=1e-5)
+
+    # oracle: Grad-CAM maps of the same images for their labels, argmax inside the mask
+    exp = cnnlens.explain(net, data.images[:6], "gradcam", target=data.labels[:6, 0])
+    flat = exp.maps.flatten(1)
+    hits = data.masks[:6, 0].flatten(1).gather(1, flat.argmax(1, keepdim=True)).float()
+    saved = [r["scores"]["pointing_game"] for r in rows if r["method"] == "gradcam"]
+    assert saved == pytest.approx(hits.flatten().tolist())
+    # the random baseline: seeded per row, so the same numbers however the rows are batched
+    r0 = next(r for r in rows if r["method"] == "random" and r["row"] == "0")
+    noise = cnnlens.metrics.random_maps(torch.zeros(1, SIZE, SIZE), seed=zlib.crc32(b"0/0"))
+    assert r0["scores"]["pointing_game"] == float(data.masks[0, 0].flatten()[noise.argmax()])
+    # the area under each saved curve is the saved AUC (equal steps: the trapezoid rule)
+    curve = np.array(r0["curves"]["deletion"])
+    assert np.trapezoid(curve, np.linspace(0, 1, len(curve))) == pytest.approx(
+        r0["scores"]["deletion"], abs=1e-4
+    )
+
+    md = (out / "table.md").read_text()
+    assert sum(line.startswith("| ") for line in md.splitlines()) == 5  # header, 2 + 2 rows
+    assert "pointing_game ↑" in md and "deletion ↓" in md and "cascading_randomization ↓" in md
+    summary = json.loads((out / "table.json").read_text())
+    assert {s["method"] for s in summary["sanity"]} == {"gradcam", "saliency"}
+    res = load_results(out)
+    assert res.metrics is not None and set(res.metrics.rows) == {
+        "gradcam", "saliency", "random", "centre",
+    }  # fmt: skip
+    assert res.metrics.rows["gradcam"]["deletion"].mean == pytest.approx(vals.mean(), abs=1e-5)
+    assert [v.method for v in res.sanity or []] == ["gradcam", "saliency"]
+    assert "Evaluation" in (out / "report.html").read_text()
+
+
+def test_resume_after_interruption_skips_finished_rows(
+    net: torch.nn.Module, data: A.AssessData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kw = dict(
+        methods=["gradcam", "saliency"], metrics=QUICK_METRICS, n=8, batch_size=3,
+        metric_options=FAST, sanity_images=0, examples=0,
+    )  # fmt: skip
+    out = tmp_path / "run"
+    real = A._Run.score
+    done: list[int] = []
+
+    def interrupted(self: A._Run, method: str, idx: list[int]) -> int:
+        if len(done) == 2:
+            raise KeyboardInterrupt
+        done.append(real(self, method, idx))
+        return done[-1]
+
+    monkeypatch.setattr(A._Run, "score", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        A.assess(net, data, out, **kw)
+    assert len(_rows(out)) == sum(done) == 6  # two batches of three rows kept
+    with open(out / "rows.jsonl", "a") as fh:  # a write cut short by the crash
+        fh.write('{"method": "gradcam", "row": "6", "sco')
+
+    calls: list[tuple[str, int]] = []
+
+    def counted(self: A._Run, method: str, idx: list[int]) -> int:
+        calls.append((method, len(idx)))
+        return real(self, method, idx)
+
+    monkeypatch.setattr(A._Run, "score", counted)
+    res = A.assess(net, data, out, **kw)
+    assert res.reused == 6 and res.computed == 8 * 4 - 6
+    assert sum(n for _, n in calls) == 26
+    assert ("gradcam", 3) not in calls[:1]  # gradcam's first six rows were not redone
+
+    fresh = A.assess(net, data, tmp_path / "fresh", **kw)
+    got = {(r["method"], r["metric"]): r["mean"] for r in res.rows}
+    want = {(r["method"], r["metric"]): r["mean"] for r in fresh.rows}
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+
+    # a third run reads everything back; other settings in the same folder are refused
+    again = A.assess(net, data, out, **kw)
+    assert again.computed == 0 and again.reused == 32
+    with pytest.raises(InputError, match="other settings"):
+        A.assess(net, data, out, **{**kw, "metrics": ["deletion"]})
+
+
+def test_cli_interrupt_keeps_rows_and_says_how_to_resume(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    real = A._Run.score
+    calls = []
+
+    def once(self: A._Run, method: str, idx: list[int]) -> int:
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(method)
+        return real(self, method, idx)
+
+    monkeypatch.setattr(A._Run, "score", once)
+    out = tmp_path / "run"
+    rc = _run(
+        "--model", checkpoint, "--dataset", "shapes", "--methods", "gradcam", "--n", 4,
+        "--metrics", "sparseness", "--out", out, "--batch-size", 2, "--no-progress",
+    )  # fmt: skip
+    assert rc == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    assert len(_rows(out)) == 2
+
+
+# --------------------------------------------------------------------------- folder + masks
+
+
+def _folder(root: Path, masks: dict[str, np.ndarray], size: int = 20) -> Path:
+    """images/<class>/<name>.png with a square of colour, and masks/<class>/<name>.png."""
+    for rel, mask in masks.items():
+        img = np.zeros((size, size, 3), np.uint8)
+        img[..., 2] = 90
+        img[4:12, 5:14] = (250, 200, 20)
+        (root / "images" / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(root / "images" / rel)
+        (root / "masks" / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask).save(root / "masks" / rel)
+    return root
+
+
+def _square(size: int = 20) -> np.ndarray:
+    m = np.zeros((size, size), np.uint8)
+    m[4:12, 5:14] = 255
+    return m
+
+
+def test_masked_folder_layout(checkpoint: Path, tmp_path: Path) -> None:
+    root = _folder(
+        tmp_path / "d", {"square/a.png": _square(), "circle/b.png": _square() // 255}
+    )  # 0/255 and 0/1 masks both work
+    _, info = models.load(checkpoint)
+    data = A.load_masked_folder(root, model_info=info)
+    assert data.images.shape == (2, 3, SIZE, SIZE)
+    assert data.labels.flatten().tolist() == [SHAPE_CLASSES.index("circle"), 1]
+    want = Image.fromarray(_square()).resize((SIZE, SIZE), Image.Resampling.NEAREST)
+    assert torch.equal(data.masks[1, 0], torch.from_numpy(np.asarray(want) > 0))
+    assert data.files is not None and data.files[0].endswith("b.png")
+
+    out = tmp_path / "run"
+    rc = _run(
+        "--model", checkpoint, "--dataset", "folder", "--data-dir", root, "--methods",
+        "gradcam", "--metrics", "pointing_game,energy_pointing_game", "--out", out,
+        "--sanity-images", 0, "--no-progress",
+    )  # fmt: skip
+    assert rc == 0
+    assert len(_rows(out)) == 2 * 3
+
+
+def test_flat_folder_explains_the_top_class(net: torch.nn.Module, tmp_path: Path) -> None:
+    root = tmp_path / "flat"
+    _folder(root, {"one.png": _square()})
+    data = A.load_masked_folder(root, size=SIZE, preset="none")
+    assert data.labels.tolist() == [[-1]]
+    res = A.assess(
+        net, data, tmp_path / "o", methods="gradcam", metrics=["pointing_game"],
+        sanity_images=0, examples=0, n=None,
+    )  # fmt: skip
+    row = _rows(tmp_path / "o")[0]
+    assert row["target"] == int(net(data.images).argmax())
+    assert res.value("gradcam", "pointing_game")["n"] == 1
+
+
+@pytest.mark.parametrize(
+    ("masks", "expected"),
+    [
+        ({"square/a.png": _square(24)}, "masks must have their image's size"),
+        ({"square/a.png": np.arange(400, dtype=np.uint8).reshape(20, 20)}, "is not binary"),
+        ({"kite/a.png": _square()}, "class folder 'kite'"),
+    ],
+)
+def test_bad_masks_are_one_line_errors(
+    checkpoint: Path, tmp_path: Path, capsys, masks: dict, expected: str
+) -> None:
+    root = _folder(tmp_path / "d", masks)
+    rc = _run(
+        "--model", checkpoint, "--dataset", "folder", "--data-dir", root, "--out",
+        tmp_path / "o", "--no-progress",
+    )  # fmt: skip
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert rc == 2
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0]
+
+
+def test_missing_mask_is_an_error(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "d", {"square/a.png": _square()})
+    (root / "masks" / "square" / "a.png").unlink()
+    with pytest.raises(DataError, match="has no mask: expected"):
+        A.load_masked_folder(root, size=SIZE)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--metrics", "pointing_gam"], "unknown metric(s) 'pointing_gam'"),
+        (["--methods", "gradcam,nosuch"], "nosuch"),
+        (["--methods", "random"], "is a baseline"),
+        (["--n", "0"], "--n must be a positive number"),
+        (["--metric-option", "deletion.stp=3"], "deletion takes no option 'stp'"),
+        (["--metric-option", "stp=3"], "NAME.KEY=VALUE"),
+        (["--option", "rise.n_masks=3"], "not among the methods run"),
+        (["--target", "guess"], "target must be 'label' or 'predicted'"),
+        (["--dataset", "digits"], "cannot take the digits images (1x8x8)"),
+    ],
+)
+def test_user_errors_print_one_line(
+    checkpoint: Path, tmp_path: Path, capsys, args: list[str], expected: str
+) -> None:
+    base = ["--model", checkpoint, "--dataset", "shapes", "--methods", "gradcam"]
+    rc = _run(*base, "--n", 2, "--out", tmp_path / "o", "--no-progress", *args)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert rc == 2
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert expected in lines[0]
+
+
+def test_warnings_n_too_large_empty_mask_and_nan_maps(
+    net: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _folder(
+        tmp_path / "d", {"square/a.png": _square(), "square/b.png": np.zeros((20, 20), np.uint8)}
+    )
+    data = A.load_masked_folder(root, size=SIZE, preset="none")
+    real = A._method_maps
+
+    def nan_first(model, method, x, targets, ids, seed, options):  # type: ignore[no-untyped-def]
+        maps = real(model, method, x, targets, ids, seed, options)
+        if method == "saliency":
+            maps = maps.clone()
+            maps[0, 0, 0] = float("nan")
+        return maps
+
+    monkeypatch.setattr(A, "_method_maps", nan_first)
+    with pytest.warns(UserWarning) as record:
+        res = A.assess(
+            net, data, tmp_path / "o", methods=["gradcam", "saliency"],
+            metrics=["pointing_game", "sparseness"], n=5, sanity_images=0, examples=0,
+        )  # fmt: skip
+    text = " | ".join(str(w.message) for w in record)
+    assert "n=5 is larger than the folder dataset (2 images)" in text
+    assert "empty ground-truth mask" in text and "['1']" in text
+    assert "method saliency gave maps with NaN" in text
+    point = res.value("gradcam", "pointing_game")
+    assert point["n"] == 1 and point["n_missing"] == 1  # the empty mask's row is left out
+    sal = res.value("saliency", "sparseness")
+    assert sal["n"] == 1 and sal["n_missing"] == 1  # the NaN map's row is left out
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def test_sanity_verdicts_read_the_upper_half_of_the_cascade(
+    net: torch.nn.Module, data: A.AssessData
+) -> None:
+    x, t = data.images[:3], data.labels[:3, 0]
+    verdicts = A.sanity_verdicts(net, x, t, ["gradcam", "saliency"])
+    results = A.sanity_checks(net, x, t, "gradcam,saliency")
+    assert [v.method for v in verdicts] == ["gradcam", "saliency"]
+    for v in verdicts:
+        assert isinstance(v, SanityVerdict) and v.check == "cascading model randomization"
+        res = results[v.method]
+        sim = res.spearman_abs[1:].abs()  # 9 steps for gap-cnn: the upper 5 count
+        assert sim.shape[0] == 9
+        upper = float(sim[:5].mean())
+        assert float(A.upper_similarity(res).mean()) == pytest.approx(upper)
+        assert v.passed == (upper < 0.5)
+        assert f"{upper:.2f}" in v.detail and "upper 5 of 9 layers" in v.detail
+
+
+def test_markdown_and_csv_tables() -> None:
+    rows = [
+        {"method": "m", "metric": "deletion", "mean": 0.25, "low": 0.2, "high": 0.3, "n": 4},
+        {"method": "m", "metric": "iou", "mean": float("nan"), "low": float("nan"),
+         "high": float("nan"), "n": 0},
+        {"method": "random", "metric": "deletion", "mean": 0.5, "low": float("nan"),
+         "high": float("nan"), "n": 1},
+    ]  # fmt: skip
+    md = A._markdown(rows, ["deletion", "iou"])
+    lines = md.splitlines()
+    assert lines[0] == "| method | deletion ↓ | iou ↑ |"
+    assert lines[2] == "| m | 0.250 [0.200, 0.300] | — |"
+    assert lines[3] == "| random | 0.500 | — |"
+    parsed = list(csv.DictReader(A._csv(rows).splitlines()))
+    assert parsed[0]["mean"] == "0.25" and parsed[1]["mean"] == ""
+
+
+def test_metric_names_and_library_errors(net: torch.nn.Module, data: A.AssessData) -> None:
+    assert A.ASSESS_METRICS[-1] == A.SANITY_METRIC
+    assert set(A.ASSESS_METRICS[:-1]) == set(cnnlens.metrics.list_metrics())
+    assert A.resolve_methods("all") == cnnlens.list_methods()
+    no_masks = A.AssessData("x", data.images[:2], data.labels[:2], None, list(SHAPE_CLASSES))
+    with pytest.raises(InputError, match="need ground-truth masks"):
+        A.assess(net, no_masks, "unused", metrics=["iou"], n=None)
+    pair = A.load_data("shapes-pair", options={"size": 32}, n=2)
+    assert pair.labels.shape == (2, 2) and pair.masks is not None
+    assert pair.masks.shape == (2, 2, 32, 32) and pair.multilabel
+    with pytest.raises(InputError, match="use target 'label'"):
+        A.assess(net, pair, "unused", target="predicted", n=None)
+
+
+def test_pair_rows_use_each_class_and_its_own_mask(
+    net: torch.nn.Module, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pair = A.load_data("shapes-pair", options={"size": 32}, n=3)
+    caplog.set_level(logging.WARNING)
+    A.assess(
+        net, pair, tmp_path / "o", methods="gradcam", metrics=["energy_pointing_game"],
+        sanity_images=0, examples=0, n=None,
+    )  # fmt: skip
+    rows = [r for r in _rows(tmp_path / "o") if r["method"] == "gradcam"]
+    assert [r["row"] for r in rows] == ["0.0", "0.1", "1.0", "1.1", "2.0", "2.1"]
+    assert [r["target"] for r in rows] == pair.labels.flatten().tolist()
+    exp = cnnlens.explain(net, pair.images[:1], "gradcam", target=pair.labels[:1, 1])
+    mask = pair.masks[0, 1]
+    want = float(exp.maps[0][mask].sum() / exp.maps[0].sum())
+    assert rows[1]["scores"]["energy_pointing_game"] == pytest.approx(want, abs=1e-5)
