@@ -192,6 +192,12 @@ def as_index_list(value: int | Sequence[int] | Tensor, what: str) -> list[int]:
     return items
 
 
+def check_positive_int(value: Any, name: str) -> None:
+    """Raise InputError unless ``value`` is an int >= 1 (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
+
+
 def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     """Device and floating dtype of the model's first parameter (CPU float32 when none)."""
     for p in model.parameters():

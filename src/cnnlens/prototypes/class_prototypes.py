@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cnnlens.errors import DataError, InputError, TargetError
 from cnnlens.prototypes._compat import (
+    check_positive_int,
     frozen,
     model_device_dtype,
     progress_bar,
@@ -276,14 +277,14 @@ def _fit_start(image: Tensor, shape: tuple[int, int, int]) -> Tensor:
         if img.shape[1] == 1:
             img = img.expand(-1, c, -1, -1)
         elif c == 1 and img.shape[1] == 3:
-            warnings.warn("init image is RGB but the model takes grey; averaging", stacklevel=3)
+            warnings.warn("init image is RGB but the model takes grey; averaging", stacklevel=4)
             img = img.mean(1, keepdim=True)
         else:
             raise InputError(f"init image has {img.shape[1]} channels but the model takes {c}")
     if tuple(img.shape[2:]) != (h, w):
         warnings.warn(
             f"init image is {img.shape[3]}x{img.shape[2]} but the model takes {w}x{h}; resizing it",
-            stacklevel=3,
+            stacklevel=4,
         )
         img = F.interpolate(img, size=(h, w), mode="bilinear", align_corners=False)
     if img.min() < 0 or img.max() > 1:
@@ -334,7 +335,8 @@ def class_prototypes(
         steps: the step budget.
         target_prob: stop once every class has at least this probability.
         clamp: keep the prototypes valid images (projected onto [0, 1] in display space after
-            each step).
+            each step); with False, ``images`` are clipped for display only and ``probs``
+            refer to the unclipped ``inputs``.
         seed: seed of the local generator used by ``init="noise"``.
         progress: show a progress bar.
 
@@ -346,8 +348,7 @@ def class_prototypes(
         >>> res = class_prototypes(model, prior=means, preset="mnist")
         >>> res.probs.min() >= 0.99
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise InputError(f"steps must be a positive integer, got {steps!r}")
+    check_positive_int(steps, "steps")
     if not 0 < target_prob <= 1:
         raise InputError(f"target_prob must be in (0, 1], got {target_prob!r}")
     if lam < 0:
@@ -442,7 +443,7 @@ def class_prototypes(
         warnings.warn(
             f"classes {', '.join(missed)} did not reach probability {target_prob} in {steps} "
             "steps; raise steps or lower lam",
-            stacklevel=2,
+            stacklevel=3,
         )
     inputs = x.detach().float().cpu()
     images = scale.denormalize(inputs).clamp(0, 1)

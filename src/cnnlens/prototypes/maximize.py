@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from cnnlens.errors import InputError
 from cnnlens.prototypes._compat import (
+    check_positive_int,
     frozen,
     model_device_dtype,
     progress_bar,
@@ -154,11 +155,6 @@ def redirected_relus(model: nn.Module, active: Callable[[], bool]) -> Iterator[N
         inputs.clear()
 
 
-def _check_positive(value: int, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{name} must be a positive integer, got {value!r}")
-
-
 def _fit(x: Tensor, size: tuple[int, int]) -> Tensor:
     """Centre-crop a larger image to ``size``; resize a smaller one (bilinear)."""
     h, w = x.shape[2:]
@@ -247,12 +243,14 @@ def visualize(
     Example:
         >>> res = visualize(model, Channel("features.3", 5), (3, 64, 64), tv=0.1)  # doctest: +SKIP
     """
-    _check_positive(steps, "steps")
-    _check_positive(batch, "batch")
+    check_positive_int(steps, "steps")
+    check_positive_int(batch, "batch")
     if len(shape) != 3:
         raise InputError(f"shape must be (C, H, W), got {tuple(shape)}")
     if param not in PARAMS:
         raise InputError(f"param must be one of {', '.join(PARAMS)}, got {param!r}")
+    if labels is not None and len(labels) != batch:
+        raise InputError(f"labels has {len(labels)} entries for a batch of {batch} images")
     c, h, w = (int(v) for v in shape)
     device, dtype = model_device_dtype(model)
     scale = scaling(preset, c)
@@ -298,14 +296,14 @@ def visualize(
             raise InputError("the model must return a (B, N) tensor of class scores")
         return Context(image=images, input=x, logits=logits, acts=acts, names=names)
 
-    step = 0
+    step = 0  # read by the ReLU redirect: active during the first redirect_relu steps
     with (
         frozen(model),
         redirected_relus(model, lambda: step < redirect_relu),
         capture_layers(model, total.layers) as (acts, names),
         progress_bar(progress, steps, f"maximizing {objective.describe()}") as bar,
     ):
-        for step in range(steps):  # the redirect reads step
+        for step in range(steps):
             values = total(forward(image_param.image(), transform))
             grads = torch.autograd.grad(-values.sum(), image_param.params)
             for p, g in zip(image_param.params, grads, strict=True):
