@@ -173,6 +173,7 @@ def test_nothing_explained_is_one_line_and_status_2(
         (["--option", "rise.n_masks=5"], "not among the methods run (gradcam)"),
         (["--option", "n_masks=5"], "no method among gradcam takes an option 'n_masks'"),
         (["--option", "n_masks"], "KEY=VALUE"),
+        (["--method", "gradcam,occlusion", "--option", "window=40"], "does not fit"),
     ],
 )
 def test_user_errors_print_one_line(

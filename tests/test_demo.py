@@ -90,7 +90,7 @@ def test_quick_demo_accuracy_matches_the_checkpoint(demo: tuple[Path, str]) -> N
     test_set = _subset(get_dataset("mnist-embedded", split="test"), QUICK.mnist_test)
     assert info["mnist_accuracy"] == pytest.approx(evaluate(net, test_set).accuracy, abs=1e-6)
     _, card2 = models.load(out / "gap-cnn" / "model.safetensors")
-    assert card2.dataset == "shapes-pair" and card2.input_size == (64, 64)
+    assert card2.dataset == "shapes-pair" and card2.input_size == (QUICK.shapes_size,) * 2
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -179,11 +179,11 @@ def test_subset_is_stratified_and_layers_span_the_depth() -> None:
     sub = _subset(ds, 30)
     assert len(sub) == 30
     assert torch.bincount(sub.targets, minlength=10).tolist() == [3] * 10
-    assert _conv_layers(models.create("mnist-cnn")) == ["block1.conv", "block2.conv", "block3.conv"]
+    assert _conv_layers(models.create("mnist-cnn")) == ["block1", "block2", "block3"]
     gap = models.create("gap-cnn")
-    assert _conv_layers(gap) == [
-        "features.block1.conv",
-        "features.block3.conv",
-        "features.block4.conv",
-    ]
+    assert _conv_layers(gap) == ["features.block1", "features.block3", "features.block4"]
+    conv = torch.nn.Conv2d
+    flat = torch.nn.Sequential(conv(1, 2, 3), torch.nn.ReLU(), conv(2, 2, 3), conv(2, 2, 3))
+    flat.append(conv(2, 2, 3))  # no blocks (VGG-like): the convolutions themselves
+    assert _conv_layers(flat) == ["0", "3", "4"]
     assert slug("gradcam++") == "gradcampp" and slug("a b/c") == "a-b-c"

@@ -334,6 +334,8 @@ def run_explain(
         logger.warning(
             "--layer is ignored: none of the methods (%s) works on a layer", ", ".join(method_names)
         )
+    # sigmoid probabilities for multi-label models (cnnlens's multi-label dataset, or a
+    # checkpoint that says so in its extra metadata), softmax otherwise
     multilabel = bool((info.extra or {}).get("multilabel")) or info.dataset == "shapes-pair"
     crop = info.preset == "imagenet"
 
@@ -379,13 +381,21 @@ def run_explain(
                         topk=topk,
                         **per_method[name],
                     )
-                except ModelError as err:
-                    if len(method_names) == 1:
+                except (ModelError, InputError) as err:
+                    # with several methods, one that cannot work on this model (CAM without
+                    # a GAP head, an occlusion window larger than the image) is left out;
+                    # an error in options the user gave is the user's to fix
+                    if len(method_names) == 1 or per_method[name]:
                         raise
                     logger.warning("method %s skipped: %s", name, err)
                     methods_skipped[name] = str(err)
                     active.remove(name)
                 seconds[name] += time.perf_counter() - t0
+            if not active:
+                raise ModelError(
+                    "none of the methods applies to this model: "
+                    + "; ".join(f"{m}: {r}" for m, r in methods_skipped.items())
+                )
             for j, i in enumerate(ok):
                 f = chunk[i]
                 stem = stems[f]
@@ -401,13 +411,13 @@ def run_explain(
                 explained: list[int] = []
                 for name, exp in exps.items():
                     cls = cnnlens.get_method(name)
-                    per_class = exp.targets.dim() == 1
+                    single = exp.targets.dim() == 1  # one class per image
                     tgt = exp.targets[j].reshape(-1).tolist()
                     layered = exp.per_layer or {exp.layer: exp.maps}
                     for k, t in enumerate(tgt):
                         if t not in explained:
                             explained.append(int(t))
-                        index = (j,) if per_class else (j, k)
+                        index = (j,) if single else (j, k)
                         raw = exp.raw[index] if exp.raw.dim() == exp.maps.dim() + 1 else None
                         extras = scalar_extras(exp.extras, index, exp.targets.shape)
                         for lname, lmaps in layered.items():
