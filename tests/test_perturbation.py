@@ -4,6 +4,7 @@ memory bounds, non-finite scores and bad input."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import pytest
@@ -30,7 +31,9 @@ FORWARD_METHODS = [
 ]
 
 
+@functools.cache
 def torchvision_net(name: str) -> nn.Module:
+    """A seeded torchvision net, built once per test file (explanations never change it)."""
     torch.manual_seed(0)
     return getattr(torchvision.models, name)(weights=None, num_classes=10).eval()
 
