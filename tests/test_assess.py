@@ -81,7 +81,7 @@ def test_cli_writes_tables_that_match_the_rows_and_an_oracle(
         "--metrics", "deletion,insertion,pointing_game,cascading_randomization",
         "--n", 6, "--out", out, "--sanity-images", 3, "--examples", 2,
         "--metric-option", "deletion.step=32", "--metric-option", "insertion.step=32",
-        "--no-progress",
+        "--metric-option", "pointing_game.tolerance=0", "--no-progress",
     )  # fmt: skip
     assert rc == 0
     for name in ("table.md", "table.csv", "table.json", "report.html", "results.json"):
@@ -174,6 +174,11 @@ def test_resume_after_interruption_skips_finished_rows(
     for key, value in want.items():
         assert got[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
 
+    # the defaults: the pointing game's tolerance is 15 pixels at 224 scaled to 16 pixels,
+    # deleted pixels take the image's mean colour
+    settings = json.loads((out / "run.json").read_text())["settings"]
+    assert settings["metric_options"]["pointing_game"] == {"tolerance": 1.07}
+    assert settings["metric_options"]["deletion"] == {"step": 32, "substrate": "mean"}
     # a third run reads everything back; other settings in the same folder are refused
     again = A.assess(net, data, out, **kw)
     assert again.computed == 0 and again.reused == 32

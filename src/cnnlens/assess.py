@@ -57,7 +57,9 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ASSESS_METRICS",
     "BASELINES",
+    "DELETION_SUBSTRATE",
     "LIGHT_OPTIONS",
+    "POINTING_TOLERANCE",
     "SANITY_METRIC",
     "AssessData",
     "AssessResult",
@@ -75,6 +77,14 @@ __all__ = [
 #: The table's sanity column: mean |Spearman| of the absolute maps after every layer is
 #: re-initialized (cascading randomization); lower is better.
 SANITY_METRIC = "cascading_randomization"
+#: The pointing game's tolerance as a share of the image side: Zhang et al. (2016) count a
+#: hit within 15 pixels of the object on 224-pixel images.
+POINTING_TOLERANCE = 15 / 224
+#: What deleted pixels become in the deletion metric: each image's mean colour. RISE
+#: (Petsiuk et al. 2018) deletes to zero, which for normalized inputs is about the dataset's
+#: mean colour; for inputs in [0, 1] (the ``none`` preset of ``shapes``) zero is black and
+#: leaves a black silhouette of a one-coloured object, which the model still recognises.
+DELETION_SUBSTRATE = "mean"
 #: Maps every method is compared with (from :mod:`cnnlens.metrics.baselines`).
 BASELINES: tuple[str, ...] = ("random", "centre")
 #: Options that keep the slow methods to seconds per batch on a CPU (``--light``).
@@ -1539,7 +1549,10 @@ def assess(
         eval_batch_size: perturbed images per forward pass in the metrics.
         seed: seed of the random baseline, the sanity check and the stochastic metrics.
         method_options: per-method options (e.g. :func:`light_options`).
-        metric_options: per-metric options, e.g. ``{"deletion": {"step": 64}}``.
+        metric_options: per-metric options, e.g. ``{"deletion": {"step": 64}}``. The
+            pointing game's ``tolerance`` defaults to :data:`POINTING_TOLERANCE` times the
+            shorter image side (the protocol of Zhang et al.; give 0 for none), the
+            deletion's ``substrate`` to :data:`DELETION_SUBSTRATE`.
         sanity_images: images for the sanity check (0 skips it).
         sanity_threshold: the sanity check's threshold on the final similarity.
         examples: rows shown with every method's map in ``figures/examples.png``.
@@ -1584,6 +1597,12 @@ def assess(
     method_names = resolve_methods(methods)
     x_opts = _split_options(metric_options, list(METRICS), "metric")
     _check_metric_options(x_opts)
+    # the pointing game's protocol: 15 pixels at 224, scaled to the images
+    x_opts.setdefault("pointing_game", {}).setdefault(
+        "tolerance", round(POINTING_TOLERANCE * min(data.images.shape[-2:]), 2)
+    )
+    # deleted pixels take the image's mean colour (see DELETION_SUBSTRATE)
+    x_opts.setdefault("deletion", {}).setdefault("substrate", DELETION_SUBSTRATE)
     run = _Run(
         model,
         data,
