@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
-from typing import Any
 
 import torch
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -117,7 +117,7 @@ class ImageTensorDataset(Dataset):
         """All images, normalized, as one float32 tensor (N, C, H, W), and all targets."""
         return self.preset.normalize(self._unit(self.images)), self.targets
 
-    def image(self, index: int) -> Any:
+    def image(self, index: int) -> Image.Image:
         """Image ``index`` as a PIL image (original pixels, for display)."""
         return to_image(self._unit(self.images[index]))
 

@@ -2,8 +2,10 @@
 
 ``shapes``: one shape per image (circle, square, triangle, star, cross) of random size,
 rotation, colour and position on a textured background (colour gradient, stripes, noise),
-so neither colour nor position gives the class away. ``shapes-pair``: two shapes of
-different classes per image, never overlapping, with a multi-hot target.
+so neither colour nor position gives the class away. Half the images have a light shape on
+a dark background, half a dark shape on a light one, each colour of random hue.
+``shapes-pair``: two shapes of different classes per image, never overlapping, with a
+multi-hot target.
 
 Everything is drawn with vectorized numpy (no per-pixel Python loops) and is a pure
 function of ``(seed, split, n, size)``: the train and test splits use different random
@@ -33,6 +35,18 @@ __all__ = [
 SHAPE_CLASSES = ["circle", "square", "triangle", "star", "cross"]
 _SPLIT_STREAM = {"train": 0, "test": 1}
 _CHUNK = 256  # images rendered at once (bounds temporary memory to ~50 MB at 64x64)
+
+# Rendering parameters. Hue, lightness polarity, texture and noise are random and carry no
+# class information; what makes the task learnable in a minute or two of CPU time by a small
+# CNN is that object and background always differ in lightness (mean of R, G, B) by at least
+# 0.5 before shading/gradient: with random hue *and* random contrast the same network needs
+# ~10 times more samples (measured: 88% test accuracy after 40,000 samples).
+_LUMA = (0.25, 0.75)  # dark colours: mean RGB <= 0.25; light colours: >= 0.75
+_GRADIENT = 0.3  # max per-channel difference between the two ends of the colour gradient
+_STRIPES = 0.12  # max stripe amplitude
+_NOISE = (0.01, 0.05)  # range of the per-image pixel noise standard deviation
+_RADIUS = (0.2, 0.36)  # circumradius range of a single shape, as a fraction of the size
+_PAIR_RADIUS = (0.13, 0.22)  # the same for shapes-pair
 
 
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,54 +111,48 @@ def draw_shapes(
     raise InputError(f"shape kind must be in 0..{len(SHAPE_CLASSES) - 1}, got {kind}")
 
 
-def _backgrounds(
-    rng: np.random.Generator, n: int, size: int
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Textured backgrounds (n, 3, size, size) in about [0, 1] (gradient + stripes), and
-    the gradient's end and middle colours, each (n, 3)."""
+def _colours(rng: np.random.Generator, light: np.ndarray) -> np.ndarray:
+    """Random RGB colours (n, 3) of any hue: light ones (mean of R, G, B >= ``_LUMA[1]``)
+    where ``light`` is True, dark ones (mean <= ``_LUMA[0]``) elsewhere.
+
+    Dark colours are uniform on the corner ``{c >= 0, c_R + c_G + c_B <= 3 _LUMA[0]}`` of the
+    RGB cube (a Dirichlet draw, scaled); light colours mirror them (``1 - c``).
+    """
+    e = rng.exponential(size=(len(light), 4))
+    dark = 3 * _LUMA[0] * e[:, :3] / e.sum(axis=1, keepdims=True)
+    return np.where(light[:, None], 1.0 - dark, dark).astype(np.float32)
+
+
+def _backgrounds(rng: np.random.Generator, light: np.ndarray, size: int) -> np.ndarray:
+    """Textured backgrounds (n, 3, size, size) in about [0, 1]: a colour gradient from a
+    light (or dark) colour to a nearby one, plus stripes of random frequency and direction."""
+    n = len(light)
     yy, xx = _grid(size)
-    c0 = rng.uniform(0.0, 1.0, (n, 3, 1, 1)).astype(np.float32)
-    c1 = rng.uniform(0.0, 1.0, (n, 3, 1, 1)).astype(np.float32)
+    c0 = _colours(rng, light)[:, :, None, None]
+    c1 = np.clip(c0 + rng.uniform(-_GRADIENT, _GRADIENT, (n, 3, 1, 1)), 0, 1).astype(np.float32)
     g = rng.uniform(0.0, 2 * math.pi, (n, 1, 1)).astype(np.float32)
     t = ((xx - size / 2) * np.cos(g) + (yy - size / 2) * np.sin(g)) / (size * math.sqrt(2))
     t = (t + 0.5)[:, None]  # (n, 1, H, W) in [0, 1]
-    amp = rng.uniform(0.0, 0.2, (n, 1, 1)).astype(np.float32)
+    amp = rng.uniform(0.0, _STRIPES, (n, 1, 1)).astype(np.float32)
     freq = rng.uniform(2.0, 8.0, (n, 1, 1)).astype(np.float32)
     phi = rng.uniform(0.0, 2 * math.pi, (n, 1, 1)).astype(np.float32)
     phase = rng.uniform(0.0, 2 * math.pi, (n, 1, 1)).astype(np.float32)
     proj = (xx * np.cos(phi) + yy * np.sin(phi)) / size
     stripes = amp * np.sin(2 * math.pi * freq * proj + phase)
-    bg = c0 * (1 - t) + c1 * t + stripes[:, None]
-    ends = [c0[:, :, 0, 0], c1[:, :, 0, 0], (c0 + c1)[:, :, 0, 0] / 2]
-    return bg, ends
+    return c0 * (1 - t) + c1 * t + stripes[:, None]
 
 
-def _object_colours(rng: np.random.Generator, n: int, avoid: list[np.ndarray]) -> np.ndarray:
-    """Random RGB colours (n, 3) at least 0.35 (Euclidean) from each colour in ``avoid``."""
-    col = rng.uniform(0.0, 1.0, (n, 3)).astype(np.float32)
-    for _ in range(1000):
-        bad = np.zeros(n, dtype=bool)
-        for a in avoid:
-            bad |= np.linalg.norm(col - a, axis=1) < 0.35
-        if not bad.any():
-            break
-        col[bad] = rng.uniform(0.0, 1.0, (int(bad.sum()), 3))
-    return col
-
-
-def _render(
-    rng: np.random.Generator,
-    masks: list[np.ndarray],
-    size: int,
-) -> np.ndarray:
-    """uint8 images (n, 3, H, W): textured background with each mask painted in a colour."""
+def _render(rng: np.random.Generator, masks: list[np.ndarray], size: int) -> np.ndarray:
+    """uint8 images (n, 3, H, W): a textured background, light or dark at random, with each
+    mask painted in a random colour of the opposite lightness, plus pixel noise."""
     n = masks[0].shape[0]
-    img, bg_colours = _backgrounds(rng, n, size)
+    light_bg = rng.random(n) < 0.5
+    img = _backgrounds(rng, light_bg, size)
     for m in masks:
-        col = _object_colours(rng, n, bg_colours)
+        col = _colours(rng, ~light_bg)
         shade = rng.uniform(-0.1, 0.1, (n, 1, 1, 1)).astype(np.float32)
         img = np.where(m[:, None], col[:, :, None, None] + shade, img)
-    sigma = rng.uniform(0.02, 0.08, (n, 1, 1, 1)).astype(np.float32)
+    sigma = rng.uniform(*_NOISE, (n, 1, 1, 1)).astype(np.float32)
     img = img + sigma * rng.standard_normal(img.shape, dtype=np.float32)
     return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
 
@@ -164,7 +172,7 @@ def make_shapes(
     """Generate the ``shapes`` data.
 
     Classes are balanced (``n // 5`` or one more each) in random order. Radii are drawn in
-    [0.15, 0.32] x ``size``; every shape lies fully inside the image.
+    [0.2, 0.36] x ``size``; every shape lies fully inside the image.
 
     Returns:
         images uint8 (n, 3, size, size), labels int64 (n,), masks bool (n, size, size).
@@ -173,7 +181,7 @@ def make_shapes(
     rng = np.random.default_rng([seed, _SPLIT_STREAM[split]])
     k = len(SHAPE_CLASSES)
     labels = rng.permutation(np.arange(n) % k)
-    r = rng.uniform(0.15, 0.32, n) * size
+    r = rng.uniform(*_RADIUS, n) * size
     cx = rng.uniform(r + 1, size - 1 - r)
     cy = rng.uniform(r + 1, size - 1 - r)
     angle = rng.uniform(0.0, 2 * math.pi, n)
@@ -210,7 +218,7 @@ def make_shapes_pair(
     a = rng.integers(0, k, n)
     b = (a + rng.integers(1, k, n)) % k
     pair = np.stack([a, b], axis=1)
-    r = rng.uniform(0.11, 0.2, (n, 2)) * size
+    r = rng.uniform(*_PAIR_RADIUS, (n, 2)) * size
     cx = rng.uniform(r + 1, size - 1 - r)
     cy = rng.uniform(r + 1, size - 1 - r)
     for _ in range(10_000):  # rejection sampling, vectorized over the images still clashing
