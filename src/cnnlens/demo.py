@@ -33,7 +33,8 @@ import math
 import re
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,9 +52,11 @@ __all__ = [
     "QUICK",
     "DemoConfig",
     "DemoResult",
+    "Progress",
     "map_stats",
     "method_options",
     "probabilities",
+    "progress_bar",
     "render_map",
     "run_demo",
     "show_input",
@@ -204,6 +207,62 @@ def scalar_extras(
         ):
             out[key] = float(value[index])
     return out
+
+
+class Progress:
+    """A progress bar over ``total`` units; silent when disabled.
+
+    Use :meth:`advance` after each unit of work and :meth:`describe` to change the text.
+    """
+
+    def __init__(self, bar: Any, task: Any) -> None:
+        self._bar = bar
+        self._task = task
+
+    def advance(self, n: float = 1) -> None:
+        """Move the bar forward by ``n`` units."""
+        if self._bar is not None:
+            self._bar.advance(self._task, n)
+
+    def describe(self, text: str) -> None:
+        """Replace the text shown left of the bar."""
+        if self._bar is not None:
+            self._bar.update(self._task, description=text)
+
+
+@contextmanager
+def progress_bar(enabled: bool, total: float | None, description: str = "") -> Iterator[Progress]:
+    """A rich progress bar (on stderr) for a ``with`` block; a no-op when ``enabled`` is False.
+
+    Example:
+        >>> with progress_bar(True, total=10, description="explaining") as bar:  # doctest: +SKIP
+        ...     for _ in range(10):
+        ...         bar.advance()
+    """
+    if not enabled:
+        yield Progress(None, None)
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.progress import Progress as RichProgress
+
+    bar = RichProgress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    )
+    with bar:
+        yield Progress(bar, bar.add_task(description, total=total))
 
 
 # ------------------------------------------------------------------------------------------
@@ -495,11 +554,10 @@ def _pick_digits(net: nn.Module, test_set: Any, n: int) -> list[int]:
     return picked
 
 
-def _explain_all(run: _Run, net: nn.Module, x: Tensor, preset: Any) -> dict[str, Any]:
+def _explain_all(run: _Run, net: nn.Module, x: Tensor) -> dict[str, Any]:
     """Every registered method on the digits ``x``; method -> Explanation (or the reason it
     does not apply)."""
     import cnnlens
-    from cnnlens.cli._common import progress_bar
 
     done: dict[str, Any] = {}
     skipped: dict[str, str] = {}
@@ -547,7 +605,7 @@ def _digits_step(run: _Run, net: nn.Module, train_set: Any, test_set: Any) -> di
     with torch.no_grad():
         probs = probabilities(net(x))
     run.echo(f"explaining {len(idx)} test digits with every registered method")
-    res = _explain_all(run, net, x, preset)
+    res = _explain_all(run, net, x)
     done: dict[str, Any] = res["done"]
     for name, why in res["skipped"].items():
         run.echo(f"  {name}: not applicable to mnist-cnn ({why.split(';')[0]})")
@@ -625,13 +683,10 @@ def _digits_step(run: _Run, net: nn.Module, train_set: Any, test_set: Any) -> di
     layers = _conv_layers(net)
     exp = cnnlens.explain(net, x, method="gradcam", layer=layers)
     per_layer = exp.per_layer or {exp.layer: exp.maps}
-    labels = {"0": "near the input", "1": "middle", "2": "last conv"}
+    depth = ["near the input", "middle", "last conv"] if len(per_layer) == 3 else None
     fig_layers = layers_grid(
         list(x),
-        {
-            f"{n} ({labels.get(str(j), '')})" if len(per_layer) == 3 else n: m
-            for j, (n, m) in enumerate(per_layer.items())
-        },
+        {(f"{n} ({depth[j]})" if depth else n): m for j, (n, m) in enumerate(per_layer.items())},
         preset=preset,
         image_labels=[names[int(t)] for t in exp.targets],
         title="Grad-CAM at three depths of mnist-cnn",
@@ -639,7 +694,7 @@ def _digits_step(run: _Run, net: nn.Module, train_set: Any, test_set: Any) -> di
     layers_png = run.write_png(fig_layers, "figures/gradcam_layers.png")
     run.sections.append(
         Section(
-            "Every method on ten digits",
+            f"Every method on {len(idx)} digits",
             "One test digit of each class (the first the model classifies correctly), "
             "explained for its predicted class by every registered method. Jet overlays show "
             "maps in [0, 1]; red and blue show signed pixel attributions (positive and "
@@ -703,7 +758,6 @@ def _sanity_step(run: _Run, net: nn.Module, x: Tensor, methods: Sequence[str]) -
         logger.warning("sanity checks skipped: %s", err)
         return []
     import cnnlens
-    from cnnlens.cli._common import progress_bar
     from cnnlens.report import Picture, SanityVerdict, Section
 
     cfg = run.cfg

@@ -1,6 +1,7 @@
 """Helpers shared by the ``cnnlens`` sub-commands.
 
-- :func:`progress_bar`: a rich progress bar (or a silent stand-in) with one interface;
+- :func:`progress_bar`: a rich progress bar (or a silent stand-in) with one interface
+  (defined in :mod:`cnnlens.demo`, which the library side uses too);
 - :func:`device_option` / :func:`resolve_device`: the ``--device cpu|cuda`` option;
 - :func:`load_model`: a model from a name (plus optional weights) or a checkpoint path;
 - :func:`split_values`: repeated and comma-separated option values as one list;
@@ -12,14 +13,14 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 import typer
 from torch import nn
 
+from cnnlens.demo import Progress, method_options, progress_bar
 from cnnlens.errors import InputError, TargetError
 
 logger = logging.getLogger(__name__)
@@ -35,62 +36,6 @@ __all__ = [
     "resolve_device",
     "split_values",
 ]
-
-
-class Progress:
-    """A progress bar over ``total`` units; silent when disabled.
-
-    Use :meth:`advance` after each unit of work and :meth:`describe` to change the text.
-    """
-
-    def __init__(self, bar: Any, task: Any) -> None:
-        self._bar = bar
-        self._task = task
-
-    def advance(self, n: float = 1) -> None:
-        """Move the bar forward by ``n`` units."""
-        if self._bar is not None:
-            self._bar.advance(self._task, n)
-
-    def describe(self, text: str) -> None:
-        """Replace the text shown left of the bar."""
-        if self._bar is not None:
-            self._bar.update(self._task, description=text)
-
-
-@contextmanager
-def progress_bar(enabled: bool, total: float | None, description: str = "") -> Iterator[Progress]:
-    """A rich progress bar (on stderr) for a ``with`` block; a no-op when ``enabled`` is False.
-
-    Example:
-        >>> with progress_bar(True, total=10, description="explaining") as bar:  # doctest: +SKIP
-        ...     for _ in range(10):
-        ...         bar.advance()
-    """
-    if not enabled:
-        yield Progress(None, None)
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.progress import Progress as RichProgress
-
-    bar = RichProgress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    )
-    with bar:
-        yield Progress(bar, bar.add_task(description, total=total))
 
 
 def device_option() -> Any:
@@ -190,7 +135,6 @@ def parse_method_options(
             ``methods``, or a KEY that none of the methods it applies to takes.
     """
     from cnnlens.core.registry import get_method
-    from cnnlens.demo import method_options
 
     out: dict[str, dict[str, Any]] = {m: {} for m in methods}
     for text in values or []:
