@@ -6,8 +6,9 @@
 complexity), runs the cascading model-randomization sanity check (Adebayo et al. 2018) on
 a few images per method, and writes to ``out``:
 
-- ``table.md``, ``table.csv``, ``table.json``: per method x metric the mean over images
-  with its 95% confidence interval (Student's t, :func:`cnnlens.metrics.aggregate`);
+- ``table.md``, ``table.csv``, ``table.json``: per method x metric the mean over rows
+  with its 95% confidence interval (:func:`cnnlens.metrics.aggregate`: Student's t, the
+  percentile bootstrap for the 0/1 scores of the pointing game and increase in confidence);
 - ``figures/curves.png`` (mean deletion and insertion curves), ``figures/sanity.png`` (the
   similarity to the original map as layers are re-initialized, every method) and
   ``figures/sanity_<method>.png``, ``figures/examples.png`` (a few maps next to the masks);
@@ -16,6 +17,10 @@ a few images per method, and writes to ``out``:
 - ``rows.jsonl``: one line per finished (method, image, class) row, appended as each batch
   finishes, and ``sanity/<method>.json``: what makes the run resumable. Run the same call
   again after an interruption and only the missing rows are computed.
+
+A sanity verdict reads the upper half of the cascade (:func:`upper_similarity`), and
+:func:`sanity_verdicts` gives the same verdicts for any model and a few images (the demo's
+report uses it).
 
 The datasets: ``shapes`` (one shape per image, its mask), ``shapes-pair`` (two shapes per
 image: each image gives two rows, one per class, each scored against its own shape's mask),
@@ -1143,6 +1148,7 @@ class _Run:
         self.sanity_images, self.threshold = sanity_images, sanity_threshold
         self.activation = "sigmoid" if data.multilabel else "softmax"
         self.device = model_device(model, torch.device("cpu"))
+        self.model_key = _model_hash(model)
         logits = _forward_all(model, data, self.device, eval_batch_size)
         self.num_classes = int(logits.shape[1])
         self.rows = _make_rows(logits, data, target)
@@ -1156,7 +1162,7 @@ class _Run:
     def settings(self) -> dict[str, Any]:
         return {
             "format": _FORMAT,
-            "model": _model_hash(self.model),
+            "model": self.model_key,
             "dataset": self.data.name,
             "metrics": self.metrics,
             "metric_options": self.x_opts,

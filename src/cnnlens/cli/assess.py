@@ -219,7 +219,7 @@ def _print_table(res: Any) -> None:
     from cnnlens.assess import BASELINES, metric_direction
 
     arrow = {True: "↑", False: "↓", None: ""}
-    table = Table(title="mean over rows (95% intervals in table.md)", show_edge=False)
+    table = Table(title="means (intervals in table.md)", show_edge=False)
     table.add_column("method", no_wrap=True)
     for m in res.metrics:
         table.add_column(_SHORT.get(m, m) + arrow[metric_direction(m)], justify="right")
