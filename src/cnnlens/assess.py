@@ -751,7 +751,7 @@ def sanity_checks(
     Returns:
         ``{method: SanityResult}``.
     """
-    from cnnlens.cli._common import progress_bar
+    from cnnlens.demo import progress_bar
 
     names = resolve_methods(methods if methods is not None else "all")
     opts = {k: dict(v) for k, v in (method_options or {}).items() if k in names}
@@ -1644,7 +1644,7 @@ def assess(
         + ")"
         + (f"; {reused} rows read back from {out / 'rows.jsonl'}" if reused else "")
     )
-    from cnnlens.cli._common import progress_bar
+    from cnnlens.demo import progress_bar
 
     with progress_bar(progress, total, "assessing") as bar:
         for method, todo in pending.items():

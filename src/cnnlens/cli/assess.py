@@ -8,7 +8,9 @@
 
 Writes the table (``table.md``, ``table.csv``, ``table.json``: mean and 95% confidence
 interval of every method x metric), the curves and sanity figures (``figures/*.png``) and
-``report.html`` to OUT. Interrupted runs resume: run the same command again and the rows
+``report.html`` to OUT. torch runs on one CPU thread unless ``--threads`` says otherwise
+(as in ``cnnlens demo``: on a busy machine two threads that wait for each other are many
+times slower than one). Interrupted runs resume: run the same command again and the rows
 saved in ``OUT/rows.jsonl`` are skipped. ``--dataset folder`` reads ``DATA_DIR/images/``
 with a parallel ``DATA_DIR/masks/`` of binary PNGs (see docs/evaluation.md).
 """
@@ -121,6 +123,9 @@ def assess_command(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
     title: str | None = typer.Option(None, "--title", help="Title of the report."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+    threads: int = typer.Option(
+        1, "--threads", min=1, help="torch CPU threads (1 is the safe choice on a busy machine)."
+    ),
 ) -> None:
     """Benchmark explanation methods: every method x metric with 95% CIs, figures, report."""
     from cnnlens.assess import assess, light_options, load_data, resolve_methods
@@ -135,7 +140,11 @@ def assess_command(
     base = light_options(chosen) if light else {}
     m_opts = {k: {**base.get(k, {}), **given.get(k, {})} for k in {**base, **given}}
     x_opts = parse_scoped_options(metric_option, "--metric-option")
+    import torch
+
     net, info = load_model(model, weights, device)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     with _warnings_as_lines():
         data = load_data(
             dataset,
@@ -173,6 +182,8 @@ def assess_command(
                 err=True,
             )
             raise typer.Exit(130) from None
+        finally:
+            torch.set_num_threads(before)
     _print_table(res)
     typer.echo(f"table: {res.files['table_md']} (also table.csv, table.json)")
     typer.echo(f"report: {res.files['report']}")
