@@ -175,10 +175,10 @@ def test_resume_after_interruption_skips_finished_rows(
         assert got[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
 
     # the defaults: the pointing game's tolerance is 15 pixels at 224 scaled to 16 pixels,
-    # deleted pixels take the image's mean colour
+    # deleted pixels become the blurred image
     settings = json.loads((out / "run.json").read_text())["settings"]
     assert settings["metric_options"]["pointing_game"] == {"tolerance": 1.07}
-    assert settings["metric_options"]["deletion"] == {"step": 32, "substrate": "mean"}
+    assert settings["metric_options"]["deletion"] == {"step": 32, "substrate": "blur"}
     # a third run reads everything back; other settings in the same folder are refused
     again = A.assess(net, data, out, **kw)
     assert again.computed == 0 and again.reused == 32
@@ -365,7 +365,8 @@ def test_sanity_verdicts_read_the_upper_half_of_the_cascade(
     for v in verdicts:
         assert isinstance(v, SanityVerdict) and v.check == "cascading model randomization"
         res = results[v.method]
-        sim = res.spearman_abs[1:].abs()  # 9 steps for gap-cnn: the upper 5 count
+        assert res.criterion == "spearman"  # of the signed attributions
+        sim = res.spearman[1:].abs()  # 9 steps for gap-cnn: the upper 5 count
         assert sim.shape[0] == 9
         upper = float(sim[:5].mean())
         assert float(A.upper_similarity(res).mean()) == pytest.approx(upper)

@@ -18,6 +18,7 @@ docs/evaluation.md holds the full recorded run (every method, 64x64 images).
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,16 @@ RECIPE = {
     "weight_decay": 2e-3,
     "seed": 0,
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch thread: the trained weights (and so the numbers) do not depend on the
+    machine's thread count, and a busy machine is not slowed down by waiting threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
