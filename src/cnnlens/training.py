@@ -79,23 +79,23 @@ DEFAULT_RECIPE: dict[str, Any] = {
 #: Tuned defaults per (architecture, dataset); see docs/training.md for the measured runs.
 RECIPES: dict[tuple[str, str], dict[str, Any]] = {
     ("mnist-cnn", "mnist-embedded"): {
-        "epochs": 8,
+        "epochs": 5,
         "lr": 1e-3,
         "batch_size": 64,
         "optimizer": "adam",
         "schedule": "cosine",
     },
     ("gap-cnn", "shapes"): {
-        "epochs": 8,
-        "lr": 3e-3,
-        "batch_size": 64,
+        "epochs": 6,
+        "lr": 1e-3,
+        "batch_size": 32,
         "optimizer": "adam",
         "schedule": "cosine",
     },
     ("gap-cnn", "shapes-pair"): {
-        "epochs": 8,
-        "lr": 3e-3,
-        "batch_size": 64,
+        "epochs": 6,
+        "lr": 1e-3,
+        "batch_size": 32,
         "optimizer": "adam",
         "schedule": "cosine",
     },

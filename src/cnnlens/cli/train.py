@@ -71,6 +71,16 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def _set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise InputError(f"--threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(_finite(obj), indent=2, allow_nan=False, default=str) + "\n")
@@ -117,9 +127,14 @@ def train_command(
         None, "--dataset-option", "-o", help="Dataset option KEY=VALUE (e.g. n=2000)."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+    threads: int | None = typer.Option(
+        None, "--threads", help="CPU threads for torch (default: torch's choice)."
+    ),
 ) -> None:
     """Train MODEL on DATASET; write OUT/model.safetensors, metrics.json, confusion.png."""
     import torch
+
+    _set_threads(threads)
 
     from cnnlens import models
     from cnnlens.training import (
@@ -219,8 +234,12 @@ def evaluate_command(
     dataset_option: list[str] | None = typer.Option(
         None, "--dataset-option", "-o", help="Dataset option KEY=VALUE."
     ),
+    threads: int | None = typer.Option(
+        None, "--threads", help="CPU threads for torch (default: torch's choice)."
+    ),
 ) -> None:
     """Accuracy, per-class accuracy and confusion matrix of a checkpoint on a dataset."""
+    _set_threads(threads)
     from cnnlens import models
     from cnnlens.data import get_preset
     from cnnlens.training import check_compatible, evaluate, plot_confusion
