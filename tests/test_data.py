@@ -461,6 +461,20 @@ def test_cifar10_missing_files_name_folder_and_files(tmp_path):
     assert len(get_dataset("cifar10", split="test", root=tmp_path)) == 20
 
 
+def test_download_failure_is_one_data_error(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets.utils as tv_utils
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", offline)
+    with pytest.raises(DataError, match=r"could not download CIFAR-10.*no network"):
+        get_dataset("cifar10", root=tmp_path, download=True)
+    assert not any(tmp_path.iterdir())
+
+
 class _Evil:
     def __init__(self, marker: Path) -> None:
         self.marker = marker

@@ -7,6 +7,7 @@ one sentence naming the path.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -17,6 +18,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from cnnlens.errors import ImageError, InputError
 
 __all__ = ["IMAGE_EXTENSIONS", "MAX_PIXELS", "convert_mode", "load_image"]
+
+logger = logging.getLogger(__name__)
 
 #: Largest image (width x height) that :func:`load_image` decodes by default: 64 megapixels,
 #: e.g. 8000 x 8000, about 190 MB once decoded as RGB. Larger files are refused as possible
@@ -83,7 +86,7 @@ def load_image(
                         f"more than the limit of {max_pixels:,} (possible decompression bomb)"
                     )
                 im.load()
-                img = ImageOps.exif_transpose(im)
+                img = _upright(im, p)
         except ImageError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -97,7 +100,21 @@ def load_image(
             ) from None
         except (OSError, SyntaxError, ValueError, EOFError) as err:
             raise ImageError(f"image {str(p)!r} is truncated or corrupt ({err})") from None
-    return convert_mode(img, mode)
+    try:
+        return convert_mode(img, mode)
+    except (ValueError, OSError) as err:
+        raise ImageError(
+            f"image {str(p)!r} (mode {img.mode}) cannot be converted to {mode or 'RGB/L'} ({err})"
+        ) from None
+
+
+def _upright(im: Image.Image, path: Path) -> Image.Image:
+    """Apply the EXIF orientation; a broken EXIF block is ignored with a warning."""
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception as err:  # Pillow raises many types for malformed EXIF data
+        logger.warning("ignoring the unreadable EXIF orientation of %s (%s)", path, err)
+        return im.copy()
 
 
 def convert_mode(img: Image.Image, mode: str | None = "RGB") -> Image.Image:
