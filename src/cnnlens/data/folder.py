@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from cnnlens.data.base import ImageTensorDataset
 from cnnlens.data.embedded import stratified_split
@@ -30,8 +32,10 @@ class FolderDataset(ImageTensorDataset):
 
     files: list[Path]
 
-    def subset(self, indices):  # type: ignore[no-untyped-def]
+    def subset(self, indices: Tensor | Sequence[int]) -> FolderDataset:
+        """A dataset holding only ``indices`` (in that order), with their file paths."""
         new = super().subset(indices)
+        assert isinstance(new, FolderDataset)
         new.files = [self.files[int(i)] for i in torch.as_tensor(indices, dtype=torch.long)]
         return new
 
@@ -105,7 +109,7 @@ def load_folder(
         try:
             img = load_image(f, mode="L" if channels == 1 else "RGB")
         except ImageError as err:
-            warnings.warn(f"skipping {err}", stacklevel=2)
+            warnings.warn(f"skipping {err}", stacklevel=3)
             continue
         x = to_tensor(img, size=size, channels=channels, crop=crop)  # in [0, 1]
         tensors.append((x * 255.0).round_().to(torch.uint8))
