@@ -355,6 +355,22 @@ def test_warnings_n_too_large_empty_mask_and_nan_maps(
 # --------------------------------------------------------------------------- pieces
 
 
+def test_methods_whose_names_differ_in_symbols_get_their_own_files(
+    net: torch.nn.Module, data: A.AssessData, tmp_path: Path
+) -> None:
+    res = A.assess(
+        net, data, tmp_path / "o", methods=["gradcam", "gradcam++"], n=2, sanity_images=2,
+        metrics=["sparseness", A.SANITY_METRIC], examples=0,
+    )  # fmt: skip
+    files = sorted(p.name for p in (tmp_path / "o" / "sanity").iterdir())
+    assert files == ["gradcam.json", "gradcampp.json"]
+    assert (
+        json.loads((tmp_path / "o" / "sanity" / "gradcampp.json").read_text())["method"]
+        == "gradcam++"
+    )
+    assert [v.method for v in res.sanity] == ["gradcam", "gradcam++"]
+
+
 def test_sanity_verdicts_read_the_upper_half_of_the_cascade(
     net: torch.nn.Module, data: A.AssessData
 ) -> None:

@@ -421,8 +421,10 @@ def load_masked_folder(
 
 
 def _slug(text: str) -> str:
-    out = "".join(c if c.isalnum() or c in "-_" else "-" for c in text.lower())
-    return out.strip("-") or "x"
+    """A file name for a method (``gradcam++`` -> ``gradcampp``, distinct from ``gradcam``)."""
+    from cnnlens.demo import slug
+
+    return slug(text)
 
 
 def _sha(*parts: Any) -> str:
@@ -1293,7 +1295,12 @@ class _Run:
                 rec = json.loads(path.read_text(encoding="utf-8"))
             except json.JSONDecodeError:
                 rec = None
-        if not rec or rec.get("key") != key or not (self.out / rec.get("figure", "")).is_file():
+        if (
+            not rec
+            or rec.get("method") != method
+            or rec.get("key") != key
+            or not (self.out / rec.get("figure", "")).is_file()
+        ):
             res = _sanity_one(
                 self.model,
                 x,
@@ -1467,8 +1474,9 @@ def _write_outputs(
         figure(
             _sanity_figure(run.sanity, run.threshold),
             "sanity",
-            "Similarity of each method's maps to the original maps as the layers are "
-            "re-initialized from the output towards the input (Adebayo et al. 2018).",
+            "Similarity of each method's attributions to the original ones as the layers "
+            "are re-initialized from the output towards the input (Adebayo et al. 2018); "
+            "the verdict reads the shaded upper half.",
         )
     figure(
         run.examples_figure(examples),
@@ -1490,8 +1498,10 @@ def _write_outputs(
     )
     if run.sanity:
         notes += (
-            f" {SANITY_METRIC}: the similarity left after every layer is re-initialized "
-            f"({min(run.sanity_images, len(run.rows.ids))} images; lower is better)."
+            f" {SANITY_METRIC}: mean |Spearman| of the attributions to the original ones "
+            f"while the upper half of the layers is re-initialized "
+            f"({min(run.sanity_images, len(run.rows.ids))} images; lower is better; a method "
+            f"passes below {run.threshold:g})."
         )
     if run.skipped:
         notes += f" Not applicable to this model: {', '.join(run.skipped)}."
