@@ -38,6 +38,7 @@ from cnnlens.prototypes import (
     visualize_classes,
 )
 from cnnlens.prototypes.figures import diff_pil, save_prototypes, to_pil
+from cnnlens.prototypes.objectives import capture_layers
 
 # ---------------------------------------------------------------- helpers and fixtures
 
@@ -589,3 +590,42 @@ def test_cli_visualize_channels_and_classes(checkpoint, tmp_path, capsys):
     data = json.loads((tmp_path / "k" / "visualizations.json").read_text())
     assert [i["label"] for i in data["images"]] == ["2", "7"]
     assert all(0 <= i["class_prob"] <= 1 for i in data["images"])
+
+
+# ---------------------------------------------------------------- gap-cnn on shapes
+
+
+@pytest.mark.slow
+def test_shapes_gap_cnn_channels_and_classes():
+    """gap-cnn briefly trained on 32x32 shapes (about 92 % test accuracy): channel and class
+    visualizations."""
+    from cnnlens.data import get_dataset
+    from cnnlens.models import create
+    from cnnlens.training import train
+
+    train_set = get_dataset("shapes", split="train", n=2000, size=32)
+    test_set = get_dataset("shapes", split="test", n=300, size=32)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = create("gap-cnn")
+    train(model, train_set, epochs=6, lr=2e-3, batch_size=32, optimizer="adam", seed=0)
+    model.eval()
+    x = test_set.tensors()[0]
+    layer, channels = "features.block4", list(range(64))
+    with torch.no_grad(), capture_layers(model, [layer]) as (captured, _):
+        model(x)
+    acts = captured[layer].mean((2, 3)).T[channels]  # (channels, N images)
+    opts = dict(steps=128, lr=0.1, seed=0)
+    res = visualize_channels(model, layer, channels, (3, 32, 32), **opts)
+    assert torch.allclose(evaluate(model, Channel(layer, 5), x), acts[5], atol=1e-5)
+    ratio = res.values / acts.mean(1)
+    # every visualization excites its channel more than any test image does ...
+    assert (res.values > acts.max(1).values).all()
+    # ... and most by 10x its test-set mean (channels that fire on most images, e.g. on
+    # colour, are bounded near 3x by the pixel range; docs/prototypes.md)
+    assert (ratio >= 10).float().mean() >= 2 / 3, ratio
+    a = visualize_channels(model, layer, [3, 9], (3, 32, 32), **{**opts, "steps": 20})
+    b = visualize_channels(model, layer, [3, 9], (3, 32, 32), **{**opts, "steps": 20})
+    assert torch.equal(a.images, b.images)  # the same seed, the same images
+    classes = visualize_classes(model, range(5), (3, 32, 32), tv=0.1, steps=256, lr=0.1)
+    assert min(classes.class_probs()) >= 0.9, classes.class_probs()

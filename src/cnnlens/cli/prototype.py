@@ -187,7 +187,7 @@ def visualize_command(
         None, "--class", help="Visualize classes instead: an index, '0-4' or names."
     ),
     param: str = typer.Option("fft", "--param", help="fft or pixel."),
-    steps: int = typer.Option(256, "--steps", help="Optimization steps."),
+    steps: int = typer.Option(512, "--steps", help="Optimization steps."),
     lr: float = typer.Option(0.05, "--lr", help="Adam's learning rate."),
     tv: float = typer.Option(0.0, "--tv", help="Total-variation penalty weight."),
     l2: float = typer.Option(0.0, "--l2", help="L2 penalty weight."),

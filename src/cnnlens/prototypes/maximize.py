@@ -27,6 +27,7 @@ from cnnlens.prototypes._compat import (
     frozen,
     model_device_dtype,
     progress_bar,
+    resolve_layer,
     scaling,
     with_grad,
 )
@@ -127,32 +128,60 @@ class _RedirectedReLU(torch.autograd.Function):
         return grad * ((x > 0) | (grad < 0)).to(grad.dtype)
 
 
+def output_relus(model: nn.Module, layers: Sequence[LayerSpec]) -> list[nn.Module]:
+    """The ``nn.ReLU`` that produces each layer's output: the layer itself when it is one,
+    else the last ``nn.ReLU`` registered inside it (e.g. a conv block's final ReLU)."""
+    found: list[nn.Module] = []
+    for spec in layers:
+        _, module = resolve_layer(model, spec)
+        relus = [m for m in module.modules() if isinstance(m, nn.ReLU)]
+        if relus and all(relus[-1] is not m for m in found):
+            found.append(relus[-1])
+    return found
+
+
 @contextmanager
-def redirected_relus(model: nn.Module, active: Callable[[], bool]) -> Iterator[None]:
-    """While ``active()`` is true, every ``nn.ReLU`` module of ``model`` computes the same
-    output but passes the gradient of :class:`_RedirectedReLU`. Hooks removed in finally."""
+def redirected_relus(
+    plan: Sequence[tuple[nn.Module, int]], step: Callable[[], int]
+) -> Iterator[None]:
+    """Each ``(relu, n)`` of ``plan``: while ``step() < n`` the ``nn.ReLU`` module computes
+    the same output but passes the gradient of :class:`_RedirectedReLU`. Hooks removed in
+    finally."""
+    limits = {id(module): n for module, n in plan}
     inputs: dict[int, Tensor] = {}
     handles = []
 
     def pre(module: nn.Module, args: tuple[Any, ...]) -> None:
-        if active() and torch.is_grad_enabled() and args and isinstance(args[0], Tensor):
+        if step() < limits[id(module)] and torch.is_grad_enabled() and args:
             x = args[0]
-            inputs[id(module)] = x.clone() if getattr(module, "inplace", False) else x
+            if isinstance(x, Tensor):
+                inputs[id(module)] = x.clone() if getattr(module, "inplace", False) else x
 
     def post(module: nn.Module, _args: object, _out: object) -> Tensor | None:
         x = inputs.pop(id(module), None)
         return None if x is None else _RedirectedReLU.apply(x)
 
     try:
-        for module in model.modules():
-            if isinstance(module, nn.ReLU):
-                handles.append(module.register_forward_pre_hook(pre))
-                handles.append(module.register_forward_hook(post))
+        for module, _ in plan:
+            handles.append(module.register_forward_pre_hook(pre))
+            handles.append(module.register_forward_hook(post))
         yield
     finally:
         for handle in handles:
             handle.remove()
         inputs.clear()
+
+
+def _relu_plan(
+    model: nn.Module, layers: Sequence[LayerSpec], n: int
+) -> list[tuple[nn.Module, int]]:
+    """Every ``nn.ReLU`` for ``n`` steps; those producing the objective's layers for ``2n``."""
+    outputs = output_relus(model, layers)
+    return [
+        (m, 2 * n if any(m is o for o in outputs) else n)
+        for m in model.modules()
+        if isinstance(m, nn.ReLU)
+    ]
 
 
 def _fit(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -189,7 +218,7 @@ def visualize(
     decorrelate: bool | Tensor = True,
     decay: float = 1.0,
     preset: Any = None,
-    steps: int = 256,
+    steps: int = 512,
     lr: float = 0.05,
     transforms: str | Sequence[Transform] | Transform | None = "standard",
     l1: float = 0.0,
@@ -232,8 +261,10 @@ def visualize(
             defaults to the objective's first layer).
         init: start images for ``param="pixel"``, display space (B or 1, C, H, W).
         labels: a caption per image.
-        redirect_relu: for this many first steps, ``nn.ReLU`` modules let through gradient
-            that would switch an inactive unit on (see :class:`_RedirectedReLU`); 0: never.
+        redirect_relu: for this many first steps, every ``nn.ReLU`` module lets through
+            gradient that would switch an inactive unit on (see :class:`_RedirectedReLU`),
+            and for twice as many the ReLU that produces an objective layer's output (so a
+            channel that is off on the whole start image still starts); 0: never.
         seed: seed of the local random generator (the global RNG is not used).
         progress: show a progress bar.
 
@@ -296,10 +327,11 @@ def visualize(
             raise InputError("the model must return a (B, N) tensor of class scores")
         return Context(image=images, input=x, logits=logits, acts=acts, names=names)
 
-    step = 0  # read by the ReLU redirect: active during the first redirect_relu steps
+    plan = _relu_plan(model, total.layers, redirect_relu) if redirect_relu > 0 else []
+    step = 0  # read by the ReLU redirect
     with (
         frozen(model),
-        redirected_relus(model, lambda: step < redirect_relu),
+        redirected_relus(plan, lambda: step),
         capture_layers(model, total.layers) as (acts, names),
         progress_bar(progress, steps, f"maximizing {objective.describe()}") as bar,
     ):
