@@ -387,7 +387,7 @@ def test_sanity_verdicts_read_the_upper_half_of_the_cascade(
         upper = float(sim[:5].mean())
         assert float(A.upper_similarity(res).mean()) == pytest.approx(upper)
         assert v.passed == (upper < 0.5)
-        assert f"{upper:.2f}" in v.detail and "upper 5 of 9 layers" in v.detail
+        assert f"{upper:.3f}" in v.detail and "upper 5 of 9 layers" in v.detail
 
 
 def test_markdown_and_csv_tables() -> None:

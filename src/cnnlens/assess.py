@@ -724,8 +724,8 @@ def _verdict(method: str, upper: float, final: float, threshold: float, layers: 
     passed = bool(upper < threshold)
     detail = (
         f"mean |Spearman| of the attributions to the original ones while the upper "
-        f"{math.ceil(layers / 2)} of {layers} layers are re-initialized: {upper:.2f} "
-        f"({'below' if passed else 'not below'} {threshold:g}); after all {layers}: {final:.2f}"
+        f"{math.ceil(layers / 2)} of {layers} layers are re-initialized: {upper:.3f} "
+        f"({'below' if passed else 'not below'} {threshold:g}); after all {layers}: {final:.3f}"
     )
     return SanityVerdict(method, _SANITY_CHECK, passed, detail)
 
@@ -955,7 +955,7 @@ def _sanity_figure(records: Mapping[str, Mapping[str, Any]], threshold: float) -
     """Every method's mean |similarity| per cascade step; the verdict reads the shaded half."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(9, 4.5), layout="constrained")
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
     ax = fig.add_subplot()
     cols = _colours(len(records))
     steps: list[str] = []
@@ -969,7 +969,7 @@ def _sanity_figure(records: Mapping[str, Mapping[str, Any]], threshold: float) -
             marker="o",
             markersize=3,
             color=cols[i],
-            label=f"{method} ({verdict}, {rec['upper']:.2f})",
+            label=f"{method} ({verdict}, {rec['upper']:.3f})",
         )
     if steps:
         upper = math.ceil((len(steps) - 1) / 2)
@@ -981,7 +981,7 @@ def _sanity_figure(records: Mapping[str, Mapping[str, Any]], threshold: float) -
     ax.set_ylabel("|Spearman| to the original attributions")
     ax.set_xlabel("layers re-initialized, from the output down (cumulative)")
     ax.set_title("Cascading model randomization (Adebayo et al. 2018)")
-    ax.legend(fontsize=6.5, ncol=2, loc="upper right")
+    ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 
