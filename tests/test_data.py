@@ -223,6 +223,20 @@ def test_preset_values():
         get_preset("imagnet")
 
 
+def test_preset_from_an_object_with_mean_and_std():
+    from torchvision import transforms
+
+    norm = transforms.Normalize((0.2, 0.3, 0.4), (0.5, 0.25, 0.125))
+    p = get_preset(norm)
+    x = torch.rand(2, 3, 4, 4)
+    torch.testing.assert_close(p.normalize(x), norm(x))
+    assert p.channels == 3 and p.name == "custom"
+    with pytest.raises(InputError, match="std > 0"):
+        get_preset(transforms.Normalize((0.1,), (0.0,)))
+    with pytest.raises(InputError, match="object with mean and std"):
+        get_preset(torch.zeros(3))  # a tensor has .mean/.std methods, not statistics
+
+
 def test_to_tensor_values_and_inverse(tmp_path):
     arr = _rgb(6, 5)
     x = to_tensor(Image.fromarray(arr), preset="imagenet")

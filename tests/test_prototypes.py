@@ -185,6 +185,9 @@ def test_one_step_matches_hand_computed_adam_update():
     assert res.steps == 1
     assert torch.allclose(res.inputs.flatten(), expected, atol=1e-6)
     assert torch.allclose(res.images, res.inputs)  # preset None: display == model space
+    # the start is kept as given (not the optimized tensor) and the diff is measured from it
+    assert torch.equal(res.start[0], start) and not res.start.requires_grad
+    torch.testing.assert_close(res.diff, res.images - start)
 
 
 @pytest.mark.filterwarnings("ignore:classes 0 did not reach")

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from cnnlens import viz
-from cnnlens.errors import InputError
+from cnnlens.errors import DataError, InputError
 
 # Hand-known colormap ends: jet(0) = (0, 0, 0.5), jet(1) = (0.5, 0, 0); bwr goes blue-white-red.
 JET_LOW = (0, 0, 128)
@@ -68,19 +68,17 @@ def test_overlay_grey_tensor_is_denormalized_with_the_mnist_preset() -> None:
         np.testing.assert_array_equal(out[..., c], expected)
 
 
-def test_preset_object_and_local_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_preset_object_name_and_unknown_name() -> None:
     raw = torch.rand(3, 3, 3)
     preset = SimpleNamespace(mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.1))
     x = (raw - torch.tensor(preset.mean)[:, None, None]) / torch.tensor(preset.std)[:, None, None]
     got = np.asarray(viz.show_image(x, preset=preset))
     np.testing.assert_array_equal(got, np.round(raw.permute(1, 2, 0).numpy() * 255))
-    # Without cnnlens.data the local table of presets is used.
-    monkeypatch.setitem(sys.modules, "cnnlens.data", None)
     imnet = ((raw - torch.tensor([0.485, 0.456, 0.406])[:, None, None])
              / torch.tensor([0.229, 0.224, 0.225])[:, None, None])  # fmt: skip
     got = np.asarray(viz.show_image(imnet, preset="imagenet"))
     np.testing.assert_allclose(got, np.round(raw.permute(1, 2, 0).numpy() * 255), atol=1)
-    with pytest.raises(InputError, match="preset 'nope' is unknown"):
+    with pytest.raises(DataError, match="preset 'nope' is unknown"):
         viz.show_image(imnet, preset="nope")
 
 

@@ -33,8 +33,7 @@ import math
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from cnnlens.core.progress import Progress, progress_bar
 from cnnlens.errors import CnnlensError, InputError, ModelError
 
 logger = logging.getLogger(__name__)
@@ -207,62 +207,6 @@ def scalar_extras(
         ):
             out[key] = float(value[index])
     return out
-
-
-class Progress:
-    """A progress bar over ``total`` units; silent when disabled.
-
-    Use :meth:`advance` after each unit of work and :meth:`describe` to change the text.
-    """
-
-    def __init__(self, bar: Any, task: Any) -> None:
-        self._bar = bar
-        self._task = task
-
-    def advance(self, n: float = 1) -> None:
-        """Move the bar forward by ``n`` units."""
-        if self._bar is not None:
-            self._bar.advance(self._task, n)
-
-    def describe(self, text: str) -> None:
-        """Replace the text shown left of the bar."""
-        if self._bar is not None:
-            self._bar.update(self._task, description=text)
-
-
-@contextmanager
-def progress_bar(enabled: bool, total: float | None, description: str = "") -> Iterator[Progress]:
-    """A rich progress bar (on stderr) for a ``with`` block; a no-op when ``enabled`` is False.
-
-    Example:
-        >>> with progress_bar(True, total=10, description="explaining") as bar:  # doctest: +SKIP
-        ...     for _ in range(10):
-        ...         bar.advance()
-    """
-    if not enabled:
-        yield Progress(None, None)
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.progress import Progress as RichProgress
-
-    bar = RichProgress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    )
-    with bar:
-        yield Progress(bar, bar.add_task(description, total=total))
 
 
 # ------------------------------------------------------------------------------------------
@@ -730,11 +674,8 @@ def _digits_step(run: _Run, net: nn.Module, train_set: Any, test_set: Any) -> di
 
 def _prototypes_step(run: _Run, net: nn.Module, train_set: Any) -> list[Any]:
     """The ten class prototypes and one from-image example (cnnlens.prototypes)."""
-    try:
-        from cnnlens.prototypes.figures import demo_prototypes
-    except ImportError as err:  # INTEGRATION POINT: cnnlens.prototypes not installed/ready
-        logger.warning("class prototypes skipped: %s", err)
-        return []
+    from cnnlens.prototypes.figures import demo_prototypes
+
     run.echo("computing the ten class prototypes and one from-image example")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "did not reach the target" is shown in captions
@@ -752,12 +693,8 @@ def _prototypes_step(run: _Run, net: nn.Module, train_set: Any) -> list[Any]:
 
 def _sanity_step(run: _Run, net: nn.Module, x: Tensor, methods: Sequence[str]) -> list[Any]:
     """Cascading model-randomization verdicts (cnnlens.metrics.sanity)."""
-    try:
-        from cnnlens.metrics import cascading_randomization
-    except ImportError as err:  # INTEGRATION POINT: cnnlens.metrics not installed/ready
-        logger.warning("sanity checks skipped: %s", err)
-        return []
     import cnnlens
+    from cnnlens.metrics import cascading_randomization
     from cnnlens.report import Picture, SanityVerdict, Section
 
     cfg = run.cfg
@@ -908,11 +845,8 @@ def _shapes_step(run: _Run) -> dict[str, Any]:
 
 
 def _mass(maps: Tensor, masks: Tensor) -> Tensor:
-    try:
-        from cnnlens.metrics import energy_pointing_game
-    except ImportError:  # pragma: no cover - fallback while cnnlens.metrics is missing
-        total = maps.flatten(1).sum(1).clamp(min=1e-12)
-        return (maps * masks).flatten(1).sum(1) / total
+    from cnnlens.metrics import energy_pointing_game
+
     return energy_pointing_game(maps, masks.bool())
 
 

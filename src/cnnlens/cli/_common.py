@@ -32,6 +32,7 @@ __all__ = [
     "load_model",
     "parse_class_list",
     "parse_method_options",
+    "parse_value",
     "progress_bar",
     "resolve_device",
     "split_values",
@@ -106,7 +107,7 @@ def split_values(values: Iterable[Any] | None) -> list[str]:
     return out
 
 
-def _value(raw: str) -> Any:
+def parse_value(raw: str) -> Any:
     """``"3"`` -> 3, ``"0.5"`` -> 0.5, ``"true"`` -> True, ``"none"`` -> None, else the text."""
     low = raw.strip().lower()
     if low in ("true", "false"):
@@ -155,7 +156,7 @@ def parse_method_options(
                 f"--option {text!r}: no method among {', '.join(targets)} takes an option {name!r}"
             )
         for m in took:
-            out[m][name] = _value(raw)
+            out[m][name] = parse_value(raw)
     return out
 
 

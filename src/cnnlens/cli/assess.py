@@ -33,26 +33,14 @@ logger = logging.getLogger(__name__)
 __all__ = ["parse_scoped_options", "register"]
 
 
-def _value(raw: str) -> Any:
-    low = raw.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(raw)
-        except ValueError:
-            pass
-    return raw
-
-
 def parse_scoped_options(items: list[str] | None, option: str) -> dict[str, dict[str, Any]]:
     """``["deletion.step=64", "road.noise=0"]`` -> ``{"deletion": {"step": 64}, ...}``.
 
     Raises:
         InputError: an item that is not ``NAME.KEY=VALUE``.
     """
+    from cnnlens.cli._common import parse_value
+
     out: dict[str, dict[str, Any]] = {}
     for item in items or []:
         for part in (p.strip() for p in str(item).split(",")):
@@ -62,17 +50,19 @@ def parse_scoped_options(items: list[str] | None, option: str) -> dict[str, dict
             name, dot, opt = key.strip().rpartition(".")
             if not sep or not dot or not name or not opt:
                 raise InputError(f"{option} must look like NAME.KEY=VALUE, got {part!r}")
-            out.setdefault(name, {})[opt.replace("-", "_")] = _value(raw.strip())
+            out.setdefault(name, {})[opt.replace("-", "_")] = parse_value(raw)
     return out
 
 
 def _dataset_options(items: list[str] | None) -> dict[str, Any]:
+    from cnnlens.cli._common import parse_value
+
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, raw = str(item).partition("=")
         if not sep or not key.strip():
             raise InputError(f"--dataset-option must look like KEY=VALUE, got {item!r}")
-        out[key.strip().replace("-", "_")] = _value(raw.strip())
+        out[key.strip().replace("-", "_")] = parse_value(raw)
     return out
 
 

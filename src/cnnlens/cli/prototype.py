@@ -160,11 +160,12 @@ def _probe(net: Any, shape: tuple[int, ...], preset: str, layer: str | None) -> 
     """(number of model outputs, channels of ``layer``'s output) from one forward pass."""
     import torch
 
-    from cnnlens.prototypes._compat import frozen, model_device_dtype, scaling
+    from cnnlens.core.capture import frozen
+    from cnnlens.prototypes._util import device_dtype, preset_for
     from cnnlens.prototypes.objectives import capture_layers
 
-    device, dtype = model_device_dtype(net)
-    x = scaling(preset, shape[0]).normalize(torch.full((1, *shape), 0.5)).to(device, dtype)
+    device, dtype = device_dtype(net)
+    x = preset_for(preset, shape[0]).normalize(torch.full((1, *shape), 0.5)).to(device, dtype)
     layers = [layer] if layer else []
     with frozen(net), torch.no_grad(), capture_layers(net, layers) as (acts, names):
         logits = net(x)
@@ -234,7 +235,7 @@ def visualize_command(
 
     else:
         assert layer is not None
-        from cnnlens.prototypes._compat import resolve_layer
+        from cnnlens.core.layers import resolve_layer
 
         name, _ = resolve_layer(net, layer)
         _, n = _probe(net, shape, info.preset, name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,15 +68,15 @@ class Preset:
     def normalize(self, x: Tensor) -> Tensor:
         """Map pixel values in [0, 1] to the model's input scale: ``(x - mean) / std``."""
         mean, std = self._stats(x)
-        if self.name == "none":
-            return x if x.is_floating_point() else x.float()
+        if self.name == "none":  # exact identity, but never the caller's own tensor
+            return x.clone() if x.is_floating_point() else x.float()
         return (x - mean) / std
 
     def denormalize(self, x: Tensor) -> Tensor:
         """Invert :meth:`normalize`: ``x * std + mean`` (pixel values in [0, 1] for display)."""
         mean, std = self._stats(x)
-        if self.name == "none":
-            return x if x.is_floating_point() else x.float()
+        if self.name == "none":  # exact identity, but never the caller's own tensor
+            return x.clone() if x.is_floating_point() else x.float()
         return x * std + mean
 
 
@@ -92,20 +93,24 @@ def list_presets() -> list[str]:
     return sorted(PRESETS)
 
 
-def get_preset(name: str | Preset | None) -> Preset:
+def get_preset(name: str | Preset | Any | None) -> Preset:
     """The normalization preset called ``name`` (a :class:`Preset` is returned as is).
 
     Args:
-        name: ``"imagenet"``, ``"cifar10"``, ``"mnist"``, ``"none"``, a Preset, or ``None``
-            (same as ``"none"``).
+        name: ``"imagenet"``, ``"cifar10"``, ``"mnist"``, ``"none"``, a Preset, ``None``
+            (same as ``"none"``), or any object with ``mean`` and ``std`` sequences, such as
+            ``torchvision.transforms.Normalize``.
 
     Raises:
         DataError: for an unknown name; the message lists the presets.
+        InputError: for an object whose mean and std are not equal-length number sequences.
     """
     if isinstance(name, Preset):
         return name
     if name is None:
         return PRESETS["none"]
+    if hasattr(name, "mean") and hasattr(name, "std") and not isinstance(name, str):
+        return _from_stats(name)
     key = str(name).lower()
     if key not in PRESETS:
         close = difflib.get_close_matches(key, PRESETS, n=3)
@@ -114,6 +119,23 @@ def get_preset(name: str | Preset | None) -> Preset:
             f"preset {name!r} is unknown{hint}; available presets: {', '.join(PRESETS)}"
         )
     return PRESETS[key]
+
+
+def _from_stats(obj: Any) -> Preset:
+    """A custom :class:`Preset` from an object with ``mean`` and ``std``."""
+    try:
+        mean = tuple(float(v) for v in obj.mean)
+        std = tuple(float(v) for v in obj.std)
+    except (TypeError, ValueError) as err:
+        raise InputError(
+            f"preset must be a name, a Preset or an object with mean and std sequences, got "
+            f"{type(obj).__name__} ({err})"
+        ) from None
+    if not mean or len(mean) != len(std) or any(v <= 0 for v in std):
+        raise InputError(
+            f"preset statistics must be equal-length with std > 0, got mean={mean} std={std}"
+        )
+    return Preset(str(getattr(obj, "name", "custom")), mean, std)
 
 
 def _pair(size: int | tuple[int, int] | list[int], arg: str) -> tuple[int, int]:

@@ -28,6 +28,7 @@ from torch.overrides import TorchFunctionMode
 from cnnlens.core.capture import grad_enabled
 from cnnlens.core.explanation import Explanation
 from cnnlens.core.layers import LayersLike
+from cnnlens.core.progress import progress_bar
 from cnnlens.core.registry import register
 from cnnlens.core.targets import TargetLike, Targets, resolve_targets
 from cnnlens.errors import InputError, ModelError
@@ -39,7 +40,6 @@ from cnnlens.methods.perturbation import (
     check_int,
     first_pass,
     pixel_explanation,
-    progress_bar,
     row_scores,
     rows_targets,
 )
@@ -377,7 +377,7 @@ class IntegratedGradients(GradientMethod):
         weights = weights.to(device=x.device)
         total = torch.zeros((n, sub.k, *x.shape[1:]), device=x.device, dtype=torch.float32)
         n_points = n * self.n_steps
-        with progress_bar(self.progress, n_points, "integrated gradients") as advance:
+        with progress_bar(self.progress, n_points, "integrated gradients", transient=True) as bar:
             for start in range(0, n_points, self.internal_batch_size):
                 idx = torch.arange(
                     start, min(start + self.internal_batch_size, n_points), device=x.device
@@ -388,7 +388,7 @@ class IntegratedGradients(GradientMethod):
                 _, _, grads = self.forward_grads(points, rows_targets(sub, row), runner=runner)
                 wts = weights[step].view(-1, 1, 1, 1, 1).float()
                 total.index_add_(0, row, grads.float() * wts)
-                advance(len(idx))
+                bar.advance(len(idx))
             attr = diff.float().unsqueeze(1) * total
             with torch.no_grad():
                 if fx is None:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from cnnlens.core.explanation import Explanation
+from cnnlens.core.progress import progress_bar
 from cnnlens.core.registry import get_method, register
 from cnnlens.core.targets import TargetLike
 from cnnlens.errors import InputError
@@ -18,7 +19,6 @@ from cnnlens.methods.perturbation import (
     check_int,
     first_pass,
     pixel_explanation,
-    progress_bar,
 )
 
 __all__ = ["NOISE_KINDS", "SmoothGrad"]
@@ -129,7 +129,7 @@ class SmoothGrad(Explainer):
         n_rows = self.n_samples * b  # sample-major: row r is sample r // b of image r % b
         drawn: dict[int, Tensor] = {}  # the noise of the samples in the current chunk
         next_draw = 0
-        with progress_bar(self.progress, n_rows, self.name) as advance:
+        with progress_bar(self.progress, n_rows, self.name, transient=True) as bar:
             for start in range(0, n_rows, self.batch_size):
                 idx = torch.arange(start, min(start + self.batch_size, n_rows), device=dev)
                 sample, rows = idx // b, idx % b
@@ -148,7 +148,7 @@ class SmoothGrad(Explainer):
                 total.index_add_(0, rows, attr)
                 if total_sq is not None:
                     total_sq.index_add_(0, rows, attr * attr)
-                advance(len(idx))
+                bar.advance(len(idx))
         mean = total / self.n_samples
         if self.kind == "smoothgrad":
             raw = mean

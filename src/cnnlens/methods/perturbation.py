@@ -14,8 +14,7 @@ import copy
 import logging
 import math
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnnlens.core.explanation import Explanation
+from cnnlens.core.progress import progress_bar
 from cnnlens.core.registry import register
 from cnnlens.core.targets import TargetLike, Targets, logits_of, resolve_targets
 from cnnlens.errors import InputError
@@ -254,20 +254,6 @@ def detach_outputs(outputs: Any) -> Any:
     return outputs.detach() if isinstance(outputs, Tensor) else outputs
 
 
-@contextmanager
-def progress_bar(enabled: bool, total: int, description: str) -> Iterator[Callable[[int], None]]:
-    """Yields ``advance(n)``; a rich progress bar on stderr when ``enabled``, else a no-op."""
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.console import Console
-    from rich.progress import Progress
-
-    with Progress(console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
-
-
 def warn_nonfinite(method: str, bad: int, total: int, what: str) -> None:
     if bad:
         warnings.warn(
@@ -433,7 +419,10 @@ class Occlusion(PerturbationMethod):
         yy = torch.arange(h, device=dev).view(1, h, 1)
         xx = torch.arange(w, device=dev).view(1, 1, w)
         bad, bs = 0, batch_for(x, self.batch_size)
-        with progress_bar(self.progress, n_rows, "occlusion") as advance, torch.inference_mode():
+        with (
+            progress_bar(self.progress, n_rows, "occlusion", transient=True) as bar,
+            torch.inference_mode(),
+        ):
             for start in range(0, n_rows, bs):
                 idx = torch.arange(start, min(start + bs, n_rows), device=dev)
                 img, pos = idx // n_pos, idx % n_pos
@@ -450,7 +439,7 @@ class Occlusion(PerturbationMethod):
                 cover = inside.float()  # (n, 1, h, w)
                 total.index_add_(0, img, drop[:, :, None, None] * cover)
                 count.index_add_(0, img, finite.float()[:, :, None, None] * cover)
-                advance(len(idx))
+                bar.advance(len(idx))
         warn_nonfinite(self.name, bad, n_rows, "occluded inputs")
         attr = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
         raw = attr.unsqueeze(2).expand(b, k, c, h, w).clone()
@@ -553,7 +542,7 @@ class RISE(PerturbationMethod):
         softmax = self.probabilities and targets.fn is None
         bad, bs = 0, batch_for(x, self.batch_size)
         with (
-            progress_bar(self.progress, b * self.n_masks, "rise") as advance,
+            progress_bar(self.progress, b * self.n_masks, "rise", transient=True) as bar,
             torch.inference_mode(),
         ):
             for masks in self.masks((h, w), dev):
@@ -569,7 +558,7 @@ class RISE(PerturbationMethod):
                     scores = torch.where(finite, scores, torch.zeros_like(scores))
                     total.index_add_(0, img, scores[:, :, None, None] * mk)
                     valid.index_add_(0, img, finite.float())
-                    advance(len(idx))
+                    bar.advance(len(idx))
         warn_nonfinite(self.name, bad, b * self.n_masks, "masked inputs")
         sal = total / (valid * self.p).clamp(min=torch.finfo(torch.float32).tiny)[:, :, None, None]
         raw = sal.unsqueeze(2).expand(b, k, c, h, w).clone()

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from cnnlens.core.explanation import Explanation
 from cnnlens.core.layers import LayersLike
+from cnnlens.core.progress import progress_bar
 from cnnlens.core.registry import register
 from cnnlens.core.targets import TargetLike, Targets, logits_of
 from cnnlens.methods.base import BaseCAM
@@ -26,7 +27,6 @@ from cnnlens.methods.perturbation import (
     batch_for,
     check_flag,
     check_optional_int,
-    progress_bar,
     row_scores,
     warn_nonfinite,
 )
@@ -160,7 +160,9 @@ class ScoreCAM(BaseCAM):
         runner.check(x, ctx["outputs"])
         n_rows, bad, bs = len(todo), 0, batch_for(x, self.batch_size)
         with (
-            progress_bar(self.progress, n_rows, f"{self.name} {ctx['layer']}") as advance,
+            progress_bar(
+                self.progress, n_rows, f"{self.name} {ctx['layer']}", transient=True
+            ) as bar,
             torch.inference_mode(),
         ):
             for start in range(0, n_rows, bs):
@@ -174,7 +176,7 @@ class ScoreCAM(BaseCAM):
                 s = row_scores(targets, runner(x[img] * masks.to(x.dtype)), img)
                 bad += int((~torch.isfinite(s)).any(dim=1).sum())
                 scores[img, ch] = torch.where(torch.isfinite(s), s, -math.inf)
-                advance(len(img))
+                bar.advance(len(img))
             flat = selected & constant
             if bool(flat.any()):
                 scores = scores - self._baseline_scores(runner, x, targets)[:, None, :]
@@ -287,7 +289,9 @@ class AblationCAM(BaseCAM):
         ]
         try:
             with (
-                progress_bar(self.progress, n_rows, f"{self.name} {ctx['layer']}") as advance,
+                progress_bar(
+                    self.progress, n_rows, f"{self.name} {ctx['layer']}", transient=True
+                ) as bar,
                 torch.inference_mode(),
             ):
                 for start in range(0, n_rows, bs):
@@ -299,7 +303,7 @@ class AblationCAM(BaseCAM):
                     finite = torch.isfinite(s)
                     bad += int((~finite).any(dim=1).sum())
                     drops[img, ch] = torch.where(finite, y[img] - s, torch.zeros_like(s))
-                    advance(len(img))
+                    bar.advance(len(img))
         finally:
             for handle in handles:
                 handle.remove()

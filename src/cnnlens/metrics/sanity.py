@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from cnnlens.core.layers import resolve_layer
-from cnnlens.errors import CnnlensError, InputError, ModelError
+from cnnlens.errors import InputError, ModelError
 from cnnlens.metrics._common import (
     check_images,
     frozen_eval,
@@ -568,18 +568,9 @@ def train_on_permuted_labels(
             passed as the architecture).
         **train_kwargs: passed to :func:`cnnlens.training.train` (``epochs``, ``lr``,
             ``batch_size``, ...).
-
-    Raises:
-        CnnlensError: when :mod:`cnnlens.training` is not available.
     """
-    try:
-        from cnnlens.training import train
-    except ImportError as err:
-        raise CnnlensError(
-            "train_on_permuted_labels needs cnnlens.training, which is not available; "
-            "train a model on PermutedLabels(dataset) yourself and pass it to "
-            "data_randomization"
-        ) from err
+    from cnnlens.training import train
+
     if isinstance(dataset, str):
         from cnnlens.data import get_dataset
 

@@ -31,15 +31,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from cnnlens.core.capture import frozen
+from cnnlens.core.progress import progress_bar
 from cnnlens.errors import DataError, InputError, TargetError
-from cnnlens.prototypes._compat import (
-    check_positive_int,
-    frozen,
-    model_device_dtype,
-    progress_bar,
-    scaling,
-    with_grad,
-)
+from cnnlens.prototypes._util import check_positive_int, device_dtype, preset_for, with_grad
 
 log = logging.getLogger("cnnlens")
 
@@ -363,8 +358,8 @@ def class_prototypes(
                 "shape (C, H, W) is needed when neither prior nor an init image is given"
             )
     c, h, w = (int(v) for v in shape)  # type: ignore[union-attr]
-    device, dtype = model_device_dtype(model)
-    scale = scaling(preset, c)
+    device, dtype = device_dtype(model)
+    scale = preset_for(preset, c)
     generator = torch.Generator().manual_seed(int(seed))
 
     with frozen(model), torch.no_grad():
@@ -415,7 +410,7 @@ def class_prototypes(
     optimizer = torch.optim.Adam([x], lr=lr)
     history: list[float] = []
     taken = steps
-    with frozen(model), progress_bar(progress, steps, "prototypes") as bar:
+    with frozen(model), progress_bar(progress, steps, "prototypes", transient=True) as bar:
         for step in range(steps + 1):
             logits = model(x.to(dtype)).float()
             logp = torch.log_softmax(logits, 1)

@@ -251,10 +251,10 @@ def demo_prototypes(
         if hits.numel() == 0:
             raise DataError(f"the training set has no image of class {source_class}")
         source_index = int(hits[0])
-    from cnnlens.prototypes._compat import scaling
+    from cnnlens.prototypes._util import preset_for
 
     image = train_set[source_index][0]
-    start = scaling(preset, image.shape[0]).denormalize(image.float()).clamp(0, 1)
+    start = preset_for(preset, image.shape[0]).denormalize(image.float()).clamp(0, 1)
     common = {"prior": means, "preset": preset, "class_names": names, **options}
     everything = class_prototypes(model, None, init="zeros", **common)
     turned = class_prototypes(model, list(targets), init=start, **common)

@@ -21,16 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cnnlens.core.capture import frozen
+from cnnlens.core.layers import resolve_layer
+from cnnlens.core.progress import progress_bar
 from cnnlens.errors import InputError
-from cnnlens.prototypes._compat import (
-    check_positive_int,
-    frozen,
-    model_device_dtype,
-    progress_bar,
-    resolve_layer,
-    scaling,
-    with_grad,
-)
+from cnnlens.prototypes._util import check_positive_int, device_dtype, preset_for, with_grad
 from cnnlens.prototypes.objectives import (
     L1,
     L2,
@@ -283,8 +278,8 @@ def visualize(
     if labels is not None and len(labels) != batch:
         raise InputError(f"labels has {len(labels)} entries for a batch of {batch} images")
     c, h, w = (int(v) for v in shape)
-    device, dtype = model_device_dtype(model)
-    scale = scaling(preset, c)
+    device, dtype = device_dtype(model)
+    scale = preset_for(preset, c)
     generator = torch.Generator().manual_seed(int(seed))
     full = (batch, c, h, w)
     if init is not None:
@@ -333,7 +328,7 @@ def visualize(
         frozen(model),
         redirected_relus(plan, lambda: step),
         capture_layers(model, total.layers) as (acts, names),
-        progress_bar(progress, steps, f"maximizing {objective.describe()}") as bar,
+        progress_bar(progress, steps, f"maximizing {objective.describe()}", transient=True) as bar,
     ):
         for step in range(steps):
             values = total(forward(image_param.image(), transform))

@@ -22,8 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cnnlens.core.capture import frozen
+from cnnlens.core.layers import resolve_layer
 from cnnlens.errors import InputError, LayerNotFoundError, TargetError
-from cnnlens.prototypes._compat import as_index_list, frozen, resolve_layer
+from cnnlens.prototypes._util import as_index_list
 
 LayerSpec = str | nn.Module
 

@@ -15,18 +15,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cnnlens.data.presets import get_preset
 from cnnlens.errors import InputError
 
 logger = logging.getLogger(__name__)
-
-# Used only when cnnlens.data is not importable (it is the single source of truth otherwise);
-# the values mirror its presets.
-_FALLBACK_PRESETS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "cifar10": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    "mnist": ((0.1307,), (0.3081,)),
-    "none": ((0.0,), (1.0,)),
-}
 
 
 def preset_mean_std(preset: Any) -> tuple[np.ndarray, np.ndarray] | None:
@@ -43,10 +35,8 @@ def preset_mean_std(preset: Any) -> tuple[np.ndarray, np.ndarray] | None:
     if preset is None:
         return None
     if isinstance(preset, str):
-        obj = _lookup_preset(preset)
-        if obj is None:
-            return None
-        mean, std = obj
+        found = get_preset(preset)  # DataError naming the presets for an unknown name
+        mean, std = found.mean, found.std
     elif hasattr(preset, "mean") and hasattr(preset, "std"):
         mean, std = preset.mean, preset.std
     elif isinstance(preset, Sequence) and len(preset) == 2:
@@ -63,22 +53,6 @@ def preset_mean_std(preset: Any) -> tuple[np.ndarray, np.ndarray] | None:
             f"preset mean and std must have the same length; got {mean_a.size} and {std_a.size}"
         )
     return mean_a, std_a
-
-
-def _lookup_preset(name: str) -> tuple[Any, Any] | None:
-    try:
-        from cnnlens.data import get_preset  # the data engineer's registry of presets
-    except ImportError:
-        get_preset = None
-    if get_preset is not None:
-        obj = get_preset(name)  # raises the data package's own error for unknown names
-        return obj.mean, obj.std
-    key = name.lower()
-    if key not in _FALLBACK_PRESETS:
-        raise InputError(
-            f"preset {name!r} is unknown; expected one of {', '.join(sorted(_FALLBACK_PRESETS))}"
-        )
-    return _FALLBACK_PRESETS[key]
 
 
 def _as_numpy(value: Any) -> Any:
