@@ -558,6 +558,7 @@ def test_cli_prototype_from_a_resized_image(checkpoint, tmp_path, capsys):
         (["visualize", "--layer", "fc9"], "layer 'fc9' not found in MnistDNN; nearest"),
         (["visualize", "--layer", "fc2", "--channels", "100"], "layer 'fc2' has 100 channels"),
         (["visualize", "--class", "3", "--param", "dct"], "--param must be fft or pixel"),
+        (["visualize", "--class", "3", "--transforms", "rot"], "--transforms must be standard"),
         (["visualize"], "give --layer"),
     ],
 )
@@ -618,17 +619,22 @@ def test_shapes_gap_cnn_channels_and_classes():
     with torch.no_grad(), capture_layers(model, [layer]) as (captured, _):
         model(x)
     acts = captured[layer].mean((2, 3)).T[channels]  # (channels, N images)
-    opts = dict(steps=128, lr=0.1, seed=0)
+    opts = dict(steps=512, lr=0.05, seed=0, transforms="none")
     res = visualize_channels(model, layer, channels, (3, 32, 32), **opts)
     assert torch.allclose(evaluate(model, Channel(layer, 5), x), acts[5], atol=1e-5)
-    ratio = res.values / acts.mean(1)
+    mean, top = acts.mean(1), acts.max(1).values
+    ratio = res.values / mean
     # every visualization excites its channel more than any test image does ...
-    assert (res.values > acts.max(1).values).all()
-    # ... and most by 10x its test-set mean (channels that fire on most images, e.g. on
-    # colour, are bounded near 3x by the pixel range; docs/prototypes.md)
-    assert (ratio >= 10).float().mean() >= 2 / 3, ratio
-    a = visualize_channels(model, layer, [3, 9], (3, 32, 32), **{**opts, "steps": 20})
-    b = visualize_channels(model, layer, [3, 9], (3, 32, 32), **{**opts, "steps": 20})
+    assert (res.values > top).all()
+    # ... and by 10x its test-set mean wherever that is possible: a channel whose mean over
+    # the test set is already above half its maximum fires on every image, and the pixel
+    # range caps it near 10x (docs/prototypes.md, recorded run)
+    selective = mean < 0.5 * top
+    assert selective.float().mean() >= 0.9
+    assert (ratio[selective] >= 10).all(), ratio
+    few = {"steps": 20, "transforms": "standard"}  # random transforms: same seed, same images
+    a = visualize_channels(model, layer, [3, 9], (3, 32, 32), **{**opts, **few})
+    b = visualize_channels(model, layer, [3, 9], (3, 32, 32), **{**opts, **few})
     assert torch.equal(a.images, b.images)  # the same seed, the same images
     classes = visualize_classes(model, range(5), (3, 32, 32), tv=0.1, steps=256, lr=0.1)
     assert min(classes.class_probs()) >= 0.9, classes.class_probs()

@@ -188,8 +188,14 @@ def visualize_command(
         None, "--class", help="Visualize classes instead: an index, '0-4' or names."
     ),
     param: str = typer.Option("fft", "--param", help="fft or pixel."),
+    transforms: str = typer.Option(
+        "standard",
+        "--transforms",
+        help="standard (pad, jitter, scale, rotate each step: legible images) or none "
+        "(the highest activation).",
+    ),
     steps: int = typer.Option(512, "--steps", help="Optimization steps."),
-    lr: float = typer.Option(0.05, "--lr", help="Adam's learning rate."),
+    lr: float = typer.Option(0.1, "--lr", help="Adam's learning rate."),
     tv: float = typer.Option(0.0, "--tv", help="Total-variation penalty weight."),
     l2: float = typer.Option(0.0, "--l2", help="L2 penalty weight."),
     blur_every: int = typer.Option(0, "--blur-every", help="Blur every N steps (0: never)."),
@@ -205,6 +211,8 @@ def visualize_command(
     _check_out(out)
     if param not in ("fft", "pixel"):
         raise InputError(f"--param must be fft or pixel, got {param!r}")
+    if transforms not in ("standard", "none"):
+        raise InputError(f"--transforms must be standard or none, got {transforms!r}")
     if class_ is None and layer is None:
         raise InputError("give --layer (with --channels) for channels, or --class for classes")
     from cnnlens.models import load
@@ -216,6 +224,7 @@ def visualize_command(
     shape = (info.in_channels, *info.input_size)
     options = dict(
         param=param,
+        transforms=transforms,
         steps=steps,
         lr=lr,
         tv=tv,

@@ -214,7 +214,7 @@ def visualize(
     decay: float = 1.0,
     preset: Any = None,
     steps: int = 512,
-    lr: float = 0.05,
+    lr: float = 0.1,
     transforms: str | Sequence[Transform] | Transform | None = "standard",
     l1: float = 0.0,
     l2: float = 0.0,
