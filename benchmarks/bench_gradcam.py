@@ -2,7 +2,8 @@
 
 resnet50 (random weights), 224x224, batch 8, CPU, layer4, top class of each image.
 The floor is one forward with autograd on plus ``torch.autograd.grad`` of the target scores
-to the layer4 activation — the least any Grad-CAM must do.
+to the layer4 activation — the least any Grad-CAM must do. A second table gives the memory
+each keeps for the backward pass (tensors saved by autograd, each storage once).
 
     python benchmarks/bench_gradcam.py [--repeats 7] [--batch 8] [--size 224]
 """
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 import torchvision
 
 import cnnlens
-from common import interleaved_medians, machine, markdown_table, setup_threads
+from common import interleaved_medians, machine, markdown_table, saved_for_backward, setup_threads
 
 
 def main() -> None:
@@ -63,15 +64,14 @@ def main() -> None:
         (g,) = torch.autograd.grad(out.gather(1, top[:, None]).sum(), store["a"])
         return F.relu((g.mean((2, 3), keepdim=True) * store["a"]).sum(1))
 
-    medians = interleaved_medians(
-        {
-            "cnnlens": run_cnnlens,
-            "pytorch-grad-cam": run_grad_cam,
-            "captum": run_captum,
-            "floor": run_floor,
-        },
-        repeats=args.repeats,
-    )
+    contenders = {
+        "cnnlens": run_cnnlens,
+        "pytorch-grad-cam": run_grad_cam,
+        "captum": run_captum,
+        "floor": run_floor,
+    }
+    medians = interleaved_medians(contenders, repeats=args.repeats)
+    saved = {name: saved_for_backward(fn) for name, fn in contenders.items()}
     peer.activations_and_grads.release()
     for p in model.parameters():
         p.grad = None
@@ -83,6 +83,9 @@ def main() -> None:
         f"(target >= 2.5x); cnnlens / floor = {medians['cnnlens'] / medians['floor']:.2f}x "
         "(target <= 1.15x)"
     )
+    print("\n| contender | saved for backward (MiB) | / cnnlens |\n|---|---:|---:|")
+    for name, mib in saved.items():
+        print(f"| {name} | {mib:.1f} | {mib / saved['cnnlens']:.1f}x |")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,22 @@ def interleaved_medians(
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def saved_for_backward(fn: Callable[[], object]) -> float:
+    """MiB of tensors the autograd graph keeps for the backward pass during one call of ``fn``
+    (each storage counted once): the activation memory a gradient method pays for, the same
+    on every device and independent of the allocator."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values()) / 2**20
+
+
 def markdown_table(medians: dict[str, float], reference: str) -> str:
     """A table of medians and the ratio of each contender to ``reference``."""
     ref = medians[reference]
