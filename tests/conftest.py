@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -138,6 +140,33 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
     b = torch.as_tensor(b, dtype=torch.float64).flatten()
     a, b = a - a.mean(), b - b.mean()
     return float((a @ b) / (a.norm() * b.norm() + 1e-12))
+
+
+@functools.cache
+def torchvision_net(name: str) -> nn.Module:
+    """A seeded torchvision net with 10 classes, built once per session (explanations never
+    change it)."""
+    torch.manual_seed(0)
+    return getattr(torchvision.models, name)(weights=None, num_classes=10).eval()
+
+
+def simplecnn() -> nn.Module:
+    """cnnlens' seed ``simplecnn`` (the PyTorch tutorial net, functional ReLUs), seeded."""
+    from cnnlens.models import create
+
+    torch.manual_seed(0)
+    return create("simplecnn").eval()
+
+
+def inputs(b: int, size: int, seed: int = 1) -> torch.Tensor:
+    """``b`` seeded random RGB images of ``size`` x ``size``."""
+    return torch.randn(b, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def close(ours: torch.Tensor, ref: torch.Tensor, rtol: float = 1e-4) -> None:
+    """allclose with a tolerance relative to the reference's largest magnitude."""
+    ref = ref.detach()
+    torch.testing.assert_close(ours, ref, rtol=rtol, atol=rtol * float(ref.abs().max()) + 1e-7)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ ReLU that runs, completeness of integrated gradients, SmoothGrad seeding and bat
 from __future__ import annotations
 
 import copy
-import functools
 import types
 
 import numpy as np
@@ -25,7 +24,15 @@ from cnnlens.methods import (
     SmoothGrad,
 )
 from cnnlens.methods.gradients import ReLURule, gauss_legendre, path_rule, reduce_channels
-from conftest import assert_unchanged, make_model, snapshot
+from conftest import (
+    assert_unchanged,
+    close,
+    inputs,
+    make_model,
+    simplecnn,
+    snapshot,
+    torchvision_net,
+)
 
 captum_attr = pytest.importorskip("captum.attr")
 
@@ -38,34 +45,6 @@ GRADIENT_METHODS = [
     ("guided_gradcam", {}),
     ("smoothgrad", {"n_samples": 4, "batch_size": 3}),
 ]
-
-
-@functools.cache
-def torchvision_net(name: str) -> nn.Module:
-    """A seeded torchvision net, built once per test file (explanations never change it)."""
-    torch.manual_seed(0)
-    return getattr(torchvision.models, name)(weights=None, num_classes=10).eval()
-
-
-def simplecnn() -> nn.Module:
-    """cnnlens' seed ``simplecnn`` (the PyTorch tutorial net, functional ReLUs)."""
-    torch.manual_seed(0)
-    try:
-        from cnnlens.models import create
-
-        return create("simplecnn").eval()
-    except ImportError:  # pragma: no cover - the models package is written in parallel
-        return make_model("functional")
-
-
-def inputs(b: int, size: int, seed: int = 1) -> torch.Tensor:
-    return torch.randn(b, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-def close(ours: torch.Tensor, ref: torch.Tensor, rtol: float = 1e-4) -> None:
-    ref = ref.detach()
-    scale = float(ref.abs().max())
-    torch.testing.assert_close(ours, ref, rtol=rtol, atol=rtol * scale + 1e-7)
 
 
 # ---------------------------------------------------------------------------------------------

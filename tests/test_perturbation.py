@@ -4,12 +4,10 @@ memory bounds, non-finite scores and bad input."""
 
 from __future__ import annotations
 
-import functools
 import warnings
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 import cnnlens
@@ -17,7 +15,16 @@ from cnnlens.errors import InputError
 from cnnlens.methods import RISE, AblationCAM, ScoreCAM
 from cnnlens.methods.base import normalize_maps, upsample
 from cnnlens.methods.perturbation import Runner
-from conftest import assert_unchanged, make_model, pearson, snapshot
+from conftest import (
+    assert_unchanged,
+    close,
+    inputs,
+    make_model,
+    pearson,
+    simplecnn,
+    snapshot,
+    torchvision_net,
+)
 
 captum_attr = pytest.importorskip("captum.attr")
 pgc = pytest.importorskip("pytorch_grad_cam")
@@ -29,32 +36,6 @@ FORWARD_METHODS = [
     ("scorecam", {"batch_size": 7}),
     ("ablationcam", {"batch_size": 7}),
 ]
-
-
-@functools.cache
-def torchvision_net(name: str) -> nn.Module:
-    """A seeded torchvision net, built once per test file (explanations never change it)."""
-    torch.manual_seed(0)
-    return getattr(torchvision.models, name)(weights=None, num_classes=10).eval()
-
-
-def simplecnn() -> nn.Module:
-    torch.manual_seed(0)
-    try:
-        from cnnlens.models import create
-
-        return create("simplecnn").eval()
-    except ImportError:  # pragma: no cover - the models package is written in parallel
-        return make_model("functional")
-
-
-def inputs(b: int, size: int, seed: int = 1) -> torch.Tensor:
-    return torch.randn(b, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-def close(ours: torch.Tensor, ref: torch.Tensor, rtol: float = 1e-4) -> None:
-    ref = ref.detach()
-    torch.testing.assert_close(ours, ref, rtol=rtol, atol=rtol * float(ref.abs().max()) + 1e-7)
 
 
 class MaxBatch:
