@@ -309,3 +309,13 @@ def test_resolve_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="no CUDA device is available"):
             resolve_device("cuda")
+
+
+def test_version_and_help_list_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert re.fullmatch(r"cnnlens \S+ \(torch \S+, Python \S+\)\n", capsys.readouterr().out)
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("assess", "demo", "evaluate", "explain", "prototype", "report", "summary",
+                    "train", "visualize"):  # fmt: skip
+        assert re.search(rf"^\W*{command}\s", out, re.M), command
