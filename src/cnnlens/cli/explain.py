@@ -134,6 +134,26 @@ def _stems(files: Sequence[Path]) -> list[str]:
     return out
 
 
+def _card_extras(extra: dict[str, Any]) -> dict[str, str]:
+    """Checkpoint metadata as readable model-card rows (a training config as one sentence)."""
+    out: dict[str, str] = {}
+    for key, value in extra.items():
+        if key == "training" and isinstance(value, dict):
+            v = value
+            parts = [f"{v['epochs']} epochs" if "epochs" in v else "", str(v.get("optimizer", ""))]
+            parts += [f"lr {v['lr']:g}" if isinstance(v.get("lr"), (int, float)) else ""]
+            parts += [f"batch {v['batch_size']}" if "batch_size" in v else ""]
+            parts += [f"{v['schedule']} schedule" if v.get("schedule") else ""]
+            if v.get("weight_decay"):
+                parts.append(f"weight decay {v['weight_decay']:g}")
+            parts += [f"{v['train_size']} training images" if "train_size" in v else ""]
+            parts += [f"seed {v['seed']}" if "seed" in v else ""]
+            out["Training"] = ", ".join(p for p in parts if p)
+        else:
+            out[key.replace("_", " ").capitalize()] = str(value)
+    return out
+
+
 def _model_card(
     net: nn.Module, info: Any, model: str, num_classes: int, names: list[str], device: Any
 ) -> dict[str, Any]:
@@ -151,7 +171,7 @@ def _model_card(
         "class_names": names,
         "preset": info.preset,
         "checkpoint": info.source or model,
-        "extra": {"device": str(device), **{k: str(v) for k, v in (info.extra or {}).items()}},
+        "extra": {"Device": str(device), **_card_extras(info.extra or {})},
     }
     try:
         s = summary(net, (int(info.in_channels), *info.input_size))
