@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torchvision
@@ -214,6 +216,30 @@ def test_automatic_layer_on_torchvision_models() -> None:
     assert cnnlens.explain(torchvision.models.resnet18().eval(), x).layer == "layer4"
     assert cnnlens.explain(torchvision.models.mobilenet_v3_small().eval(), x).layer == "features"
     assert cnnlens.explain(make_model("gap"), x[..., :32, :32]).layer == "features"
+
+
+def test_automatic_layer_is_probed_once_per_model_and_input_shape() -> None:
+    model = make_model("gap")
+    calls: list[int] = []
+    handle = model.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    x = torch.randn(3, 3, 32, 32)
+    try:
+        first = cnnlens.explain(model, x, "gradcam")
+        assert calls == [1, 3]  # a one-image probe, then the explained batch
+        calls.clear()
+        second = cnnlens.explain(model, x[:2], "gradcam")
+        assert calls == [2] and second.layer == first.layer  # remembered: no probe
+        calls.clear()
+        cnnlens.explain(model, torch.randn(1, 3, 40, 40), "gradcam")
+        assert calls == [1, 1]  # another input size is probed again
+        # a replaced submodule is probed again too, and the new module is the one used
+        setattr(model, first.layer, copy.deepcopy(model.get_submodule(first.layer)))
+        calls.clear()
+        third = cnnlens.explain(model, x, "gradcam")
+        assert calls == [1, 3] and third.layer == first.layer
+    finally:
+        handle.remove()
+    assert hook_count(model) == 0
 
 
 def test_works_inside_no_grad_and_inference_mode(images: torch.Tensor) -> None:

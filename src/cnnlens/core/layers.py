@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -73,15 +74,42 @@ def resolve_layers(
     return out
 
 
-@torch.no_grad()
+# The automatic choice per model and input shape, so that repeated calls (one image at a
+# time, say) do not pay for a probe forward each: model -> {(C, H, W, dtype, device type):
+# (name, the chosen module)}. Entries go with the model; a replaced submodule is re-probed.
+_CHOSEN: weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], tuple[str, object]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def find_spatial_layer(model: nn.Module, x: Tensor) -> str:
     """The last module whose output is a spatial 4-D map, found by a real forward pass.
 
     The module that runs last in forward and returns a (B, C, h, w) tensor with h * w > 1 is
     chosen (containers count: ResNet gives ``layer4``, VGG ``features``); when every 4-D
     output is 1x1, the last 4-D one. The caller's model state is not changed: the pass runs on
-    the caller's behalf inside :func:`cnnlens.core.capture.frozen`.
+    the caller's behalf inside :func:`cnnlens.core.capture.frozen`. The choice is remembered
+    for the model and the input's shape, dtype and device (as long as the chosen module is
+    still the model's submodule of that name), so later calls need no probe pass.
     """
+    key = (*x.shape[1:], x.dtype, x.device.type)
+    known = _CHOSEN.get(model, {}).get(key)
+    if known is not None:
+        name, module_ref = known
+        try:
+            if model.get_submodule(name) is module_ref():  # type: ignore[operator]
+                log.info("layer chosen automatically: %s", name)
+                return name
+        except AttributeError:
+            pass
+    name = _probe_spatial_layer(model, x)
+    _CHOSEN.setdefault(model, {})[key] = (name, weakref.ref(model.get_submodule(name)))
+    return name
+
+
+@torch.no_grad()
+def _probe_spatial_layer(model: nn.Module, x: Tensor) -> str:
+    """One forward pass with a shape-recording hook on every submodule."""
     order: list[tuple[str, tuple[int, ...]]] = []
     handles = []
     try:
