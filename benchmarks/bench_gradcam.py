@@ -42,11 +42,13 @@ def main() -> None:
     def run_cnnlens() -> torch.Tensor:
         return cnnlens.explain(model, x, "gradcam", target=top, layer="layer4").maps
 
-    peer = GradCAM(model=model, target_layers=[model.layer4])
     peer_targets = [ClassifierOutputTarget(int(t)) for t in top]
 
     def run_grad_cam() -> object:
-        return peer(input_tensor=x, targets=peer_targets)
+        # made per call and released after it: its hooks stay on the model for the object's
+        # lifetime and would slow every other contender down
+        with GradCAM(model=model, target_layers=[model.layer4]) as peer:
+            return peer(input_tensor=x, targets=peer_targets)
 
     captum_gc = LayerGradCam(model, model.layer4)
 
@@ -72,7 +74,6 @@ def main() -> None:
     }
     medians = interleaved_medians(contenders, repeats=args.repeats)
     saved = {name: saved_for_backward(fn) for name, fn in contenders.items()}
-    peer.activations_and_grads.release()
     for p in model.parameters():
         p.grad = None
     print(f"Grad-CAM, resnet50, {args.size}x{args.size}, batch {args.batch}, CPU")

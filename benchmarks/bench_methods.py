@@ -68,9 +68,15 @@ def main() -> None:
         return exp.raw.clamp(min=0)  # layer resolution, after ReLU
 
     def grad_cam_lib(cls: type) -> Runner:
-        cam = cls(model=model, target_layers=[model.layer4])
         outs = [ClassifierOutputTarget(t) for t in targets]
-        return lambda: torch.from_numpy(cam(input_tensor=x, targets=outs))
+
+        def run() -> torch.Tensor:
+            # made per call and released after it: pytorch-grad-cam's hooks stay on the
+            # model for the object's lifetime and would slow every other contender down
+            with cls(model=model, target_layers=[model.layer4]) as cam:
+                return torch.from_numpy(cam(input_tensor=x, targets=outs))
+
+        return run
 
     def torchcam(cls: type, **kw: object) -> Runner:
         def run() -> torch.Tensor:
