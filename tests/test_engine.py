@@ -264,6 +264,23 @@ def test_train_mode_model_is_explained_in_eval_and_left_in_train(images: torch.T
     assert_unchanged(model, before)
 
 
+@pytest.mark.parametrize("method", ["gradcam", "saliency", "scorecam", "occlusion"])
+def test_eval_mode_false_keeps_train_mode_and_leaves_batchnorm_statistics(
+    images: torch.Tensor, method: str
+) -> None:
+    model = make_model("relu").train()
+    model.head[1].p = 0.0  # dropout off, BatchNorm still in train mode (batch statistics)
+    before = snapshot(model)
+    seen: list[bool] = []
+    handle = model.features[1].register_forward_pre_hook(lambda m, a: seen.append(m.training))
+    try:
+        cnnlens.explain(model, images, method, eval_mode=False)
+    finally:
+        handle.remove()
+    assert seen and all(seen)  # BatchNorm ran in train mode, as asked ...
+    assert_unchanged(model, before)  # ... and its running statistics are as they were
+
+
 def test_reused_module_keeps_last_call(images: torch.Tensor) -> None:
     model = make_model("reused")
     exp = cnnlens.explain(model, images, "gradcam", layer="block")

@@ -19,12 +19,25 @@ from torch import Tensor, nn
 def frozen(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Module]:
     """Evaluate ``model`` with its parameters frozen, restoring its state afterwards.
 
+    With ``eval_mode`` (the default) the model runs in eval mode; without it each module keeps
+    its flag, and the buffers of modules in train mode (BatchNorm's running statistics) are
+    saved first and put back afterwards, so that the call leaves no trace either way.
+
     Example:
         >>> with frozen(model):                      # doctest: +SKIP
         ...     scores = model(x)
     """
     modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
+    saved: list[tuple[Tensor, Tensor]] = []
+    if not eval_mode:
+        seen: set[int] = set()
+        for m in model.modules():
+            if m.training:
+                for b in m.buffers(recurse=False):
+                    if id(b) not in seen:
+                        seen.add(id(b))
+                        saved.append((b, b.detach().clone()))
     try:
         if eval_mode:
             model.eval()
@@ -36,6 +49,9 @@ def frozen(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Module]:
             m.training = training
         for p, requires_grad in flags:
             p.requires_grad_(requires_grad)
+        with torch.no_grad():
+            for b, value in saved:
+                b.copy_(value)
 
 
 @contextmanager
