@@ -136,3 +136,28 @@ def test_cam_refuses_a_model_without_gap_head() -> None:
     model_conv = nn.Sequential(nn.Conv2d(1, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     with pytest.raises(cnnlens.errors.ModelError, match=r"no nn\.Linear"):
         cnnlens.explain(model_conv, X, "cam", target=0, layer="0")
+
+
+class _AuxAfterHead(nn.Module):
+    """GAP + linear head, plus an auxiliary linear layer registered (and run) after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU())
+        self.fc = nn.Linear(2, 3)
+        self.aux = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.fc(self.features(x).mean((2, 3)))
+        return logits + 0 * self.aux(logits)
+
+
+def test_cam_finds_the_head_by_its_input_not_by_its_position() -> None:
+    torch.manual_seed(0)
+    model = _AuxAfterHead().eval()
+    exp = cnnlens.explain(model, X, "cam", target=2, layer="features")
+    acts = model.features(X).detach()
+    expected = torch.einsum("c,bchw->bhw", model.fc.weight[2].detach(), acts)
+    torch.testing.assert_close(exp.raw, expected)
+    with pytest.raises(cnnlens.errors.ModelError, match=r"linear layers: 'fc', 'aux'"):
+        cnnlens.explain(model, X, "cam", layer="features.0")  # before the ReLU: no GAP input

@@ -335,3 +335,7 @@ def test_bad_inputs() -> None:
         cnnlens.explain("resnet", torch.zeros(1, 3, 8, 8), "gradcam")
     with pytest.raises(InputError, match="empty batch"):
         cnnlens.explain(model, torch.zeros(0, 3, 8, 8), "gradcam")
+    with pytest.raises(InputError, match=r"dtype torch\.uint8 \(raw 0-255 pixels\?"):
+        cnnlens.explain(model, torch.zeros(1, 3, 8, 8, dtype=torch.uint8), "gradcam")
+    with pytest.raises(InputError, match=r"floating-point tensor .* got dtype torch\.int64$"):
+        cnnlens.explain(model, torch.zeros(1, 3, 8, 8, dtype=torch.long), "saliency")

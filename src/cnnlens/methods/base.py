@@ -69,8 +69,16 @@ def prepare_input(x: Any, model: nn.Module) -> Tensor:
         raise InputError(f"x must have shape (B, C, H, W) or (C, H, W), got {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise InputError("x is an empty batch (B = 0)")
-    if not (x.is_floating_point() or x.dtype == torch.uint8):
-        raise InputError(f"x must be a floating-point image tensor, got dtype {x.dtype}")
+    if not x.is_floating_point():
+        hint = (
+            " (raw 0-255 pixels? cnnlens.data.to_tensor scales and normalizes images)"
+            if x.dtype == torch.uint8
+            else ""
+        )
+        raise InputError(
+            f"x must be a floating-point tensor preprocessed as the model expects, got dtype "
+            f"{x.dtype}{hint}"
+        )
     device, dtype = model_device_dtype(model)
     if x.is_inference():
         x = x.clone()

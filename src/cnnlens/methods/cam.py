@@ -12,8 +12,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from cnnlens.core.explanation import Explanation
 from cnnlens.core.layers import LayersLike
 from cnnlens.core.registry import register
+from cnnlens.core.targets import TargetLike
 from cnnlens.errors import InputError, ModelError
 from cnnlens.methods.base import BaseCAM
 
@@ -76,20 +78,23 @@ class CAM(BaseCAM):
         return torch.einsum("bc,bchw->bhw", w, acts)
 
     def _head_weight(self, acts: Tensor, ctx: dict[str, Any]) -> Tensor:
+        """The weight of the linear layer that takes the spatial mean of ``acts``: of the
+        linear layers that ran, the one whose input is that mean (whatever their order)."""
         cap = ctx["capture"]
         pooled = acts.mean(dim=(2, 3))
-        ran = [name for name, _ in self._linears if name in cap.inputs]
-        head = ran[-1] if ran else None
-        if head is not None:
-            feats = cap.inputs[head].detach().float().reshape(acts.shape[0], -1)
-            tol = 1e-3 * (pooled.abs().max() + 1.0)
-            fits = feats.shape == pooled.shape and bool(((feats - pooled).abs() <= tol).all())
-            if fits:
-                return dict(self._linears)[head].weight.detach().float()
+        tol = 1e-3 * (pooled.abs().max() + 1.0)
+        ran = [(name, m) for name, m in self._linears if name in cap.inputs]
+        for name, module in ran:
+            feats = cap.inputs[name].detach().float()
+            if feats.shape[0] != acts.shape[0] or feats[0].numel() != pooled.shape[1]:
+                continue
+            if bool(((feats.reshape(pooled.shape) - pooled).abs() <= tol).all()):
+                return module.weight.detach().float()
+        names = ", ".join(repr(n) for n, _ in ran) or "none ran"
         raise ModelError(
             f"cam needs layer {ctx['layer']!r} to feed global average pooling and then one "
-            f"linear layer (the head{' ' + repr(head) if head else ''} does not take the "
-            "spatial mean of that layer); use gradcam, or pick the last convolutional layer"
+            f"linear layer, but no linear layer takes the spatial mean of that layer (linear "
+            f"layers: {names}); use gradcam, or pick the last convolutional layer"
         )
 
 
@@ -204,5 +209,11 @@ class EigenCAM(BaseCAM):
             flip = proj.amin(dim=1).abs() > proj.amax(dim=1).abs()
             proj = torch.where(flip[:, None], -proj, proj)
         out = proj.reshape(b, h, w).float()
-        self._cache = {ctx["layer"]: out}
+        self._cache[ctx["layer"]] = out
         return out
+
+    def explain_batch(self, x: Tensor, target: TargetLike, topk: int | None) -> Explanation:
+        try:
+            return super().explain_batch(x, target, topk)
+        finally:
+            self._cache.clear()  # one SVD per layer and batch; nothing kept after the call

@@ -453,7 +453,9 @@ class RISE(PerturbationMethod):
     ``n_masks`` random masks ``M_i`` are made by drawing a coarse grid of cells of
     ``cell_size`` pixels, each kept with probability ``p``, upsampling it bilinearly to
     ``(grid + 1) * cell_size`` and cropping the image size at a random shift of less than one
-    cell. The map is the score-weighted mean of the masks:
+    cell. The grid drawn has one cell more than the image needs in each direction, so every
+    cell is exactly ``cell_size`` pixels; the paper stretches an s x s grid over s + 1 cells
+    instead (cells about 1/s larger). The map is the score-weighted mean of the masks:
 
     $$S_c = \\frac{1}{N\\,p}\\sum_{i=1}^{N} f_c(x \\odot M_i)\\, M_i$$
 
@@ -467,8 +469,8 @@ class RISE(PerturbationMethod):
     Args:
         model: the network.
         n_masks: number of masks N (the paper uses 4000 for ImageNet CNNs).
-        cell_size: cell size in pixels; default ``ceil(max(H, W) / 7)`` (a 7x7 grid, as in
-            the paper).
+        cell_size: cell size in pixels; default ``ceil(max(H, W) / 7)`` (the image covered
+            by a 7x7 grid, the paper's grid size).
         p: probability that a cell is kept.
         seed: seed of the mask generator.
         probabilities: weight the masks by softmax probabilities (the paper) rather than
