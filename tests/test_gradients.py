@@ -544,3 +544,18 @@ def test_wrapper_refuses_base_options_with_an_instance() -> None:
         SmoothGrad(Deconvnet(make_model("gap")), base="saliency")
     with pytest.raises(InputError, match="method"):
         SmoothGrad("saliency")
+
+
+def test_smoothgrad_of_guided_gradcam_takes_and_reports_the_layer() -> None:
+    model = make_model("gap")
+    x = inputs(2, 32)
+    exp = cnnlens.explain(
+        model, x, "smoothgrad", base="guided_gradcam", layer="features.0", n_samples=3
+    )
+    assert exp.layer == "features.0" and exp.maps.shape == (2, 32, 32)
+    same = cnnlens.methods.SmoothGrad(
+        cnnlens.methods.GuidedGradCAM(model, layer="features.0"), n_samples=3
+    )(x)
+    torch.testing.assert_close(exp.raw, same.raw)
+    with pytest.raises(InputError, match="takes no layer"):
+        cnnlens.explain(model, x, "smoothgrad", layer="features.0")

@@ -43,7 +43,7 @@ def explain(
     """
     cls = get_method(method)
     if layer is not None:
-        if not cls.uses_layer:
+        if not cls.takes_layer(options):
             raise InputError(f"method {cls.name!r} works on the input and takes no layer argument")
         options["layer"] = layer
     return cls(model, **options)(x, target, topk=topk)

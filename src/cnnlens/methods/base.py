@@ -100,6 +100,11 @@ class Explainer:
     name: ClassVar[str] = ""
     uses_layer: ClassVar[bool] = False
 
+    @classmethod
+    def takes_layer(cls, options: dict[str, Any]) -> bool:
+        """Whether ``layer=`` means something to this method built with ``options``."""
+        return cls.uses_layer
+
     def __init__(self, model: nn.Module, *, eval_mode: bool = True) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")

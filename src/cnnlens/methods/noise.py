@@ -117,6 +117,11 @@ class SmoothGrad(Explainer):
         self.reduce = _check_reduce(reduce, inner.reduce)
         self.progress = bool(progress)
 
+    @classmethod
+    def takes_layer(cls, options: dict[str, Any]) -> bool:
+        base = options.get("base")
+        return isinstance(base, str) and get_method(base).uses_layer
+
     def explain_batch(self, x: Tensor, target: TargetLike, topk: int | None) -> Explanation:
         b = x.shape[0]
         dev = x.device
@@ -158,7 +163,11 @@ class SmoothGrad(Explainer):
             raw = (total_sq / self.n_samples - mean * mean).clamp(min=0)
         maps = reduce_channels(raw, self.reduce)
         extras = {"base": self.method.name, "kind": self.kind, "n_samples": self.n_samples}
-        return pixel_explanation(raw, maps, targets, outputs, self.name, extras)
+        exp = pixel_explanation(raw, maps, targets, outputs, self.name, extras)
+        gradcam = getattr(self.method, "gradcam", None)  # guided Grad-CAM's layer(s)
+        if gradcam is not None:
+            exp.layer = "+".join(name for name, _ in gradcam.layers_for(x))
+        return exp
 
     def __repr__(self) -> str:
         return f"SmoothGrad({self.method!r}, n_samples={self.n_samples}, kind={self.kind!r})"
