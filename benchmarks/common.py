@@ -35,15 +35,24 @@ def machine() -> str:
 
 
 def interleaved_medians(
-    contenders: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
+    contenders: dict[str, Callable[[], object]],
+    repeats: int,
+    warmup: int = 1,
+    settle: float = 0.2,
 ) -> dict[str, float]:
-    """Median wall time of each contender; runs are interleaved so drift hits all alike."""
+    """Median wall time of each contender; runs are interleaved so drift hits all alike.
+
+    Each timed run starts ``settle`` seconds after the previous one ended: numpy's BLAS and
+    OpenCV, which the peers call, leave worker threads spinning for a while after a call,
+    and on a 2-core machine they would slow down whichever contender runs next.
+    """
     for fn in contenders.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(repeats):
         for name, fn in contenders.items():
+            time.sleep(settle)
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
