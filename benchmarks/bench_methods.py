@@ -94,6 +94,7 @@ def main() -> None:
     ggc_captum = ca.GuidedGradCam(model, model.layer4)
     sg_captum = ca.NoiseTunnel(ca.Saliency(model))
     sigma = 0.15 * float(x.max() - x.min())  # cnnlens' default noise: 15% of the input range
+    per_pass = max(1, 16 // args.batch)  # samples per image in one pass: 16 inputs, as cnnlens
 
     rows: list[tuple[str, Callable[[], cnnlens.Explanation], dict[str, Runner]]] = [
         ("cam", ours("cam", cam=True), {"torchcam": torchcam(tc.CAM, fc_layer="fc")}),
@@ -122,7 +123,7 @@ def main() -> None:
         ("smoothgrad (25 samples)", ours("smoothgrad"), {
             "captum": lambda: sg_captum.attribute(
                 x, target=top, nt_type="smoothgrad", nt_samples=25, stdevs=sigma,
-                nt_samples_batch_size=16, abs=False).detach()}),
+                nt_samples_batch_size=per_pass, abs=False).detach()}),
     ]  # fmt: skip
 
     print(f"Every gradient method, resnet18, {args.size}x{args.size}, batch {args.batch}, CPU")

@@ -1,6 +1,8 @@
 """Run every side-by-side benchmark, one after the other, and print their tables.
 
-    python benchmarks/run_all.py [--quick] [NAME ...]     # NAME: gradcam, ig, scorecam, occlusion
+    python benchmarks/run_all.py [--quick] [NAME ...]
+
+NAME: gradcam, methods, ig, scorecam, occlusion (default: all, in that order).
 
 Each script runs in its own process (so one's memory and threads cannot affect the next);
 the output is markdown, ready for docs/benchmarks.md. ``--quick`` passes ``--quick`` to the
@@ -16,8 +18,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-NAMES = ("gradcam", "ig", "scorecam", "occlusion")
+NAMES = ("gradcam", "methods", "ig", "scorecam", "occlusion")
 QUICK = {"gradcam": ["--repeats", "1", "--size", "112"], "ig": ["--quick"],
+         "methods": ["--repeats", "1", "--size", "112", "--batch", "2"],
          "scorecam": ["--quick"], "occlusion": ["--quick"]}  # fmt: skip
 
 
