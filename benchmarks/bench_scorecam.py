@@ -1,7 +1,7 @@
 """Score-CAM speed: cnnlens vs pytorch-grad-cam vs torchcam vs the floor, in one run.
 
 resnet18 (random weights), layer4 (512 channels), 224x224, batch 1, CPU, top class; each
-library with its default batch of masked inputs (cnnlens 16 on the CPU, pytorch-grad-cam 16,
+library with its default batch of masked inputs (cnnlens 8 on the CPU, pytorch-grad-cam 16,
 torchcam 32) unless ``--batch-size`` sets one for all. Every Score-CAM makes one masked forward
 per channel; the floor is the same 512 masked inputs (made beforehand) run as plain batched
 forwards of the model, in the default memory layout (what the peers run) and in channels-last.
@@ -58,7 +58,7 @@ def main() -> None:
     acts = store["a"][0]
     channels = acts.shape[0]
     bs = args.batch_size
-    ours_bs = bs or 16
+    ours_bs = bs or 8
 
     def run_cnnlens() -> torch.Tensor:
         return cnnlens.explain(
@@ -106,7 +106,7 @@ def main() -> None:
         repeats=args.repeats,
     )
 
-    batches = "defaults: cnnlens 16, pytorch-grad-cam 16, torchcam 32" if bs is None else bs
+    batches = "defaults: cnnlens 8, pytorch-grad-cam 16, torchcam 32" if bs is None else bs
     print(
         f"Score-CAM, resnet18 layer4 ({channels} channels), {args.size}x{args.size}, batch 1, "
         f"masked inputs per forward: {batches}, CPU"

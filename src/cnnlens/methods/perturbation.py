@@ -63,11 +63,12 @@ def check_pair(name: str, value: Any) -> tuple[int, int]:
 
 
 def batch_for(x: Tensor, batch_size: int | None) -> int:
-    """``batch_size``, or the default for ``x``'s device: 16 on the CPU (where larger batches
-    are no faster per image), 64 on an accelerator."""
+    """``batch_size``, or the default for ``x``'s device: 8 on the CPU (on the 2-core
+    reference machine, resnet18 and resnet50 ran Score-CAM, occlusion and RISE 8-20% faster
+    in batches of 8 than of 16, 32 or 64), 64 on an accelerator."""
     if batch_size is not None:
         return batch_size
-    return 16 if x.device.type == "cpu" else 64
+    return 8 if x.device.type == "cpu" else 64
 
 
 def check_flag(name: str, value: Any) -> bool | None:
@@ -306,7 +307,7 @@ class PerturbationMethod(Explainer):
     Args:
         model: the network; it is never changed.
         batch_size: the most inputs passed to the model in one forward (the memory bound);
-            None: 16 on the CPU, 64 on an accelerator.
+            None: 8 on the CPU, 64 on an accelerator.
         progress: show a rich progress bar on stderr (off by default in the library).
         optimize: run the batched forwards on the fast CPU path (channels-last inputs, a
             BatchNorm-folded private copy of the model; see :class:`Runner`); None chooses it

@@ -100,7 +100,7 @@ class ScoreCAM(BaseCAM):
     Args:
         model: the network.
         layer: see :class:`~cnnlens.methods.base.BaseCAM`.
-        batch_size: masked inputs per forward (the memory bound); None: 16 on the CPU, 64 on
+        batch_size: masked inputs per forward (the memory bound); None: 8 on the CPU, 64 on
             an accelerator.
         top_channels: number of channels kept by activation variance (None: all).
         progress: show a rich progress bar.
