@@ -23,16 +23,9 @@ import torch
 import torchvision
 
 import cnnlens
-from common import interleaved_medians, machine, setup_threads
+from common import interleaved_medians, machine, pearson, setup_threads
 
 Runner = Callable[[], torch.Tensor]
-
-
-def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    a = torch.as_tensor(a, dtype=torch.float64).flatten()
-    b = torch.as_tensor(b, dtype=torch.float64).flatten()
-    a, b = a - a.mean(), b - b.mean()
-    return float((a @ b) / (a.norm() * b.norm() + 1e-12))
 
 
 def main() -> None:

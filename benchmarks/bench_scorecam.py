@@ -21,14 +21,7 @@ import torch.nn.functional as F
 import torchvision
 
 import cnnlens
-from common import interleaved_medians, machine, markdown_table, setup_threads
-
-
-def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    a = torch.as_tensor(a, dtype=torch.float64).flatten()
-    b = torch.as_tensor(b, dtype=torch.float64).flatten()
-    a, b = a - a.mean(), b - b.mean()
-    return float((a @ b) / (a.norm() * b.norm() + 1e-12))
+from common import interleaved_medians, machine, markdown_table, pearson, setup_threads
 
 
 def main() -> None:

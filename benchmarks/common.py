@@ -75,6 +75,14 @@ def saved_for_backward(fn: Callable[[], object]) -> float:
     return sum(storages.values()) / 2**20
 
 
+def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson correlation of two tensors (flattened, float64)."""
+    a = torch.as_tensor(a, dtype=torch.float64).flatten()
+    b = torch.as_tensor(b, dtype=torch.float64).flatten()
+    a, b = a - a.mean(), b - b.mean()
+    return float((a @ b) / (a.norm() * b.norm() + 1e-12))
+
+
 def markdown_table(medians: dict[str, float], reference: str) -> str:
     """A table of medians and the ratio of each contender to ``reference``."""
     ref = medians[reference]
