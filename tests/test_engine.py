@@ -339,3 +339,51 @@ def test_bad_inputs() -> None:
         cnnlens.explain(model, torch.zeros(1, 3, 8, 8, dtype=torch.uint8), "gradcam")
     with pytest.raises(InputError, match=r"floating-point tensor .* got dtype torch\.int64$"):
         cnnlens.explain(model, torch.zeros(1, 3, 8, 8, dtype=torch.long), "saliency")
+
+
+class _ViewNet(nn.Module):
+    """A classifier whose forward calls .view on a conv activation (refuses channels-last)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).view(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "eigencam", "layercam"])
+def test_cam_methods_run_channels_last_on_the_cpu_with_the_same_maps(method: str) -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    formats: list[bool] = []
+    handle = model.conv1.register_forward_pre_hook(
+        lambda m, a: formats.append(a[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    try:
+        fast = cnnlens.explain(model, x, method, layer="layer4", topk=2)
+        assert formats and all(formats)
+        formats.clear()
+        plain = cnnlens.explain(model, x, method, layer="layer4", topk=2, optimize=False)
+        assert formats and not any(formats)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(fast.maps, plain.maps, atol=1e-4, rtol=0)
+    assert torch.equal(fast.targets, plain.targets) and hook_count(model) == 0
+
+
+def test_a_model_that_refuses_channels_last_is_explained_in_the_default_layout() -> None:
+    torch.manual_seed(0)
+    model = _ViewNet().eval()
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(RuntimeError, match="view"):
+        model(x.contiguous(memory_format=torch.channels_last))
+    before = snapshot(model)
+    fast = cnnlens.explain(model, x, "gradcam", layer="conv")
+    plain = cnnlens.explain(model, x, "gradcam", layer="conv", optimize=False)
+    torch.testing.assert_close(fast.maps, plain.maps)
+    assert_unchanged(model, before)
+    with pytest.raises(InputError, match="optimize must be"):
+        cnnlens.explain(model, x, "gradcam", optimize="yes")

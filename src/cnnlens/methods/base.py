@@ -85,6 +85,24 @@ def prepare_input(x: Any, model: nn.Module) -> Tensor:
     return x.to(device=device or x.device, dtype=dtype or torch.float32)
 
 
+# what a forward that refuses channels-last inputs raises (a .view on such an activation)
+LAYOUT_ERRORS = ("view size is not compatible", "stride", "contiguous")
+
+
+def wants_optimize(model: nn.Module, x: Tensor, flag: bool | None) -> bool:
+    """Whether the batched forwards of a call run on the fast CPU path.
+
+    ``None`` (automatic) chooses it for 4-D float32 inputs on the CPU when the model has a
+    2-D convolution. See :class:`cnnlens.methods.perturbation.Runner` for what the fast path
+    of the multi-pass methods does, and :class:`BaseCAM` for the CAM methods.
+    """
+    if flag is not None:
+        return bool(flag) and x.dim() == 4
+    if x.dim() != 4 or x.device.type != "cpu" or x.dtype != torch.float32:
+        return False
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
 class Explainer:
     """Base of every explanation method.
 
@@ -139,16 +157,42 @@ class BaseCAM(Explainer):
         layer: None (the last spatial layer, found by a forward pass), a dotted name, a
             module, or a list of those (maps fused; each layer's maps kept in
             ``Explanation.per_layer``).
+        optimize: feed the batch in the channels-last memory format, which oneDNN runs
+            1.4-1.8x faster on the CPU (maps agree to float32 rounding; a model whose forward
+            refuses that layout is run in the default one). None: for float32 inputs on the
+            CPU of a model with 2-D convolutions; False: the input as given.
         eval_mode: see :class:`Explainer`.
     """
 
     uses_layer: ClassVar[bool] = True
     needs_grad: ClassVar[bool] = True
 
-    def __init__(self, model: nn.Module, layer: LayersLike = None, *, eval_mode: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayersLike = None,
+        *,
+        optimize: bool | None = None,
+        eval_mode: bool = True,
+    ):
         super().__init__(model, eval_mode=eval_mode)
         self.layer = layer
         self._resolved = None if layer is None else resolve_layers(model, layer)
+        if optimize is not None and not isinstance(optimize, bool):
+            raise InputError(f"optimize must be True, False or None (automatic), got {optimize!r}")
+        self.optimize = optimize
+
+    def _forward(self, x: Tensor) -> Any:
+        """The model's forward of the explained batch, channels-last when :attr:`optimize`
+        asks for it (see the class); the default layout when the model refuses that one."""
+        if wants_optimize(self.model, x, self.optimize):
+            try:
+                return self.model(x.contiguous(memory_format=torch.channels_last))
+            except RuntimeError as err:
+                if not any(text in str(err) for text in LAYOUT_ERRORS):
+                    raise
+                log.debug("the model refuses channels-last inputs (%s); default layout", err)
+        return self.model(x)
 
     def channel_weights(self, acts: Tensor, grads: Tensor) -> Tensor:
         """Per-channel weights (B, C, 1, 1) from activations and gradients (B, C, h, w)."""
@@ -175,7 +219,7 @@ class BaseCAM(Explainer):
         grad_ctx = grad_enabled() if self.needs_grad else torch.no_grad()
         hooks = capture([*layers, *extra], track_grad=self.needs_grad, record_inputs=bool(extra))
         with grad_ctx, hooks as cap:
-            outputs = self.model(x)
+            outputs = self._forward(x)
             targets = resolve_targets(target, outputs, topk, batch=x.shape[0])
             acts = []
             for name in names:

@@ -49,9 +49,10 @@ class CAM(BaseCAM):
         layer: LayersLike = None,
         *,
         top_channels: int | None = None,
+        optimize: bool | None = None,
         eval_mode: bool = True,
     ):
-        super().__init__(model, layer, eval_mode=eval_mode)
+        super().__init__(model, layer, optimize=optimize, eval_mode=eval_mode)
         if top_channels is not None and (isinstance(top_channels, bool) or top_channels < 1):
             raise InputError(f"top_channels must be a positive integer, got {top_channels!r}")
         self.top_channels = top_channels
@@ -191,9 +192,10 @@ class EigenCAM(BaseCAM):
         layer: LayersLike = None,
         *,
         sign_correction: bool = True,
+        optimize: bool | None = None,
         eval_mode: bool = True,
     ):
-        super().__init__(model, layer, eval_mode=eval_mode)
+        super().__init__(model, layer, optimize=optimize, eval_mode=eval_mode)
         self.sign_correction = sign_correction
         self._cache: dict[str, Tensor] = {}
 

@@ -26,7 +26,7 @@ from cnnlens.core.progress import progress_bar
 from cnnlens.core.registry import register
 from cnnlens.core.targets import TargetLike, Targets, logits_of, resolve_targets
 from cnnlens.errors import InputError
-from cnnlens.methods.base import Explainer, normalize_maps
+from cnnlens.methods.base import LAYOUT_ERRORS, Explainer, normalize_maps, wants_optimize
 
 log = logging.getLogger("cnnlens")
 
@@ -106,21 +106,6 @@ def broadcast_to_input(name: str, value: Any, x: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 # Batched forwards
 # ---------------------------------------------------------------------------------------------
-
-_LAYOUT_ERRORS = ("view size is not compatible", "stride", "contiguous")
-
-
-def wants_optimize(model: nn.Module, x: Tensor, flag: bool | None) -> bool:
-    """Whether the batched forwards of a call run on the fast CPU path.
-
-    ``None`` (automatic) chooses it for 4-D float32 inputs on the CPU when the model has a
-    2-D convolution. See :class:`Runner` for what the fast path does.
-    """
-    if flag is not None:
-        return bool(flag) and x.dim() == 4
-    if x.dim() != 4 or x.device.type != "cpu" or x.dtype != torch.float32:
-        return False
-    return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 def folded_copy(model: nn.Module) -> nn.Module | None:
@@ -210,7 +195,7 @@ class Runner:
         try:
             return leaf, net(leaf)
         except RuntimeError as err:
-            if not any(text in str(err) for text in _LAYOUT_ERRORS):
+            if not any(text in str(err) for text in LAYOUT_ERRORS):
                 raise
             log.debug("the model refuses channels-last inputs (%s); using the default layout", err)
             self.channels_last = False
