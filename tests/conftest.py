@@ -169,6 +169,26 @@ def close(ours: torch.Tensor, ref: torch.Tensor, rtol: float = 1e-4) -> None:
     torch.testing.assert_close(ours, ref, rtol=rtol, atol=rtol * float(ref.abs().max()) + 1e-7)
 
 
+def check_batched_equals_per_image(method: str, opts: dict):
+    """Explain three images in one batch and one by one (classes 0, 3, 4 of the in-place
+    ReLU net): the same raw values and maps, and the model left as it was. Returns the
+    batched :class:`cnnlens.Explanation`."""
+    import cnnlens
+
+    model = make_model("inplace")
+    x = inputs(3, 32)
+    tgt = torch.tensor([0, 3, 4])
+    before = snapshot(model)
+    batched = cnnlens.explain(model, x, method, target=tgt, **opts)
+    assert_unchanged(model, before)
+    for i in range(3):
+        one = cnnlens.explain(model, x[i : i + 1], method, target=int(tgt[i]), **opts)
+        torch.testing.assert_close(batched.raw[i], one.raw[0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(batched.maps[i], one.maps[0], atol=1e-4, rtol=1e-4)
+    assert batched.maps.shape == (3, 32, 32)
+    return batched
+
+
 @pytest.fixture
 def images() -> torch.Tensor:
     g = torch.Generator().manual_seed(1)

@@ -17,6 +17,7 @@ from cnnlens.methods.base import normalize_maps, upsample
 from cnnlens.methods.perturbation import Runner
 from conftest import (
     assert_unchanged,
+    check_batched_equals_per_image,
     close,
     inputs,
     make_model,
@@ -244,17 +245,7 @@ def test_occlusion_by_hand_on_a_linear_model() -> None:
 
 @pytest.mark.parametrize(("method", "opts"), FORWARD_METHODS)
 def test_batched_equals_per_image(method: str, opts: dict) -> None:
-    model = make_model("inplace")
-    x = inputs(3, 32)
-    tgt = torch.tensor([0, 3, 4])
-    before = snapshot(model)
-    batched = cnnlens.explain(model, x, method, target=tgt, **opts)
-    assert_unchanged(model, before)
-    for i in range(3):
-        one = cnnlens.explain(model, x[i : i + 1], method, target=int(tgt[i]), **opts)
-        torch.testing.assert_close(batched.raw[i], one.raw[0], atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(batched.maps[i], one.maps[0], atol=1e-4, rtol=1e-4)
-    assert batched.maps.shape == (3, 32, 32)
+    check_batched_equals_per_image(method, opts)
 
 
 @pytest.mark.parametrize(("method", "opts"), FORWARD_METHODS)
