@@ -551,3 +551,25 @@ def test_smoothgrad_of_guided_gradcam_takes_and_reports_the_layer() -> None:
     torch.testing.assert_close(exp.raw, same.raw)
     with pytest.raises(InputError, match="takes no layer"):
         cnnlens.explain(model, x, "smoothgrad", layer="features.0")
+
+
+@pytest.mark.parametrize("method", ["saliency", "guided_backprop"])
+def test_optimize_true_runs_channels_last_with_the_same_gradients(method: str) -> None:
+    model = torchvision_net("resnet18")
+    x = inputs(2, 64)
+    seen: list[bool] = []
+    handle = model.conv1.register_forward_pre_hook(
+        lambda m, a: seen.append(a[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    try:
+        fast = cnnlens.explain(model, x, method, target=[1, 2], optimize=True)
+        assert seen == [True]
+        seen.clear()
+        plain = cnnlens.explain(model, x, method, target=[1, 2])  # default: input as given
+        assert seen == [False]
+    finally:
+        handle.remove()
+    close(fast.raw, plain.raw, rtol=1e-3)
+    assert fast.raw.is_contiguous()
+    with pytest.raises(InputError, match="optimize must be"):
+        cnnlens.explain(model, x, method, optimize="fast")

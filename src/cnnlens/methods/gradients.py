@@ -32,7 +32,7 @@ from cnnlens.core.progress import progress_bar
 from cnnlens.core.registry import register
 from cnnlens.core.targets import TargetLike, Targets, resolve_targets
 from cnnlens.errors import InputError, ModelError
-from cnnlens.methods.base import Explainer, upsample
+from cnnlens.methods.base import LAYOUT_ERRORS, Explainer, upsample, wants_optimize
 from cnnlens.methods.perturbation import (
     Runner,
     broadcast_to_input,
@@ -97,15 +97,28 @@ class GradientMethod(Explainer):
         model: the network; it is never changed.
         reduce: how channels become one map: ``"absmax"``, ``"square"``, ``"abs"`` or
             ``"sum"`` (see the module docstring); default per method.
+        optimize: ``True`` feeds float32 CPU inputs in the channels-last memory format, which
+            oneDNN runs 1.1-1.3x faster forward and backward; the gradients then agree with
+            the default layout's to float32 rounding, except where that rounding moves a
+            max-pool's choice. ``None``/``False`` (the default): the input as given, so the
+            results match captum's to 1e-4.
         eval_mode: see :class:`~cnnlens.methods.base.Explainer`.
     """
 
     default_reduce: ClassVar[str] = "absmax"
     relu_rule: ClassVar[tuple[type, type] | None] = None
 
-    def __init__(self, model: nn.Module, *, reduce: str | None = None, eval_mode: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        reduce: str | None = None,
+        optimize: bool | None = None,
+        eval_mode: bool = True,
+    ):
         super().__init__(model, eval_mode=eval_mode)
         self.reduce = _check_reduce(reduce, self.default_reduce)
+        self.optimize = check_flag("optimize", optimize)
 
     # -- what a subclass says -----------------------------------------------------------------
     def combine(self, x: Tensor, grads: Tensor) -> Tensor:
@@ -141,8 +154,7 @@ class GradientMethod(Explainer):
         with grad_enabled():
             with self.rule():
                 if runner is None:
-                    leaf = x.detach().requires_grad_(True)
-                    outputs = self.model(leaf)
+                    leaf, outputs = self._forward(x)
                 else:
                     leaf, outputs = runner.forward(x, requires_grad=True)
             if targets is None:
@@ -161,6 +173,19 @@ class GradientMethod(Explainer):
                 )
                 grads.append(torch.zeros_like(leaf) if g is None else g)
         return outputs, targets, torch.stack(grads, dim=1).contiguous()
+
+    def _forward(self, x: Tensor) -> tuple[Tensor, Any]:
+        """``(leaf, outputs)`` of one forward with the input as a leaf requiring grad; in
+        channels-last only when ``optimize=True`` and the model accepts that layout."""
+        if self.optimize is True and wants_optimize(self.model, x, None):
+            leaf = x.contiguous(memory_format=torch.channels_last).detach().requires_grad_(True)
+            try:
+                return leaf, self.model(leaf)
+            except RuntimeError as err:
+                if not any(text in str(err) for text in LAYOUT_ERRORS):
+                    raise
+        leaf = x.detach().requires_grad_(True)
+        return leaf, self.model(leaf)
 
     def explain_batch(self, x: Tensor, target: TargetLike, topk: int | None) -> Explanation:
         outputs, targets, grads = self.forward_grads(x, None, target, topk)
@@ -540,6 +565,8 @@ class GuidedGradCAM(GradientMethod):
         interpolate: ``"bilinear"`` (default) or ``"nearest"`` (captum's default) for the
             upsampling of the Grad-CAM map.
         reduce: channel reduction of the map (default ``"absmax"``).
+        optimize: ``True``: the guided pass in channels-last (see :class:`GradientMethod`);
+            the Grad-CAM pass always runs channels-last on the CPU.
         eval_mode: see :class:`~cnnlens.methods.base.Explainer`.
 
     Example:
@@ -555,16 +582,17 @@ class GuidedGradCAM(GradientMethod):
         *,
         interpolate: str = "bilinear",
         reduce: str | None = None,
+        optimize: bool | None = None,
         eval_mode: bool = True,
     ) -> None:
-        super().__init__(model, reduce=reduce, eval_mode=eval_mode)
+        super().__init__(model, reduce=reduce, optimize=optimize, eval_mode=eval_mode)
         from cnnlens.methods.cam import GradCAM
 
         if interpolate not in ("bilinear", "nearest"):
             raise InputError(f"interpolate must be 'bilinear' or 'nearest', got {interpolate!r}")
         self.interpolate = interpolate
         self.gradcam = GradCAM(model, layer, eval_mode=eval_mode)
-        self.guided = GuidedBackprop(model, eval_mode=eval_mode)
+        self.guided = GuidedBackprop(model, optimize=optimize, eval_mode=eval_mode)
 
     def attribute(
         self, x: Tensor, targets: Targets, rows: Tensor
