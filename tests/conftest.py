@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -187,6 +188,16 @@ def check_batched_equals_per_image(method: str, opts: dict):
         torch.testing.assert_close(batched.maps[i], one.maps[0], atol=1e-4, rtol=1e-4)
     assert batched.maps.shape == (3, 32, 32)
     return batched
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread for a whole test module (``pytestmark = usefixtures(...)``), the
+    previous thread count restored after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +33,9 @@ FAST = {"deletion": {"step": 32}, "insertion": {"step": 32}}
 QUICK_METRICS = ["deletion", "insertion", "pointing_game", "sparseness"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread, as ``cnnlens assess`` uses by default: these many small batches run
-    several times slower with two threads that wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# One torch thread, as ``cnnlens assess`` uses by default: these many small batches run
+# several times slower with two threads that wait for each other.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -336,14 +336,5 @@ def test_mnist_cnn_recipe_reaches_95_percent():
     te = get_dataset("mnist-embedded", split="test")
     torch.manual_seed(0)
     net = models.create("mnist-cnn")
-    res = train(
-        net,
-        tr,
-        epochs=recipe["epochs"],
-        lr=recipe["lr"],
-        batch_size=recipe["batch_size"],
-        optimizer=recipe["optimizer"],
-        schedule=recipe["schedule"],
-        test_set=te,
-    )
+    res = train(net, tr, **recipe, test_set=te)
     assert res.test.accuracy >= 0.95

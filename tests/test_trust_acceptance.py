@@ -18,7 +18,6 @@ docs/evaluation.md holds the full recorded run (every method, 64x64 images).
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,14 +42,9 @@ RECIPE = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: the trained weights (and so the numbers) do not depend on the
-    machine's thread count, and a busy machine is not slowed down by waiting threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# One torch thread: the trained weights (and so the numbers) do not depend on the machine's
+# thread count, and a busy machine is not slowed down by waiting threads.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

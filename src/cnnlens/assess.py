@@ -770,7 +770,7 @@ def sanity_checks(
     Returns:
         ``{method: SanityResult}``.
     """
-    from cnnlens.demo import progress_bar
+    from cnnlens.core.progress import progress_bar
 
     names = resolve_methods(methods if methods is not None else "all")
     opts = {k: dict(v) for k, v in (method_options or {}).items() if k in names}
@@ -1674,7 +1674,7 @@ def assess(
         + ")"
         + (f"; {reused} rows read back from {out / 'rows.jsonl'}" if reused else "")
     )
-    from cnnlens.demo import progress_bar
+    from cnnlens.core.progress import progress_bar
 
     with progress_bar(progress, total, "assessing") as bar:
         for method, todo in pending.items():

@@ -42,7 +42,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from cnnlens.core.progress import Progress, progress_bar
+from cnnlens.core.progress import progress_bar
 from cnnlens.errors import CnnlensError, InputError, ModelError
 
 logger = logging.getLogger(__name__)
@@ -52,11 +52,9 @@ __all__ = [
     "QUICK",
     "DemoConfig",
     "DemoResult",
-    "Progress",
     "map_stats",
     "method_options",
     "probabilities",
-    "progress_bar",
     "render_map",
     "run_demo",
     "show_input",

@@ -1,7 +1,7 @@
 """Helpers shared by the ``cnnlens`` sub-commands.
 
 - :func:`progress_bar`: a rich progress bar (or a silent stand-in) with one interface
-  (defined in :mod:`cnnlens.demo`, which the library side uses too);
+  (:mod:`cnnlens.core.progress`, which the library side uses too);
 - :func:`device_option` / :func:`resolve_device`: the ``--device cpu|cuda`` option;
 - :func:`load_model`: a model from a name (plus optional weights) or a checkpoint path;
 - :func:`split_values`: repeated and comma-separated option values as one list;
@@ -20,7 +20,8 @@ import torch
 import typer
 from torch import nn
 
-from cnnlens.demo import Progress, method_options, progress_bar
+from cnnlens.core.progress import Progress, progress_bar
+from cnnlens.demo import method_options
 from cnnlens.errors import InputError, TargetError
 
 logger = logging.getLogger(__name__)

@@ -189,12 +189,7 @@ def train_command(
     result = train(
         net,
         train_set,
-        epochs=hp["epochs"],
-        lr=hp["lr"],
-        batch_size=hp["batch_size"],
-        optimizer=hp["optimizer"],
-        weight_decay=hp["weight_decay"],
-        schedule=hp["schedule"],
+        **hp,
         seed=seed,
         test_set=test_set,
         progress=progress,

@@ -85,6 +85,13 @@ def prepare_input(x: Any, model: nn.Module) -> Tensor:
     return x.to(device=device or x.device, dtype=dtype or torch.float32)
 
 
+def check_flag(name: str, value: Any) -> bool | None:
+    """``value`` if it is True, False or None (automatic), else an InputError naming it."""
+    if value is not None and not isinstance(value, bool):
+        raise InputError(f"{name} must be True, False or None (automatic), got {value!r}")
+    return value
+
+
 # what a forward that refuses channels-last inputs raises (a .view on such an activation)
 LAYOUT_ERRORS = ("view size is not compatible", "stride", "contiguous")
 
@@ -101,6 +108,23 @@ def wants_optimize(model: nn.Module, x: Tensor, flag: bool | None) -> bool:
     if x.dim() != 4 or x.device.type != "cpu" or x.dtype != torch.float32:
         return False
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def channels_last_forward(
+    model: nn.Module, batch: Tensor, *, requires_grad: bool = False
+) -> tuple[Tensor, Any] | None:
+    """``(leaf, outputs)`` of ``model`` on ``batch`` fed in the channels-last memory format
+    (the leaf requiring grad when asked), or None when the model's forward refuses that layout
+    (see :data:`LAYOUT_ERRORS`); any other error is raised as it is."""
+    leaf = batch.contiguous(memory_format=torch.channels_last).detach()
+    leaf.requires_grad_(requires_grad)
+    try:
+        return leaf, model(leaf)
+    except RuntimeError as err:
+        if not any(text in str(err) for text in LAYOUT_ERRORS):
+            raise
+        log.debug("the model refuses channels-last inputs (%s); using the default layout", err)
+        return None
 
 
 class Explainer:
@@ -178,20 +202,15 @@ class BaseCAM(Explainer):
         super().__init__(model, eval_mode=eval_mode)
         self.layer = layer
         self._resolved = None if layer is None else resolve_layers(model, layer)
-        if optimize is not None and not isinstance(optimize, bool):
-            raise InputError(f"optimize must be True, False or None (automatic), got {optimize!r}")
-        self.optimize = optimize
+        self.optimize = check_flag("optimize", optimize)
 
     def _forward(self, x: Tensor) -> Any:
         """The model's forward of the explained batch, channels-last when :attr:`optimize`
         asks for it (see the class); the default layout when the model refuses that one."""
         if wants_optimize(self.model, x, self.optimize):
-            try:
-                return self.model(x.contiguous(memory_format=torch.channels_last))
-            except RuntimeError as err:
-                if not any(text in str(err) for text in LAYOUT_ERRORS):
-                    raise
-                log.debug("the model refuses channels-last inputs (%s); default layout", err)
+            got = channels_last_forward(self.model, x)
+            if got is not None:
+                return got[1]
         return self.model(x)
 
     def channel_weights(self, acts: Tensor, grads: Tensor) -> Tensor:

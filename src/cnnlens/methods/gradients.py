@@ -32,11 +32,16 @@ from cnnlens.core.progress import progress_bar
 from cnnlens.core.registry import register
 from cnnlens.core.targets import TargetLike, Targets, resolve_targets
 from cnnlens.errors import InputError, ModelError
-from cnnlens.methods.base import LAYOUT_ERRORS, Explainer, upsample, wants_optimize
+from cnnlens.methods.base import (
+    Explainer,
+    channels_last_forward,
+    check_flag,
+    upsample,
+    wants_optimize,
+)
 from cnnlens.methods.perturbation import (
     Runner,
     broadcast_to_input,
-    check_flag,
     check_int,
     first_pass,
     pixel_explanation,
@@ -177,13 +182,10 @@ class GradientMethod(Explainer):
     def _forward(self, x: Tensor) -> tuple[Tensor, Any]:
         """``(leaf, outputs)`` of one forward with the input as a leaf requiring grad; in
         channels-last only when ``optimize=True`` and the model accepts that layout."""
-        if self.optimize is True and wants_optimize(self.model, x, None):
-            leaf = x.contiguous(memory_format=torch.channels_last).detach().requires_grad_(True)
-            try:
-                return leaf, self.model(leaf)
-            except RuntimeError as err:
-                if not any(text in str(err) for text in LAYOUT_ERRORS):
-                    raise
+        if self.optimize and wants_optimize(self.model, x, None):
+            got = channels_last_forward(self.model, x, requires_grad=True)
+            if got is not None:
+                return got
         leaf = x.detach().requires_grad_(True)
         return leaf, self.model(leaf)
 
@@ -337,7 +339,7 @@ class IntegratedGradients(GradientMethod):
         optimize: bool | None = None,
         eval_mode: bool = True,
     ) -> None:
-        super().__init__(model, reduce=reduce, eval_mode=eval_mode)
+        super().__init__(model, reduce=reduce, optimize=optimize, eval_mode=eval_mode)
         self.n_steps = check_int("n_steps", n_steps)
         if rule not in IG_RULES:
             raise InputError(f"rule must be one of {', '.join(IG_RULES)}; got {rule!r}")
@@ -360,7 +362,6 @@ class IntegratedGradients(GradientMethod):
         self.blur_sigma = blur_sigma
         self.seed = check_int("seed", seed, minimum=0)
         self.progress = bool(progress)
-        self.optimize = check_flag("optimize", optimize)
 
     def baselines(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
         """The baseline of each row of ``x`` (n, C, H, W); ``rows`` maps rows to images."""

@@ -26,7 +26,13 @@ from cnnlens.core.progress import progress_bar
 from cnnlens.core.registry import register
 from cnnlens.core.targets import TargetLike, Targets, logits_of, resolve_targets
 from cnnlens.errors import InputError
-from cnnlens.methods.base import LAYOUT_ERRORS, Explainer, normalize_maps, wants_optimize
+from cnnlens.methods.base import (
+    Explainer,
+    channels_last_forward,
+    check_flag,
+    normalize_maps,
+    wants_optimize,
+)
 
 log = logging.getLogger("cnnlens")
 
@@ -69,12 +75,6 @@ def batch_for(x: Tensor, batch_size: int | None) -> int:
     if batch_size is not None:
         return batch_size
     return 8 if x.device.type == "cpu" else 64
-
-
-def check_flag(name: str, value: Any) -> bool | None:
-    if value is not None and not isinstance(value, bool):
-        raise InputError(f"{name} must be True, False or None (automatic), got {value!r}")
-    return value
 
 
 def broadcast_to_input(name: str, value: Any, x: Tensor) -> Tensor:
@@ -181,27 +181,18 @@ class Runner:
             log.debug("the BatchNorm-folded copy disagrees with the model; not using it")
             self.fast = None
 
-    def _layout(self, t: Tensor) -> Tensor:
-        if self.channels_last:
-            return t.contiguous(memory_format=torch.channels_last)
-        return t
-
     def forward(self, batch: Tensor, *, requires_grad: bool = False) -> tuple[Tensor, Any]:
         """``(leaf, outputs)``: the input actually fed (a leaf when ``requires_grad``)."""
-        net = self.fast if self.fast is not None else self.model
-        leaf = self._layout(batch).detach().requires_grad_(requires_grad)
-        if not self.channels_last:
-            return leaf, net(leaf)
-        try:
-            return leaf, net(leaf)
-        except RuntimeError as err:
-            if not any(text in str(err) for text in LAYOUT_ERRORS):
-                raise
-            log.debug("the model refuses channels-last inputs (%s); using the default layout", err)
+        if self.channels_last:
+            net = self.fast if self.fast is not None else self.model
+            got = channels_last_forward(net, batch, requires_grad=requires_grad)
+            if got is not None:
+                return got
             self.channels_last = False
             self.fast = None  # its channels-last weights would bring the layout back
-            leaf = batch.contiguous().detach().requires_grad_(requires_grad)
-            return leaf, self.model(leaf)
+            batch = batch.contiguous()
+        leaf = batch.detach().requires_grad_(requires_grad)
+        return leaf, self.model(leaf)
 
     def __call__(self, batch: Tensor) -> Any:
         return self.forward(batch)[1]

@@ -25,7 +25,6 @@ from cnnlens.methods.base import BaseCAM
 from cnnlens.methods.perturbation import (
     Runner,
     batch_for,
-    check_flag,
     check_optional_int,
     row_scores,
     warn_nonfinite,
@@ -125,11 +124,10 @@ class ScoreCAM(BaseCAM):
         optimize: bool | None = None,
         eval_mode: bool = True,
     ) -> None:
-        super().__init__(model, layer, eval_mode=eval_mode)
+        super().__init__(model, layer, optimize=optimize, eval_mode=eval_mode)
         self.batch_size = check_optional_int("batch_size", batch_size)
         self.top_channels = check_optional_int("top_channels", top_channels)
         self.progress = bool(progress)
-        self.optimize = check_flag("optimize", optimize)
         self._weights = _ChannelWeights()
         self._runner: Runner | None = None
 
@@ -240,12 +238,11 @@ class AblationCAM(BaseCAM):
         optimize: bool | None = None,
         eval_mode: bool = True,
     ) -> None:
-        super().__init__(model, layer, eval_mode=eval_mode)
+        super().__init__(model, layer, optimize=optimize, eval_mode=eval_mode)
         self.ablation_value = float(ablation_value)
         self.batch_size = check_optional_int("batch_size", batch_size)
         self.top_channels = check_optional_int("top_channels", top_channels)
         self.progress = bool(progress)
-        self.optimize = check_flag("optimize", optimize)
         self._weights = _ChannelWeights()
 
     def cam(self, acts: Tensor, grads: Tensor | None, ctx: dict[str, Any]) -> Tensor:
