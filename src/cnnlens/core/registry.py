@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from cnnlens.errors import MethodNotFoundError
@@ -59,3 +59,20 @@ def get_method(name: str) -> type[Any]:
     raise MethodNotFoundError(
         f"method {name!r} is not registered{hint} (available: {', '.join(sorted(_METHODS))})"
     )
+
+
+def preset_options(methods: Sequence[str], tier: str = "light") -> dict[str, dict[str, Any]]:
+    """The ``tier`` cost preset (``"light"`` or ``"tiny"``) each method declares on its class.
+
+    Methods without that preset are left out (they run with their defaults).
+
+    Example:
+        >>> preset_options(["gradcam", "integrated_gradients"])["integrated_gradients"]
+        {'n_steps': 16, 'internal_batch_size': 64}
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name in methods:
+        preset = getattr(get_method(name), "presets", {}).get(tier)
+        if preset:
+            out[name] = dict(preset)
+    return out

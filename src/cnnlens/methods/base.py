@@ -141,6 +141,11 @@ class Explainer:
 
     name: ClassVar[str] = ""
     uses_layer: ClassVar[bool] = False
+    #: Named cost presets of the method's options: ``"light"`` keeps a batch of small
+    #: images to seconds on a CPU (``cnnlens assess --light``, the demo's sanity checks),
+    #: ``"tiny"`` is the cheapest setting that still exercises every code path (tests,
+    #: ``cnnlens demo --quick``). Read them with :func:`cnnlens.core.registry.preset_options`.
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     @classmethod
     def takes_layer(cls, options: dict[str, Any]) -> bool:

@@ -322,6 +322,11 @@ class IntegratedGradients(GradientMethod):
         >>> exp.extras["delta"]                                        # completeness gap
     """
 
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "light": {"n_steps": 16, "internal_batch_size": 64},
+        "tiny": {"n_steps": 4, "internal_batch_size": 64},
+    }
+
     default_reduce: ClassVar[str] = "abs"
 
     def __init__(

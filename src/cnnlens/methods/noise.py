@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -64,6 +64,11 @@ class SmoothGrad(Explainer):
         >>> SmoothGrad(Saliency(model), n_samples=25)(x, target=3).maps      # doctest: +SKIP
         >>> cnnlens.explain(model, x, "smoothgrad", base="integrated_gradients", n_steps=16)
     """
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "light": {"n_samples": 8, "batch_size": 64},
+        "tiny": {"n_samples": 2, "batch_size": 64},
+    }
 
     def __init__(
         self,

@@ -336,6 +336,11 @@ class Occlusion(PerturbationMethod):
         >>> Occlusion(model, window=16, stride=8)(x, target=3).maps    # doctest: +SKIP
     """
 
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "light": {"window": 8, "stride": 4, "batch_size": 256},
+        "tiny": {"window": 14, "stride": 14, "batch_size": 250},
+    }
+
     def __init__(
         self,
         model: nn.Module,
@@ -457,6 +462,11 @@ class RISE(PerturbationMethod):
     Example:
         >>> RISE(model, n_masks=2000, seed=0)(x).maps                  # doctest: +SKIP
     """
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "light": {"n_masks": 500, "batch_size": 250},
+        "tiny": {"n_masks": 64, "batch_size": 250},
+    }
 
     mask_block: ClassVar[int] = 64
 

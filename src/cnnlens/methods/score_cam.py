@@ -111,6 +111,11 @@ class ScoreCAM(BaseCAM):
         >>> ScoreCAM(model, layer="layer4", batch_size=64)(x, topk=3).maps  # doctest: +SKIP
     """
 
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "light": {"batch_size": 256},
+        "tiny": {"batch_size": 250},
+    }
+
     needs_grad: ClassVar[bool] = False
 
     def __init__(
@@ -223,6 +228,11 @@ class AblationCAM(BaseCAM):
     Example:
         >>> AblationCAM(model, layer="layer4")(x, target=3).maps         # doctest: +SKIP
     """
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "light": {"batch_size": 256},
+        "tiny": {"batch_size": 250},
+    }
 
     needs_grad: ClassVar[bool] = False
 
