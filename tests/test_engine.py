@@ -10,6 +10,7 @@ import torchvision
 from torch import nn
 
 import cnnlens
+from cnnlens.core.registry import preset_options
 from cnnlens.errors import InputError, LayerNotFoundError, MethodNotFoundError, TargetError
 from conftest import MODEL_KINDS, assert_unchanged, hook_count, make_model, pearson, snapshot
 
@@ -17,18 +18,12 @@ CAM_METHODS = ["cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"
 SLOW_METHODS = {"scorecam", "ablationcam", "occlusion", "rise", "smoothgrad"}
 
 
-def _quick_options(method: str) -> dict:
-    """Small settings so every registered method runs fast on 32x32 inputs."""
-    return {
-        "integrated_gradients": {"n_steps": 8},
-        "smoothgrad": {"n_samples": 4},
-        "rise": {"n_masks": 64},
-        "occlusion": {"window": 8, "stride": 8},
-    }.get(method, {})
+# the cheapest settings each method declares on its class (its "tiny" preset)
+TINY = preset_options(cnnlens.list_methods(), "tiny")
 
 
 def _run(model: nn.Module, x: torch.Tensor, method: str, **kw):
-    return cnnlens.explain(model, x, method, **_quick_options(method), **kw)
+    return cnnlens.explain(model, x, method, **TINY.get(method, {}), **kw)
 
 
 def test_registry_lists_the_cam_family() -> None:

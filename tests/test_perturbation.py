@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 import cnnlens
+from cnnlens.core.maps import normalize_maps, upsample
 from cnnlens.errors import InputError
 from cnnlens.methods import RISE, AblationCAM, ScoreCAM
-from cnnlens.methods.base import normalize_maps, upsample
-from cnnlens.methods.perturbation import Runner
+from cnnlens.methods.engine import BatchedForward
 from conftest import (
     assert_unchanged,
     check_batched_equals_per_image,
@@ -279,14 +279,14 @@ def test_memory_bounded_by_batch_size(
     model = make_model("relu")  # has BatchNorm: the optimized path runs a folded copy
     x = inputs(3, 32)
     sizes: list[int] = []
-    if optimize is None:  # count what the runner feeds, whichever network runs it
-        forward = Runner.forward
+    if optimize is None:  # count what the batched forward feeds, whichever network runs it
+        forward = BatchedForward.forward
 
-        def record(self: Runner, batch: torch.Tensor, **kw: object) -> object:
+        def record(self: BatchedForward, batch: torch.Tensor, **kw: object) -> object:
             sizes.append(int(batch.shape[0]))
             return forward(self, batch, **kw)
 
-        monkeypatch.setattr(Runner, "forward", record)
+        monkeypatch.setattr(BatchedForward, "forward", record)
         count = None
     else:
         count = MaxBatch(model)
@@ -428,18 +428,18 @@ class Branchy(nn.Module):
 
 
 def test_batchnorm_folding_is_checked_and_optional(monkeypatch) -> None:
-    import cnnlens.methods.perturbation as pert
+    import cnnlens.methods.engine as engine
 
     model = make_model("relu")
     x = inputs(2, 32)
-    runner = Runner(model, x, None)
-    assert runner.fast is not None and runner.channels_last
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in runner.fast.modules())
+    forward = BatchedForward(model, x, None)
+    assert forward.fast is not None and forward.channels_last
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in forward.fast.modules())
     with torch.no_grad():
-        runner.check(x, model(x))
-        assert runner.fast is not None
-        torch.testing.assert_close(runner(x), model(x), atol=1e-5, rtol=1e-4)
-    assert Runner(Branchy().eval(), x, None).fast is None
+        forward.check(x, model(x))
+        assert forward.fast is not None
+        torch.testing.assert_close(forward(x), model(x), atol=1e-5, rtol=1e-4)
+    assert BatchedForward(Branchy().eval(), x, None).fast is None
     plain = cnnlens.explain(model, x, "occlusion", window=8, optimize=False)
     fast = cnnlens.explain(model, x, "occlusion", window=8)
     torch.testing.assert_close(fast.raw, plain.raw, atol=1e-5, rtol=1e-4)
@@ -448,8 +448,8 @@ def test_batchnorm_folding_is_checked_and_optional(monkeypatch) -> None:
         twin = make_model("gap")  # another network: the check must refuse it
         return twin
 
-    monkeypatch.setattr(pert, "folded_copy", wrong_copy)
-    refused = Runner(model, x, None)
+    monkeypatch.setattr(engine, "folded_copy", wrong_copy)
+    refused = BatchedForward(model, x, None)
     with torch.no_grad():
         refused.check(x, model(x))
     assert refused.fast is None

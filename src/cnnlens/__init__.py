@@ -10,18 +10,17 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+import cnnlens.methods  # noqa: F401  (registers the built-in methods)
+from cnnlens._version import __version__ as __version__
 from cnnlens.api import explain
 from cnnlens.core.explanation import Explanation
 from cnnlens.core.registry import get_method, list_methods, register
 from cnnlens.errors import CnnlensError
 from cnnlens.summary import summary
 
-__version__ = "0.1.0"
-
 # Heavier parts are imported on first use, so `import cnnlens` stays light.
 _LAZY = {
     "load_image": ("cnnlens.data", "load_image"),
-    "methods": ("cnnlens.methods", None),
     "models": ("cnnlens.models", None),
     "data": ("cnnlens.data", None),
     "metrics": ("cnnlens.metrics", None),

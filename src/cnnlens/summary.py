@@ -36,6 +36,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from cnnlens.core.checks import check_optional_int
+from cnnlens.core.device import model_device, model_device_dtype
 from cnnlens.errors import InputError
 
 __all__ = ["LayerRow", "ModelSummary", "summary"]
@@ -324,15 +326,11 @@ def summary(
         11689512
     """
     shape = _input_shape(input_size)
-    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
-        raise InputError(f"depth must be a non-negative integer or None, got {depth!r}")
-    first = next(iter(model.parameters()), None)
-    if first is None:
-        first = next(iter(model.buffers()), None)
+    check_optional_int("depth", depth, minimum=0)
     if device is None:
-        device = first.device if first is not None else torch.device("cpu")
+        device = model_device(model)
     if dtype is None:
-        dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+        dtype = model_device_dtype(model)[1] or torch.float32
     x = torch.zeros(shape, device=device, dtype=dtype)
 
     calls: list[_Call] = []

@@ -32,7 +32,6 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from cnnlens.core.capture import modes_restored as _modes_restored
+from cnnlens.core.device import model_device as _device_of
 from cnnlens.errors import DataError, InputError
 
 __all__ = [
@@ -214,24 +215,6 @@ def _is_multilabel(ds: Dataset) -> bool:
     _, y = ds[0]
     y = torch.as_tensor(y)
     return y.dim() == 1 and y.is_floating_point()
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
-@contextmanager
-def _modes_restored(model: nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def _first_layer(model: nn.Module) -> tuple[str, nn.Module] | None:

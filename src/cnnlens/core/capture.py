@@ -16,6 +16,17 @@ from torch import Tensor, nn
 
 
 @contextmanager
+def modes_restored(model: nn.Module) -> Iterator[None]:
+    """Restore every submodule's train/eval flag on exit, also when an exception is raised."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@contextmanager
 def frozen(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Module]:
     """Evaluate ``model`` with its parameters frozen, restoring its state afterwards.
 
@@ -27,7 +38,6 @@ def frozen(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Module]:
         >>> with frozen(model):                      # doctest: +SKIP
         ...     scores = model(x)
     """
-    modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
     saved: list[tuple[Tensor, Tensor]] = []
     if not eval_mode:
@@ -39,14 +49,13 @@ def frozen(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Module]:
                         seen.add(id(b))
                         saved.append((b, b.detach().clone()))
     try:
-        if eval_mode:
-            model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield model
+        with modes_restored(model):
+            if eval_mode:
+                model.eval()
+            for p, _ in flags:
+                p.requires_grad_(False)
+            yield model
     finally:
-        for m, training in modes:
-            m.training = training
         for p, requires_grad in flags:
             p.requires_grad_(requires_grad)
         with torch.no_grad():

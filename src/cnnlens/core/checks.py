@@ -46,15 +46,22 @@ def check_int(
     ok = _is_int(value)
     ok = ok and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
     if not ok:
-        raise error(f"{name} must be an integer{_bounds(minimum, maximum)}, got {value!r}")
+        raise error(f"{name} must be {_integer(minimum, maximum)}, got {value!r}")
     return int(value)
 
 
 def check_optional_int(
-    name: str, value: Any, *, minimum: int | None = 1, maximum: int | None = None
+    name: str,
+    value: Any,
+    *,
+    minimum: int | None = 1,
+    maximum: int | None = None,
+    error: type[CnnlensError] = InputError,
 ) -> int | None:
     """None, or :func:`check_int`."""
-    return None if value is None else check_int(name, value, minimum=minimum, maximum=maximum)
+    if value is None:
+        return None
+    return check_int(name, value, minimum=minimum, maximum=maximum, error=error)
 
 
 def check_float(
@@ -117,9 +124,14 @@ def check_choice(
     return value
 
 
-def _bounds(minimum: int | None, maximum: int | None) -> str:
+def _integer(minimum: int | None, maximum: int | None) -> str:
+    """What :func:`check_int` expects, in words: "a positive integer", "an integer in [a, b]"."""
     if minimum is not None and maximum is not None:
-        return f" in [{minimum}, {maximum}]"
-    if minimum is not None:
-        return f" >= {minimum}"
-    return f" <= {maximum}" if maximum is not None else ""
+        return f"an integer in [{minimum}, {maximum}]"
+    if maximum is not None:
+        return f"an integer <= {maximum}"
+    if minimum == 1:
+        return "a positive integer"
+    if minimum == 0:
+        return "a non-negative integer"
+    return "an integer" if minimum is None else f"an integer >= {minimum}"

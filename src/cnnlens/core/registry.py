@@ -1,4 +1,9 @@
-"""One registry of explanation methods: ``@register(name)`` and :func:`list_methods`."""
+"""One registry of explanation methods: ``@register(name)`` and :func:`list_methods`.
+
+The registry imports no method: a method registers itself where it is defined, and the
+built-in ones are registered when :mod:`cnnlens` (its ``__init__``) imports
+:mod:`cnnlens.methods`, which any ``import cnnlens...`` does first.
+"""
 
 from __future__ import annotations
 
@@ -32,13 +37,8 @@ def register(name: str) -> Callable[[type[T]], type[T]]:
     return decorate
 
 
-def _load_builtin_methods() -> None:
-    import cnnlens.methods  # noqa: F401  (registers the built-in methods)
-
-
 def list_methods() -> list[str]:
     """Sorted names of every registered explanation method."""
-    _load_builtin_methods()
     return sorted(_METHODS)
 
 
@@ -48,7 +48,6 @@ def get_method(name: str) -> type[Any]:
     Raises:
         MethodNotFoundError: when no method has that name; the message lists close names.
     """
-    _load_builtin_methods()
     key = name.lower().replace("-", "_") if name not in _METHODS else name
     aliases = {"grad_cam": "gradcam", "gradcampp": "gradcam++", "grad_cam++": "gradcam++"}
     key = aliases.get(key, key)

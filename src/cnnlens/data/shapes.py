@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cnnlens.core.checks import check_choice, check_int
 from cnnlens.data.base import ImageTensorDataset
 from cnnlens.errors import InputError
 
@@ -158,12 +159,9 @@ def _render(rng: np.random.Generator, masks: list[np.ndarray], size: int) -> np.
 
 
 def _check(n: int, size: int, split: str) -> None:
-    if n < 1:
-        raise InputError(f"n must be >= 1, got {n}")
-    if size < 16:
-        raise InputError(f"size must be >= 16 pixels, got {size}")
-    if split not in _SPLIT_STREAM:
-        raise InputError(f"split must be 'train' or 'test', got {split!r}")
+    check_int("n", n)
+    check_int("size (pixels)", size, minimum=16)
+    check_choice("split", split, _SPLIT_STREAM)
 
 
 def make_shapes(

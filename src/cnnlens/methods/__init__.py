@@ -1,6 +1,6 @@
 """Explanation methods; importing this package registers the built-in ones."""
 
-from cnnlens.methods.base import BaseCAM, Explainer
+from cnnlens.methods.base import BaseCAM, CAMContext, Explainer, GradientMethod
 from cnnlens.methods.cam import (
     CAM,
     EigenCAM,
@@ -12,7 +12,6 @@ from cnnlens.methods.cam import (
 )
 from cnnlens.methods.gradients import (
     Deconvnet,
-    GradientMethod,
     GuidedBackprop,
     GuidedGradCAM,
     InputXGradient,
@@ -28,6 +27,7 @@ __all__ = [
     "RISE",
     "AblationCAM",
     "BaseCAM",
+    "CAMContext",
     "Deconvnet",
     "EigenCAM",
     "Explainer",

@@ -1,15 +1,21 @@
-"""The base every explanation method stands on, and the CAM base of the Grad-CAM family.
+"""The bases every explanation method stands on.
 
 A method is a small class: :class:`Explainer` handles input checks, device and dtype, the
 model's state and the result; :class:`BaseCAM` adds layer choice, capture, targets, gradients
-to the layer activation only, ReLU, upsampling, normalization and multi-layer fusion. A CAM
-method then only says how it turns activations (and gradients) into a map.
+to the layer activation only, ReLU, upsampling, normalization and multi-layer fusion, so a
+CAM method only says how it turns activations (and gradients, handed with a
+:class:`CAMContext`) into a map. :class:`GradientMethod` is the base of the methods that
+attribute through input gradients, and what SmoothGrad wraps. The machinery shared by the
+families (the batched forward, the fast path, targets of rows) is in
+:mod:`cnnlens.methods.engine`; map post-processing in :mod:`cnnlens.core.maps`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar
 
 import torch
@@ -17,114 +23,33 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnnlens.core.capture import capture, frozen, grad_enabled
+from cnnlens.core.checks import check_flag
 from cnnlens.core.explanation import Explanation
 from cnnlens.core.layers import LayersLike, find_spatial_layer, resolve_layers
+from cnnlens.core.maps import normalize_maps, upsample
 from cnnlens.core.targets import TargetLike, Targets, resolve_targets
-from cnnlens.errors import InputError, LayerNotFoundError
+from cnnlens.errors import InputError, LayerNotFoundError, ModelError
+from cnnlens.methods.engine import (
+    BatchedForward,
+    channels_last_forward,
+    check_reduce,
+    pixel_explanation,
+    prepare_input,
+    reduce_channels,
+    rows_targets,
+    wants_optimize,
+)
+
+__all__ = [
+    "BaseCAM",
+    "CAMContext",
+    "Explainer",
+    "GradientMethod",
+    "normalize_maps",
+    "upsample",
+]
 
 log = logging.getLogger("cnnlens")
-
-
-def normalize_maps(maps: Tensor) -> Tensor:
-    """Min-max normalize each map (last two dims) to [0, 1]; constant maps become zeros.
-
-    Non-finite values are treated as zero so a map is never NaN.
-    """
-    maps = torch.nan_to_num(maps.float(), nan=0.0, posinf=0.0, neginf=0.0)
-    flat = maps.flatten(-2)
-    lo = flat.amin(-1)[..., None, None]
-    hi = flat.amax(-1)[..., None, None]
-    span = hi - lo
-    scale = torch.maximum(hi.abs(), lo.abs())
-    flat_map = span <= torch.finfo(torch.float32).eps * scale + torch.finfo(torch.float32).tiny
-    out = (maps - lo) / torch.where(flat_map, torch.ones_like(span), span)
-    return out.masked_fill(flat_map, 0.0).clamp_(0.0, 1.0)
-
-
-def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinearly resize (..., h, w) maps to ``size`` (align_corners=False)."""
-    if tuple(maps.shape[-2:]) == tuple(size):
-        return maps
-    lead = maps.shape[:-2]
-    flat = maps.reshape(-1, 1, *maps.shape[-2:])
-    out = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
-    return out.reshape(*lead, *size)
-
-
-def model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
-    """Device and floating dtype of the model's first parameter (or buffer), if any."""
-    for t in (*model.parameters(), *model.buffers()):
-        if t.is_floating_point():
-            return t.device, t.dtype
-    return None, None
-
-
-def prepare_input(x: Any, model: nn.Module) -> Tensor:
-    """Check ``x`` and return a (B, C, H, W) tensor on the model's device and dtype."""
-    if not isinstance(x, Tensor):
-        raise InputError(f"x must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
-    if x.dim() == 3:
-        x = x.unsqueeze(0)
-    if x.dim() != 4:
-        raise InputError(f"x must have shape (B, C, H, W) or (C, H, W), got {tuple(x.shape)}")
-    if x.shape[0] == 0:
-        raise InputError("x is an empty batch (B = 0)")
-    if not x.is_floating_point():
-        hint = (
-            " (raw 0-255 pixels? cnnlens.data.to_tensor scales and normalizes images)"
-            if x.dtype == torch.uint8
-            else ""
-        )
-        raise InputError(
-            f"x must be a floating-point tensor preprocessed as the model expects, got dtype "
-            f"{x.dtype}{hint}"
-        )
-    device, dtype = model_device_dtype(model)
-    if x.is_inference():
-        x = x.clone()
-    return x.to(device=device or x.device, dtype=dtype or torch.float32)
-
-
-def check_flag(name: str, value: Any) -> bool | None:
-    """``value`` if it is True, False or None (automatic), else an InputError naming it."""
-    if value is not None and not isinstance(value, bool):
-        raise InputError(f"{name} must be True, False or None (automatic), got {value!r}")
-    return value
-
-
-# what a forward that refuses channels-last inputs raises (a .view on such an activation)
-LAYOUT_ERRORS = ("view size is not compatible", "stride", "contiguous")
-
-
-def wants_optimize(model: nn.Module, x: Tensor, flag: bool | None) -> bool:
-    """Whether the batched forwards of a call run on the fast CPU path.
-
-    ``None`` (automatic) chooses it for 4-D float32 inputs on the CPU when the model has a
-    2-D convolution. See :class:`cnnlens.methods.perturbation.Runner` for what the fast path
-    of the multi-pass methods does, and :class:`BaseCAM` for the CAM methods.
-    """
-    if flag is not None:
-        return bool(flag) and x.dim() == 4
-    if x.dim() != 4 or x.device.type != "cpu" or x.dtype != torch.float32:
-        return False
-    return any(isinstance(m, nn.Conv2d) for m in model.modules())
-
-
-def channels_last_forward(
-    model: nn.Module, batch: Tensor, *, requires_grad: bool = False
-) -> tuple[Tensor, Any] | None:
-    """``(leaf, outputs)`` of ``model`` on ``batch`` fed in the channels-last memory format
-    (the leaf requiring grad when asked), or None when the model's forward refuses that layout
-    (see :data:`LAYOUT_ERRORS`); any other error is raised as it is."""
-    leaf = batch.contiguous(memory_format=torch.channels_last).detach()
-    leaf.requires_grad_(requires_grad)
-    try:
-        return leaf, model(leaf)
-    except RuntimeError as err:
-        if not any(text in str(err) for text in LAYOUT_ERRORS):
-            raise
-        log.debug("the model refuses channels-last inputs (%s); using the default layout", err)
-        return None
 
 
 class Explainer:
@@ -173,6 +98,27 @@ class Explainer:
         return f"{type(self).__name__}(model={type(self.model).__name__})"
 
 
+@dataclasses.dataclass(frozen=True)
+class CAMContext:
+    """What :meth:`BaseCAM.cam` may need beyond the activations and gradients of a layer.
+
+    Attributes:
+        x: the explained batch (B, C, H, W), as fed to the model.
+        outputs: the model's outputs for ``x`` (with the graph when gradients are taken).
+        targets: the resolved targets, K per image.
+        capture: the hooks of the forward (``capture.inputs`` for the recorded inputs).
+        k: which of the K targets the map is for.
+        layer: the dotted name of the layer the activations come from.
+    """
+
+    x: Tensor
+    outputs: Any
+    targets: Targets
+    capture: capture
+    k: int = 0
+    layer: str = ""
+
+
 class BaseCAM(Explainer):
     """Base of the class-activation-map methods.
 
@@ -187,9 +133,9 @@ class BaseCAM(Explainer):
             module, or a list of those (maps fused; each layer's maps kept in
             ``Explanation.per_layer``).
         optimize: feed the batch in the channels-last memory format, which oneDNN runs
-            1.4-1.8x faster on the CPU (maps agree to float32 rounding; a model whose forward
-            refuses that layout is run in the default one). None: for float32 inputs on the
-            CPU of a model with 2-D convolutions; False: the input as given.
+            faster on the CPU (see docs/benchmarks.md; maps agree to float32 rounding; a model
+            whose forward refuses that layout is run in the default one). None: for float32
+            inputs on the CPU of a model with 2-D convolutions; False: the input as given.
         eval_mode: see :class:`Explainer`.
     """
 
@@ -222,7 +168,7 @@ class BaseCAM(Explainer):
         """Per-channel weights (B, C, 1, 1) from activations and gradients (B, C, h, w)."""
         raise NotImplementedError
 
-    def cam(self, acts: Tensor, grads: Tensor | None, ctx: dict[str, Any]) -> Tensor:
+    def cam(self, acts: Tensor, grads: Tensor | None, ctx: CAMContext) -> Tensor:
         """The unnormalized map (B, h, w) of one layer for one target."""
         return (self.channel_weights(acts, grads) * acts).sum(dim=1)
 
@@ -259,20 +205,18 @@ class BaseCAM(Explainer):
                         f"layer {name!r} outputs shape {tuple(act.shape)}, not a (B, C, h, w) "
                         "map; choose a convolutional layer"
                     )
-            ctx = {"outputs": outputs, "targets": targets, "capture": cap, "x": x}
-            raws = self._layer_maps(acts, targets, ctx, names)
+            ctx = CAMContext(x=x, outputs=outputs, targets=targets, capture=cap)
+            raws = self._layer_maps(acts, ctx, names)
         scores = outputs.detach() if isinstance(outputs, Tensor) else outputs
         return self._finish(raws, names, targets, scores, x)
 
-    def _layer_maps(
-        self, acts: list[Tensor], targets: Targets, ctx: dict[str, Any], names: list[str]
-    ) -> list[Tensor]:
+    def _layer_maps(self, acts: list[Tensor], ctx: CAMContext, names: list[str]) -> list[Tensor]:
         """Unnormalized maps (B, K, h, w) per layer."""
         per_layer: list[list[Tensor]] = [[] for _ in acts]
         acts32 = [a.detach().float() for a in acts]
-        scores = targets.scores(ctx["outputs"]) if self.needs_grad else None
+        targets = ctx.targets
+        scores = targets.scores(ctx.outputs) if self.needs_grad else None
         for k in range(targets.k):
-            ctx["k"] = k
             grads: Sequence[Tensor | None] = [None] * len(acts)
             if scores is not None:
                 grads = torch.autograd.grad(
@@ -286,7 +230,8 @@ class BaseCAM(Explainer):
                         )
                 grads = [g.float() for g in grads]
             for i, (a, g) in enumerate(zip(acts32, grads)):
-                per_layer[i].append(self.cam(a, g, {**ctx, "layer": names[i]}))
+                here = dataclasses.replace(ctx, k=k, layer=names[i])
+                per_layer[i].append(self.cam(a, g, here))
         return [torch.stack(maps, dim=1) for maps in per_layer]
 
     def _finish(
@@ -311,3 +256,108 @@ class BaseCAM(Explainer):
             per_layer=per_layer,
             extras=extras,
         )
+
+
+class GradientMethod(Explainer):
+    """Base of the methods that attribute through gradients with respect to the input.
+
+    A subclass says how gradients become attributions (:meth:`combine`), may change the
+    backward rule of the forward pass (:meth:`rule`), or overrides :meth:`attribute` for a
+    path of inputs (integrated gradients). ``raw`` is the signed attribution
+    (B[, K], C, H, W); the map reduces its channels with ``reduce`` (see
+    :func:`~cnnlens.methods.engine.reduce_channels`).
+
+    Args:
+        model: the network; it is never changed.
+        reduce: how channels become one map: ``"absmax"``, ``"square"``, ``"abs"`` or
+            ``"sum"``; default per method.
+        optimize: ``True`` feeds float32 CPU inputs in the channels-last memory format, which
+            oneDNN runs faster forward and backward (docs/benchmarks.md); the gradients then
+            agree with the default layout's to float32 rounding, except where that rounding
+            moves a max-pool's choice. ``None``/``False`` (the default): the input as given,
+            so the results match captum's to 1e-4.
+        eval_mode: see :class:`Explainer`.
+    """
+
+    default_reduce: ClassVar[str] = "absmax"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        reduce: str | None = None,
+        optimize: bool | None = None,
+        eval_mode: bool = True,
+    ):
+        super().__init__(model, eval_mode=eval_mode)
+        self.reduce = check_reduce(reduce, self.default_reduce)
+        self.optimize = check_flag("optimize", optimize)
+
+    # -- what a subclass says -----------------------------------------------------------------
+    def combine(self, x: Tensor, grads: Tensor) -> Tensor:
+        """Attributions (n, K, C, H, W) from the inputs (n, C, H, W) and their gradients."""
+        return grads
+
+    def rule(self) -> AbstractContextManager[Any]:
+        """The context of the forward pass (e.g. a modified ReLU backward); none here."""
+        return nullcontext()
+
+    def attribute(
+        self, x: Tensor, targets: Targets, rows: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Attributions (n, K, C, H, W) of a batch of rows, row ``i`` a variant of image
+        ``rows[i]`` explained for ``targets`` of that image (used by SmoothGrad)."""
+        _, _, grads = self.forward_grads(x, rows_targets(targets, rows))
+        return self.combine(x, grads), {}
+
+    # -- engine --------------------------------------------------------------------------------
+    def forward_grads(
+        self,
+        x: Tensor,
+        targets: Targets | None,
+        target: TargetLike = None,
+        topk: int | None = None,
+        forward: BatchedForward | None = None,
+    ) -> tuple[Any, Targets, Tensor]:
+        """One forward pass and the gradients (n, K, C, H, W) of the K target scores.
+
+        ``targets`` None resolves ``target``/``topk`` on this forward's outputs.
+        """
+        with grad_enabled():
+            with self.rule():
+                if forward is None:
+                    leaf, outputs = self._forward(x)
+                else:
+                    leaf, outputs = forward.forward(x, requires_grad=True)
+            if targets is None:
+                targets = resolve_targets(target, outputs, topk, batch=x.shape[0])
+            scores = targets.scores(outputs)
+            if not scores.requires_grad:
+                raise ModelError(
+                    f"the target scores of {type(self.model).__name__} do not depend "
+                    "differentiably on the input (the output is detached or computed without "
+                    "autograd); use a perturbation method such as occlusion or rise"
+                )
+            grads = []
+            for k in range(targets.k):
+                (g,) = torch.autograd.grad(
+                    scores[:, k].sum(), leaf, retain_graph=k < targets.k - 1, allow_unused=True
+                )
+                grads.append(torch.zeros_like(leaf) if g is None else g)
+        return outputs, targets, torch.stack(grads, dim=1).contiguous()
+
+    def _forward(self, x: Tensor) -> tuple[Tensor, Any]:
+        """``(leaf, outputs)`` of one forward with the input as a leaf requiring grad; in
+        channels-last only when ``optimize=True`` and the model accepts that layout."""
+        if self.optimize and wants_optimize(self.model, x, None):
+            got = channels_last_forward(self.model, x, requires_grad=True)
+            if got is not None:
+                return got
+        leaf = x.detach().requires_grad_(True)
+        return leaf, self.model(leaf)
+
+    def explain_batch(self, x: Tensor, target: TargetLike, topk: int | None) -> Explanation:
+        outputs, targets, grads = self.forward_grads(x, None, target, topk)
+        attr = self.combine(x, grads).float()
+        maps = reduce_channels(attr, self.reduce)
+        return pixel_explanation(attr, maps, targets, outputs, self.name)

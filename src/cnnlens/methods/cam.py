@@ -7,17 +7,18 @@ once in :class:`cnnlens.methods.base.BaseCAM`.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from cnnlens.core.checks import check_optional_int
 from cnnlens.core.explanation import Explanation
 from cnnlens.core.layers import LayersLike
 from cnnlens.core.registry import register
 from cnnlens.core.targets import TargetLike
 from cnnlens.errors import InputError, ModelError
-from cnnlens.methods.base import BaseCAM
+from cnnlens.methods.base import BaseCAM, CAMContext
 
 _EPS = 1e-7
 
@@ -53,9 +54,7 @@ class CAM(BaseCAM):
         eval_mode: bool = True,
     ):
         super().__init__(model, layer, optimize=optimize, eval_mode=eval_mode)
-        if top_channels is not None and (isinstance(top_channels, bool) or top_channels < 1):
-            raise InputError(f"top_channels must be a positive integer, got {top_channels!r}")
-        self.top_channels = top_channels
+        self.top_channels = check_optional_int("top_channels", top_channels)
         self._linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         if not self._linears:
             raise ModelError(
@@ -66,10 +65,10 @@ class CAM(BaseCAM):
     def extra_modules(self) -> list[tuple[str, nn.Module]]:
         return self._linears
 
-    def cam(self, acts: Tensor, grads: Tensor | None, ctx: dict[str, Any]) -> Tensor:
+    def cam(self, acts: Tensor, grads: Tensor | None, ctx: CAMContext) -> Tensor:
         weight = self._head_weight(acts, ctx)
-        k = ctx["k"]
-        cls = ctx["targets"].indices[:, k].to(acts.device)
+        k = ctx.k
+        cls = ctx.targets.indices[:, k].to(acts.device)
         if bool((cls < 0).any()):
             raise InputError("cam needs class indices as target, not a callable")
         w = weight[cls]  # (B, C)
@@ -78,10 +77,10 @@ class CAM(BaseCAM):
             w = torch.zeros_like(w).scatter(1, keep, w.gather(1, keep))
         return torch.einsum("bc,bchw->bhw", w, acts)
 
-    def _head_weight(self, acts: Tensor, ctx: dict[str, Any]) -> Tensor:
+    def _head_weight(self, acts: Tensor, ctx: CAMContext) -> Tensor:
         """The weight of the linear layer that takes the spatial mean of ``acts``: of the
         linear layers that ran, the one whose input is that mean (whatever their order)."""
-        cap = ctx["capture"]
+        cap = ctx.capture
         pooled = acts.mean(dim=(2, 3))
         tol = 1e-3 * (pooled.abs().max() + 1.0)
         ran = [(name, m) for name, m in self._linears if name in cap.inputs]
@@ -93,7 +92,7 @@ class CAM(BaseCAM):
                 return module.weight.detach().float()
         names = ", ".join(repr(n) for n, _ in ran) or "none ran"
         raise ModelError(
-            f"cam needs layer {ctx['layer']!r} to feed global average pooling and then one "
+            f"cam needs layer {ctx.layer!r} to feed global average pooling and then one "
             f"linear layer, but no linear layer takes the spatial mean of that layer (linear "
             f"layers: {names}); use gradcam, or pick the last convolutional layer"
         )
@@ -155,7 +154,7 @@ class HiResCAM(BaseCAM):
     $$M^c_{ij} = \\sum_k \\frac{\\partial y^c}{\\partial A^k_{ij}} A^k_{ij}$$
     """
 
-    def cam(self, acts: Tensor, grads: Tensor | None, ctx: dict[str, Any]) -> Tensor:
+    def cam(self, acts: Tensor, grads: Tensor | None, ctx: CAMContext) -> Tensor:
         return (grads * acts).sum(dim=1)
 
 
@@ -168,7 +167,7 @@ class LayerCAM(BaseCAM):
     A^k_{ij}$$
     """
 
-    def cam(self, acts: Tensor, grads: Tensor | None, ctx: dict[str, Any]) -> Tensor:
+    def cam(self, acts: Tensor, grads: Tensor | None, ctx: CAMContext) -> Tensor:
         return (grads.clamp(min=0) * acts).sum(dim=1)
 
 
@@ -199,9 +198,9 @@ class EigenCAM(BaseCAM):
         self.sign_correction = sign_correction
         self._cache: dict[str, Tensor] = {}
 
-    def cam(self, acts: Tensor, grads: Tensor | None, ctx: dict[str, Any]) -> Tensor:
-        if ctx["k"] > 0 and ctx["layer"] in self._cache:  # class-agnostic: same map for all K
-            return self._cache[ctx["layer"]]
+    def cam(self, acts: Tensor, grads: Tensor | None, ctx: CAMContext) -> Tensor:
+        if ctx.k > 0 and ctx.layer in self._cache:  # class-agnostic: same map for all K
+            return self._cache[ctx.layer]
         b, c, h, w = acts.shape
         flat = acts.reshape(b, c, h * w).transpose(1, 2).double()  # (B, hw, C)
         flat = flat - flat.mean(dim=1, keepdim=True)
@@ -211,7 +210,7 @@ class EigenCAM(BaseCAM):
             flip = proj.amin(dim=1).abs() > proj.amax(dim=1).abs()
             proj = torch.where(flip[:, None], -proj, proj)
         out = proj.reshape(b, h, w).float()
-        self._cache[ctx["layer"]] = out
+        self._cache[ctx.layer] = out
         return out
 
     def explain_batch(self, x: Tensor, target: TargetLike, topk: int | None) -> Explanation:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
 import torch
@@ -25,26 +25,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from cnnlens.core.capture import grad_enabled
+from cnnlens.core.checks import check_choice, check_float, check_int
 from cnnlens.core.explanation import Explanation
 from cnnlens.core.layers import LayersLike
 from cnnlens.core.progress import progress_bar
-from cnnlens.core.registry import register
-from cnnlens.core.targets import TargetLike, Targets, resolve_targets
-from cnnlens.errors import InputError, ModelError
-from cnnlens.methods.base import (
-    Explainer,
-    channels_last_forward,
-    check_flag,
-    upsample,
-    wants_optimize,
-)
-from cnnlens.methods.perturbation import (
-    Runner,
+from cnnlens.core.registry import get_method, register
+from cnnlens.core.targets import TargetLike, Targets
+from cnnlens.errors import InputError
+from cnnlens.methods.base import GradientMethod, upsample
+from cnnlens.methods.engine import (
+    REDUCTIONS,
+    BatchedForward,
     broadcast_to_input,
-    check_int,
     first_pass,
     pixel_explanation,
+    reduce_channels,
     row_scores,
     rows_targets,
 )
@@ -54,7 +49,6 @@ __all__ = [
     "IG_RULES",
     "REDUCTIONS",
     "Deconvnet",
-    "GradientMethod",
     "GuidedBackprop",
     "GuidedGradCAM",
     "InputXGradient",
@@ -63,137 +57,6 @@ __all__ = [
     "Saliency",
     "reduce_channels",
 ]
-
-REDUCTIONS = ("absmax", "square", "abs", "sum")
-
-
-def reduce_channels(attr: Tensor, how: str) -> Tensor:
-    """Reduce the channel axis (-3) of attributions (..., C, H, W) to maps (..., H, W).
-
-    ``"absmax"``: $\\max_c |a_c|$; ``"square"``: $\\sum_c a_c^2$; ``"abs"``:
-    $\\sum_c |a_c|$; ``"sum"``: $\\sum_c a_c$ (signed).
-    """
-    if how == "absmax":
-        return attr.abs().amax(dim=-3)
-    if how == "square":
-        return attr.pow(2).sum(dim=-3)
-    if how == "abs":
-        return attr.abs().sum(dim=-3)
-    if how == "sum":
-        return attr.sum(dim=-3)
-    raise InputError(f"reduce must be one of {', '.join(REDUCTIONS)}; got {how!r}")
-
-
-def _check_reduce(reduce: str | None, default: str) -> str:
-    how = default if reduce is None else reduce
-    if how not in REDUCTIONS:
-        raise InputError(f"reduce must be one of {', '.join(REDUCTIONS)}; got {reduce!r}")
-    return how
-
-
-class GradientMethod(Explainer):
-    """Base of the methods that attribute through gradients with respect to the input.
-
-    A subclass says how gradients become attributions (:meth:`combine`), may change the
-    backward rule of ReLU for the forward pass (:meth:`rule`), or overrides
-    :meth:`attribute` for a path of inputs (integrated gradients).
-
-    Args:
-        model: the network; it is never changed.
-        reduce: how channels become one map: ``"absmax"``, ``"square"``, ``"abs"`` or
-            ``"sum"`` (see the module docstring); default per method.
-        optimize: ``True`` feeds float32 CPU inputs in the channels-last memory format, which
-            oneDNN runs 1.1-1.3x faster forward and backward; the gradients then agree with
-            the default layout's to float32 rounding, except where that rounding moves a
-            max-pool's choice. ``None``/``False`` (the default): the input as given, so the
-            results match captum's to 1e-4.
-        eval_mode: see :class:`~cnnlens.methods.base.Explainer`.
-    """
-
-    default_reduce: ClassVar[str] = "absmax"
-    relu_rule: ClassVar[tuple[type, type] | None] = None
-
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        reduce: str | None = None,
-        optimize: bool | None = None,
-        eval_mode: bool = True,
-    ):
-        super().__init__(model, eval_mode=eval_mode)
-        self.reduce = _check_reduce(reduce, self.default_reduce)
-        self.optimize = check_flag("optimize", optimize)
-
-    # -- what a subclass says -----------------------------------------------------------------
-    def combine(self, x: Tensor, grads: Tensor) -> Tensor:
-        """Attributions (n, K, C, H, W) from the inputs (n, C, H, W) and their gradients."""
-        return grads
-
-    def rule(self) -> AbstractContextManager[Any]:
-        """The context of the forward pass: a :class:`ReLURule` when ``relu_rule`` is set."""
-        rule = type(self).relu_rule
-        return nullcontext() if rule is None else ReLURule(rule)
-
-    def attribute(
-        self, x: Tensor, targets: Targets, rows: Tensor
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Attributions (n, K, C, H, W) of a batch of rows, row ``i`` a variant of image
-        ``rows[i]`` explained for ``targets`` of that image (used by SmoothGrad)."""
-        _, _, grads = self.forward_grads(x, rows_targets(targets, rows))
-        return self.combine(x, grads), {}
-
-    # -- engine --------------------------------------------------------------------------------
-    def forward_grads(
-        self,
-        x: Tensor,
-        targets: Targets | None,
-        target: TargetLike = None,
-        topk: int | None = None,
-        runner: Runner | None = None,
-    ) -> tuple[Any, Targets, Tensor]:
-        """One forward pass and the gradients (n, K, C, H, W) of the K target scores.
-
-        ``targets`` None resolves ``target``/``topk`` on this forward's outputs.
-        """
-        with grad_enabled():
-            with self.rule():
-                if runner is None:
-                    leaf, outputs = self._forward(x)
-                else:
-                    leaf, outputs = runner.forward(x, requires_grad=True)
-            if targets is None:
-                targets = resolve_targets(target, outputs, topk, batch=x.shape[0])
-            scores = targets.scores(outputs)
-            if not scores.requires_grad:
-                raise ModelError(
-                    f"the target scores of {type(self.model).__name__} do not depend "
-                    "differentiably on the input (the output is detached or computed without "
-                    "autograd); use a perturbation method such as occlusion or rise"
-                )
-            grads = []
-            for k in range(targets.k):
-                (g,) = torch.autograd.grad(
-                    scores[:, k].sum(), leaf, retain_graph=k < targets.k - 1, allow_unused=True
-                )
-                grads.append(torch.zeros_like(leaf) if g is None else g)
-        return outputs, targets, torch.stack(grads, dim=1).contiguous()
-
-    def _forward(self, x: Tensor) -> tuple[Tensor, Any]:
-        """``(leaf, outputs)`` of one forward with the input as a leaf requiring grad; in
-        channels-last only when ``optimize=True`` and the model accepts that layout."""
-        if self.optimize and wants_optimize(self.model, x, None):
-            got = channels_last_forward(self.model, x, requires_grad=True)
-            if got is not None:
-                return got
-        leaf = x.detach().requires_grad_(True)
-        return leaf, self.model(leaf)
-
-    def explain_batch(self, x: Tensor, target: TargetLike, topk: int | None) -> Explanation:
-        outputs, targets, grads = self.forward_grads(x, None, target, topk)
-        attr = self.combine(x, grads).float()
-        maps = reduce_channels(attr, self.reduce)
-        return pixel_explanation(attr, maps, targets, outputs, self.name)
 
 
 @register("saliency")
@@ -314,7 +177,7 @@ class IntegratedGradients(GradientMethod):
         reduce: channel reduction of the map (default ``"abs"``).
         progress: show a rich progress bar.
         optimize: run the path batches on the fast CPU path (None: automatic; see
-            :class:`~cnnlens.methods.perturbation.Runner`); False runs the model as it is.
+            :class:`~cnnlens.methods.engine.BatchedForward`); False runs the model as it is.
         eval_mode: see :class:`~cnnlens.methods.base.Explainer`.
 
     Example:
@@ -346,8 +209,7 @@ class IntegratedGradients(GradientMethod):
     ) -> None:
         super().__init__(model, reduce=reduce, optimize=optimize, eval_mode=eval_mode)
         self.n_steps = check_int("n_steps", n_steps)
-        if rule not in IG_RULES:
-            raise InputError(f"rule must be one of {', '.join(IG_RULES)}; got {rule!r}")
+        check_choice("rule", rule, IG_RULES)
         if rule == "riemann_trapezoid" and self.n_steps < 2:
             raise InputError(f"n_steps must be >= 2 for the trapezoid rule, got {n_steps!r}")
         self.rule_name = rule
@@ -358,13 +220,11 @@ class IntegratedGradients(GradientMethod):
             )
         self.baseline = baseline
         self.internal_batch_size = check_int("internal_batch_size", internal_batch_size)
-        if blur_sigma is not None and not (
-            isinstance(blur_sigma, (int, float))
-            and not isinstance(blur_sigma, bool)
-            and blur_sigma > 0
-        ):
-            raise InputError(f"blur_sigma must be a positive number, got {blur_sigma!r}")
-        self.blur_sigma = blur_sigma
+        self.blur_sigma = (
+            None
+            if blur_sigma is None
+            else check_float("blur_sigma", blur_sigma, minimum=0.0, strict_minimum=True)
+        )
         self.seed = check_int("seed", seed, minimum=0)
         self.progress = bool(progress)
 
@@ -394,10 +254,10 @@ class IntegratedGradients(GradientMethod):
         rows: Tensor,
         *,
         fx: Tensor | None = None,
-        runner: Runner | None = None,
+        forward: BatchedForward | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        # without a runner checked by explain_batch (SmoothGrad's rows): channels-last only
-        runner = runner or Runner(self.model, x, self.optimize, fold=False)
+        # without a forward checked by explain_batch (SmoothGrad's rows): channels-last only
+        forward = forward or BatchedForward(self.model, x, self.optimize, fold=False)
         n = x.shape[0]
         local = torch.arange(n, device=x.device)
         sub = rows_targets(targets, rows)
@@ -416,33 +276,33 @@ class IntegratedGradients(GradientMethod):
                 step, row = idx // n, idx % n
                 a = alphas[step].view(-1, 1, 1, 1).to(x.dtype)
                 points = base[row] + a * diff[row]
-                _, _, grads = self.forward_grads(points, rows_targets(sub, row), runner=runner)
+                _, _, grads = self.forward_grads(points, rows_targets(sub, row), forward=forward)
                 wts = weights[step].view(-1, 1, 1, 1, 1).float()
                 total.index_add_(0, row, grads.float() * wts)
                 bar.advance(len(idx))
             attr = diff.float().unsqueeze(1) * total
             with torch.no_grad():
                 if fx is None:
-                    fx = self._scores(runner, x, sub, local)
-                fb = self._scores(runner, base, sub, local)
+                    fx = self._scores(forward, x, sub, local)
+                fb = self._scores(forward, base, sub, local)
         delta = attr.flatten(2).sum(2) - (fx.float() - fb)
         return attr, {"delta": delta}
 
-    def _scores(self, runner: Runner, x: Tensor, targets: Targets, rows: Tensor) -> Tensor:
+    def _scores(self, forward: BatchedForward, x: Tensor, targets: Targets, rows: Tensor) -> Tensor:
         out = []
         for start in range(0, x.shape[0], self.internal_batch_size):
             sl = slice(start, start + self.internal_batch_size)
-            out.append(row_scores(targets, runner(x[sl]), rows[sl]))
+            out.append(row_scores(targets, forward(x[sl]), rows[sl]))
         return torch.cat(out)
 
     def explain_batch(self, x: Tensor, target: TargetLike, topk: int | None) -> Explanation:
         if not isinstance(self.baseline, str):
             broadcast_to_input("baseline", self.baseline, x)  # checks the shape up front
-        runner = Runner(self.model, x, self.optimize)
-        outputs, targets = first_pass(runner, x, target, topk)
+        forward = BatchedForward(self.model, x, self.optimize)
+        outputs, targets = first_pass(forward, x, target, topk)
         rows = torch.arange(x.shape[0], device=x.device)
         fx = row_scores(targets, outputs, rows)
-        attr, extras = self.attribute(x, targets, rows, fx=fx, runner=runner)
+        attr, extras = self.attribute(x, targets, rows, fx=fx, forward=forward)
         maps = reduce_channels(attr, self.reduce)
         return pixel_explanation(attr, maps, targets, outputs, self.name, extras)
 
@@ -537,7 +397,10 @@ class GuidedBackprop(GradientMethod):
         >>> GuidedBackprop(model)(x, target=3).raw                      # doctest: +SKIP
     """
 
-    relu_rule: ClassVar[tuple[type, type] | None] = _GUIDED
+    relu_rule: ClassVar[tuple[type, type]] = _GUIDED
+
+    def rule(self) -> AbstractContextManager[Any]:
+        return ReLURule(self.relu_rule)
 
 
 @register("deconvnet")
@@ -551,7 +414,10 @@ class Deconvnet(GradientMethod):
         >>> Deconvnet(model)(x).maps                                    # doctest: +SKIP
     """
 
-    relu_rule: ClassVar[tuple[type, type] | None] = _DECONV
+    relu_rule: ClassVar[tuple[type, type]] = _DECONV
+
+    def rule(self) -> AbstractContextManager[Any]:
+        return ReLURule(self.relu_rule)
 
 
 @register("guided_gradcam")
@@ -592,12 +458,9 @@ class GuidedGradCAM(GradientMethod):
         eval_mode: bool = True,
     ) -> None:
         super().__init__(model, reduce=reduce, optimize=optimize, eval_mode=eval_mode)
-        from cnnlens.methods.cam import GradCAM
-
-        if interpolate not in ("bilinear", "nearest"):
-            raise InputError(f"interpolate must be 'bilinear' or 'nearest', got {interpolate!r}")
-        self.interpolate = interpolate
-        self.gradcam = GradCAM(model, layer, eval_mode=eval_mode)
+        self.interpolate = check_choice("interpolate", interpolate, ("bilinear", "nearest"))
+        # through the registry: a method file does not import another family's file
+        self.gradcam = get_method("gradcam")(model, layer, eval_mode=eval_mode)
         self.guided = GuidedBackprop(model, optimize=optimize, eval_mode=eval_mode)
 
     def attribute(

@@ -7,18 +7,19 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from cnnlens.core.checks import check_choice, check_float, check_int
 from cnnlens.core.explanation import Explanation
 from cnnlens.core.progress import progress_bar
 from cnnlens.core.registry import get_method, register
 from cnnlens.core.targets import TargetLike
 from cnnlens.errors import InputError
-from cnnlens.methods.base import Explainer
-from cnnlens.methods.gradients import GradientMethod, _check_reduce, reduce_channels
-from cnnlens.methods.perturbation import (
-    Runner,
-    check_int,
+from cnnlens.methods.base import Explainer, GradientMethod
+from cnnlens.methods.engine import (
+    BatchedForward,
+    check_reduce,
     first_pass,
     pixel_explanation,
+    reduce_channels,
 )
 
 __all__ = ["NOISE_KINDS", "SmoothGrad"]
@@ -109,17 +110,11 @@ class SmoothGrad(Explainer):
         super().__init__(inner.model, eval_mode=eval_mode)
         self.method = inner
         self.n_samples = check_int("n_samples", n_samples)
-        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0:
-            raise InputError(
-                f"noise must be a number >= 0 (a fraction of the input range), got {noise!r}"
-            )
-        self.noise = float(noise)
-        if kind not in NOISE_KINDS:
-            raise InputError(f"kind must be one of {', '.join(NOISE_KINDS)}; got {kind!r}")
-        self.kind = kind
+        self.noise = check_float("noise (a fraction of the input range)", noise, minimum=0.0)
+        self.kind = check_choice("kind", kind, NOISE_KINDS)
         self.seed = check_int("seed", seed, minimum=0)
         self.batch_size = check_int("batch_size", batch_size)
-        self.reduce = _check_reduce(reduce, inner.reduce)
+        self.reduce = check_reduce(reduce, inner.reduce)
         self.progress = bool(progress)
 
     @classmethod
@@ -130,7 +125,7 @@ class SmoothGrad(Explainer):
     def explain_batch(self, x: Tensor, target: TargetLike, topk: int | None) -> Explanation:
         b = x.shape[0]
         dev = x.device
-        outputs, targets = first_pass(Runner(self.model, x, False), x, target, topk)
+        outputs, targets = first_pass(BatchedForward(self.model, x, False), x, target, topk)
         sigma = self.noise * (x.flatten(1).amax(1) - x.flatten(1).amin(1)).view(b, 1, 1, 1)
         gen = torch.Generator(device=dev)
         gen.manual_seed(self.seed)

@@ -1,19 +1,15 @@
-"""Perturbation methods (occlusion, RISE) and the batched-forward machinery they share.
+"""Perturbation methods: occlusion and RISE.
 
 A perturbation method asks the model many questions: "what is the score when this window is
 grey?", "... when only these cells are visible?". Each question is one row of a batch; rows of
 every image are packed into forwards of at most ``batch_size`` inputs, so memory is bounded by
-that option whatever the number of windows or masks. The same machinery (option checks, the
-forward runner, progress bars, the pixel :class:`Explanation`) serves integrated gradients,
-SmoothGrad, Score-CAM and Ablation-CAM.
+that option whatever the number of windows or masks. The batched forward and the targets of
+rows come from :mod:`cnnlens.methods.engine`.
 """
 
 from __future__ import annotations
 
-import copy
-import logging
 import math
-import warnings
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -21,260 +17,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cnnlens.core.checks import check_flag, check_float, check_int, check_optional_int, check_pair
 from cnnlens.core.explanation import Explanation
 from cnnlens.core.progress import progress_bar
 from cnnlens.core.registry import register
-from cnnlens.core.targets import TargetLike, Targets, logits_of, resolve_targets
+from cnnlens.core.targets import TargetLike
 from cnnlens.errors import InputError
-from cnnlens.methods.base import (
-    Explainer,
-    channels_last_forward,
-    check_flag,
-    normalize_maps,
-    wants_optimize,
+from cnnlens.methods.base import Explainer
+from cnnlens.methods.engine import (
+    BatchedForward,
+    batch_for,
+    broadcast_to_input,
+    first_pass,
+    pixel_explanation,
+    row_scores,
+    warn_nonfinite,
 )
 
-log = logging.getLogger("cnnlens")
-
 __all__ = ["RISE", "Occlusion", "PerturbationMethod"]
-
-# ---------------------------------------------------------------------------------------------
-# Option checks
-# ---------------------------------------------------------------------------------------------
-
-
-def check_int(name: str, value: Any, *, minimum: int = 1) -> int:
-    """``value`` as an int >= ``minimum``, or an :class:`InputError` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def check_optional_int(name: str, value: Any, *, minimum: int = 1) -> int | None:
-    return None if value is None else check_int(name, value, minimum=minimum)
-
-
-def check_pair(name: str, value: Any) -> tuple[int, int]:
-    """An int or an (h, w) pair of positive ints."""
-    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
-    if (
-        not isinstance(pair, (tuple, list))
-        or len(pair) != 2
-        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pair)
-    ):
-        raise InputError(
-            f"{name} must be a positive integer or an (h, w) pair of them, got {value!r}"
-        )
-    return int(pair[0]), int(pair[1])
-
-
-def batch_for(x: Tensor, batch_size: int | None) -> int:
-    """``batch_size``, or the default for ``x``'s device: 8 on the CPU (on the 2-core
-    reference machine, resnet18 and resnet50 ran Score-CAM, occlusion and RISE 8-20% faster
-    in batches of 8 than of 16, 32 or 64), 64 on an accelerator."""
-    if batch_size is not None:
-        return batch_size
-    return 8 if x.device.type == "cpu" else 64
-
-
-def broadcast_to_input(name: str, value: Any, x: Tensor) -> Tensor:
-    """A scalar or tensor ``value`` broadcast to ``x``'s (B, C, H, W) shape, on its device.
-
-    Accepted: a number, a 0-d tensor, or a tensor broadcastable to (B, C, H, W) such as
-    (C, 1, 1) (one value per channel), (C, H, W) (one image for all), (1, C, H, W) or
-    (B, C, H, W).
-    """
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return torch.full_like(x, float(value))
-    if not isinstance(value, Tensor):
-        raise InputError(
-            f"{name} must be a number or a tensor broadcastable to x's shape "
-            f"{tuple(x.shape)}, got {type(value).__name__}"
-        )
-    try:
-        shape = torch.broadcast_shapes(value.shape, x.shape)
-    except RuntimeError:
-        shape = None
-    if shape != x.shape:
-        raise InputError(
-            f"{name} has shape {tuple(value.shape)}, which does not broadcast to x's shape "
-            f"{tuple(x.shape)}; give a scalar, (C, 1, 1), (C, H, W), (1, C, H, W) or (B, C, H, W)"
-        )
-    return value.to(device=x.device, dtype=x.dtype).expand_as(x)
-
-
-# ---------------------------------------------------------------------------------------------
-# Batched forwards
-# ---------------------------------------------------------------------------------------------
-
-
-def folded_copy(model: nn.Module) -> nn.Module | None:
-    """A private copy of ``model`` with every BatchNorm folded into the convolution or linear
-    layer before it (torch.fx), parameters frozen, hooks dropped and weights stored
-    channels-last; None when the model has no BatchNorm in eval mode or cannot be traced
-    symbolically."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms or any(m.training for m in norms):
-        return None
-    from torch.fx.experimental.optimization import fuse
-
-    try:
-        twin = copy.deepcopy(model)
-        for module in twin.modules():
-            for hooks in (
-                module._forward_hooks,
-                module._forward_pre_hooks,
-                module._backward_hooks,
-                module._backward_pre_hooks,
-            ):
-                hooks.clear()
-        twin = fuse(twin, inplace=True)
-    except Exception as err:  # an untraceable or uncopyable model runs as it is
-        log.debug("no BatchNorm folding for %s: %s", type(model).__name__, err)
-        return None
-    for p in twin.parameters():
-        p.requires_grad_(False)
-    # channels-last weights spare oneDNN a reorder of every weight at every call
-    return twin.to(memory_format=torch.channels_last)
-
-
-class Runner:
-    """Runs the batched forwards of one explain call, on a fast path when asked.
-
-    With ``optimize`` (None: automatic, see :func:`wants_optimize`) the inputs are fed in the
-    channels-last memory format, whose oneDNN kernels run a CNN forward 1.3-1.5x faster and
-    a forward + backward about 2x faster on the CPU, and, when ``fold`` is set, through a
-    private copy of the model with each BatchNorm folded into the convolution before it
-    (:func:`folded_copy`; another 1.1-1.2x). The caller's model is not touched. The copy is
-    used only after :meth:`check` has seen it reproduce the model's outputs; values agree
-    with the plain path to float32 rounding (gradients can differ where a ReLU input sits
-    within rounding of zero). When the model's forward refuses channels-last inputs (a
-    ``.view`` on a channels-last activation raises a stride error), the rest of the call
-    uses the default layout; any other error is raised as it is.
-    """
-
-    def __init__(
-        self, model: nn.Module, x: Tensor, optimize: bool | None, *, fold: bool = True
-    ) -> None:
-        self.model = model
-        self.channels_last = wants_optimize(model, x, optimize)
-        self.fast: nn.Module | None = folded_copy(model) if self.channels_last and fold else None
-        self.checked = self.fast is None
-
-    def check(self, x: Tensor, outputs: Any) -> None:
-        """Keep the folded copy only if it reproduces the model's ``outputs`` for ``x``."""
-        if self.checked:
-            return
-        self.checked = True
-        if not isinstance(outputs, Tensor) or not outputs.is_floating_point():
-            self.fast = None
-            return
-        with torch.inference_mode():
-            got = self.forward(x)[1]
-        ref = outputs.detach().float()
-        tol = 1e-3 * float(ref.abs().max()) + 1e-5
-        if (
-            not isinstance(got, Tensor)
-            or got.shape != ref.shape
-            or bool(((got.float() - ref).abs() > tol).any())
-        ):
-            log.debug("the BatchNorm-folded copy disagrees with the model; not using it")
-            self.fast = None
-
-    def forward(self, batch: Tensor, *, requires_grad: bool = False) -> tuple[Tensor, Any]:
-        """``(leaf, outputs)``: the input actually fed (a leaf when ``requires_grad``)."""
-        if self.channels_last:
-            net = self.fast if self.fast is not None else self.model
-            got = channels_last_forward(net, batch, requires_grad=requires_grad)
-            if got is not None:
-                return got
-            self.channels_last = False
-            self.fast = None  # its channels-last weights would bring the layout back
-            batch = batch.contiguous()
-        leaf = batch.detach().requires_grad_(requires_grad)
-        return leaf, self.model(leaf)
-
-    def __call__(self, batch: Tensor) -> Any:
-        return self.forward(batch)[1]
-
-
-def rows_targets(targets: Targets, rows: Tensor) -> Targets:
-    """The targets of a batch whose row ``i`` is a variant of image ``rows[i]``."""
-    return Targets(targets.indices[rows.to(targets.indices.device)], targets.fn, targets.per_image)
-
-
-def row_scores(targets: Targets, outputs: Any, rows: Tensor, *, softmax: bool = False) -> Tensor:
-    """Scores (n, K) of the targets for a batch of rows; class probabilities with ``softmax``.
-
-    A callable target is applied to the rows' outputs and must return one score per row.
-    """
-    sub = rows_targets(targets, rows)
-    if softmax and sub.fn is None:
-        probs = logits_of(outputs).float().softmax(dim=1)
-        return probs.gather(1, sub.indices.to(probs.device))
-    return sub.scores(outputs).float()
-
-
-def first_pass(
-    runner: Runner, x: Tensor, target: TargetLike, topk: int | None
-) -> tuple[Any, Targets]:
-    """The model's own outputs for ``x`` (no graph) and the resolved targets; the runner's
-    fast path is checked against them."""
-    with torch.no_grad():
-        outputs = runner.model(x)
-    targets = resolve_targets(target, outputs, topk, batch=x.shape[0])
-    runner.check(x, outputs)
-    return outputs, targets
-
-
-def detach_outputs(outputs: Any) -> Any:
-    return outputs.detach() if isinstance(outputs, Tensor) else outputs
-
-
-def warn_nonfinite(method: str, bad: int, total: int, what: str) -> None:
-    if bad:
-        warnings.warn(
-            f"{method}: the model returned non-finite scores for {bad} of {total} {what}; "
-            "the map is computed from the finite ones",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-
-
-def pixel_explanation(
-    raw: Tensor,
-    maps: Tensor,
-    targets: Targets,
-    outputs: Any,
-    method: str,
-    extras: dict[str, Any] | None = None,
-) -> Explanation:
-    """The :class:`Explanation` of a pixel method from ``raw`` (B, K, C, H, W) and unnormalized
-    ``maps`` (B, K, H, W); the K axis is dropped when one class per image was explained."""
-    maps = normalize_maps(maps)
-    raw = raw.float()
-    extras = dict(extras or {})
-    if targets.per_image:
-        raw, maps = raw[:, 0], maps[:, 0]
-        b = raw.shape[0]
-        extras = {
-            k: v[:, 0] if isinstance(v, Tensor) and v.dim() >= 2 and v.shape[0] == b else v
-            for k, v in extras.items()
-        }
-    return Explanation(
-        maps=maps,
-        raw=raw,
-        targets=targets.public(),
-        scores=detach_outputs(outputs),
-        method=method,
-        layer=None,
-        extras=extras,
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Methods
-# ---------------------------------------------------------------------------------------------
 
 
 class PerturbationMethod(Explainer):
@@ -286,8 +46,9 @@ class PerturbationMethod(Explainer):
             None: 8 on the CPU, 64 on an accelerator.
         progress: show a rich progress bar on stderr (off by default in the library).
         optimize: run the batched forwards on the fast CPU path (channels-last inputs, a
-            BatchNorm-folded private copy of the model; see :class:`Runner`); None chooses it
-            for float32 CNNs on the CPU, False runs the model exactly as it is.
+            BatchNorm-folded private copy of the model; see
+            :class:`~cnnlens.methods.engine.BatchedForward`); None chooses it for float32 CNNs
+            on the CPU, False runs the model exactly as it is.
         eval_mode: see :class:`~cnnlens.methods.base.Explainer`.
     """
 
@@ -388,8 +149,8 @@ class Occlusion(PerturbationMethod):
         b, c, h, w = x.shape
         ys, xs = self._positions((h, w))
         base = broadcast_to_input("baseline", self.baseline, x)
-        runner = Runner(self.model, x, self.optimize)
-        outputs, targets = first_pass(runner, x, target, topk)
+        forward = BatchedForward(self.model, x, self.optimize)
+        outputs, targets = first_pass(forward, x, target, topk)
         fx = row_scores(targets, outputs, torch.arange(b, device=x.device))  # (B, K)
         k = targets.k
         dev = x.device
@@ -413,7 +174,7 @@ class Occlusion(PerturbationMethod):
                 inside = (yy >= y0) & (yy < y0 + self.window[0])
                 inside = (inside & (xx >= x0) & (xx < x0 + self.window[1])).unsqueeze(1)
                 occluded = torch.where(inside, base[img], x[img])
-                scores = row_scores(targets, runner(occluded), img)
+                scores = row_scores(targets, forward(occluded), img)
                 drop = fx[img] - scores
                 finite = torch.isfinite(drop)
                 bad += int((~finite).any(dim=1).sum())
@@ -493,9 +254,9 @@ class RISE(PerturbationMethod):
         )
         self.n_masks = check_int("n_masks", n_masks)
         self.cell_size = check_optional_int("cell_size", cell_size)
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p <= 1.0:
-            raise InputError(f"p (the keep probability) must be in (0, 1], got {p!r}")
-        self.p = float(p)
+        self.p = check_float(
+            "p (the keep probability)", p, minimum=0.0, strict_minimum=True, maximum=1.0
+        )
         self.seed = check_int("seed", seed, minimum=0)
         self.probabilities = bool(probabilities)
 
@@ -523,8 +284,8 @@ class RISE(PerturbationMethod):
     def explain_batch(self, x: Tensor, target: TargetLike, topk: int | None) -> Explanation:
         b, c, h, w = x.shape
         dev = x.device
-        runner = Runner(self.model, x, self.optimize)
-        outputs, targets = first_pass(runner, x, target, topk)
+        forward = BatchedForward(self.model, x, self.optimize)
+        outputs, targets = first_pass(forward, x, target, topk)
         k = targets.k
         total = torch.zeros(b, k, h, w, device=dev)
         valid = torch.zeros(b, k, device=dev)
@@ -540,7 +301,7 @@ class RISE(PerturbationMethod):
                     idx = torch.arange(start, min(start + bs, n_rows), device=dev)
                     img, m = idx % b, idx // b
                     mk = masks[m].unsqueeze(1)  # (n, 1, H, W)
-                    out = runner(x[img] * mk.to(x.dtype))
+                    out = forward(x[img] * mk.to(x.dtype))
                     scores = row_scores(targets, out, img, softmax=softmax)
                     finite = torch.isfinite(scores)
                     bad += int((~finite).any(dim=1).sum())

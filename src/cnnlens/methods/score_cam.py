@@ -16,19 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cnnlens.core.checks import check_float, check_optional_int
 from cnnlens.core.explanation import Explanation
 from cnnlens.core.layers import LayersLike
 from cnnlens.core.progress import progress_bar
 from cnnlens.core.registry import register
 from cnnlens.core.targets import TargetLike, Targets, logits_of
-from cnnlens.methods.base import BaseCAM
-from cnnlens.methods.perturbation import (
-    Runner,
-    batch_for,
-    check_optional_int,
-    row_scores,
-    warn_nonfinite,
-)
+from cnnlens.methods.base import BaseCAM, CAMContext
+from cnnlens.methods.engine import BatchedForward, batch_for, row_scores, warn_nonfinite
 
 __all__ = ["AblationCAM", "ScoreCAM"]
 
@@ -63,13 +58,13 @@ class _ChannelWeights:
     def cam(
         self,
         acts: Tensor,
-        ctx: dict[str, Any],
-        compute: Callable[[Tensor, dict[str, Any]], Tensor],
+        ctx: CAMContext,
+        compute: Callable[[Tensor, CAMContext], Tensor],
     ) -> Tensor:
-        name = ctx["layer"]
-        if ctx["k"] == 0 or name not in self.store:
+        name = ctx.layer
+        if ctx.k == 0 or name not in self.store:
             self.store[name] = compute(acts, ctx)
-        w = self.store[name][:, :, ctx["k"]]
+        w = self.store[name][:, :, ctx.k]
         return torch.einsum("bc,bchw->bhw", w.to(acts.dtype), acts)
 
 
@@ -104,7 +99,7 @@ class ScoreCAM(BaseCAM):
         top_channels: number of channels kept by activation variance (None: all).
         progress: show a rich progress bar.
         optimize: run the masked forwards on the fast CPU path (None: automatic; see
-            :class:`~cnnlens.methods.perturbation.Runner`); False runs the model as it is.
+            :class:`~cnnlens.methods.engine.BatchedForward`); False runs the model as it is.
         eval_mode: see :class:`~cnnlens.methods.base.Explainer`.
 
     Example:
@@ -134,24 +129,24 @@ class ScoreCAM(BaseCAM):
         self.top_channels = check_optional_int("top_channels", top_channels)
         self.progress = bool(progress)
         self._weights = _ChannelWeights()
-        self._runner: Runner | None = None
+        self._forward_batches: BatchedForward | None = None
 
-    def cam(self, acts: Tensor, grads: Tensor | None, ctx: dict[str, Any]) -> Tensor:
+    def cam(self, acts: Tensor, grads: Tensor | None, ctx: CAMContext) -> Tensor:
         return self._weights.cam(acts, ctx, self.channel_scores)
 
     def explain_batch(self, x: Tensor, target: TargetLike, topk: int | None) -> Explanation:
-        # The runner (and its BatchNorm-folded copy) is made before the capture hooks exist.
-        self._runner = Runner(self.model, x, self.optimize)
+        # The batched forward (its BatchNorm-folded copy) is made before the capture hooks exist.
+        self._forward_batches = BatchedForward(self.model, x, self.optimize)
         try:
             return super().explain_batch(x, target, topk)
         finally:
             self._weights.store.clear()
-            self._runner = None
+            self._forward_batches = None
 
-    def channel_scores(self, acts: Tensor, ctx: dict[str, Any]) -> Tensor:
+    def channel_scores(self, acts: Tensor, ctx: CAMContext) -> Tensor:
         """Channel weights (B, C, K) of one layer for all K targets."""
-        x: Tensor = ctx["x"]
-        targets: Targets = ctx["targets"]
+        x: Tensor = ctx.x
+        targets: Targets = ctx.targets
         b, c = acts.shape[:2]
         size = (int(x.shape[-2]), int(x.shape[-1]))
         constant = _constant_channels(acts)
@@ -159,13 +154,11 @@ class ScoreCAM(BaseCAM):
         todo = (selected & ~constant).nonzero()  # (n, 2): image, channel
         # s_k = f(X * H^k) - f(X_b); -inf leaves a channel out of the softmax.
         scores = torch.full((b, c, targets.k), -math.inf, device=x.device)
-        runner = self._runner or Runner(self.model, x, self.optimize)
-        runner.check(x, ctx["outputs"])
+        forward = self._forward_batches or BatchedForward(self.model, x, self.optimize)
+        forward.check(x, ctx.outputs)
         n_rows, bad, bs = len(todo), 0, batch_for(x, self.batch_size)
         with (
-            progress_bar(
-                self.progress, n_rows, f"{self.name} {ctx['layer']}", transient=True
-            ) as bar,
+            progress_bar(self.progress, n_rows, f"{self.name} {ctx.layer}", transient=True) as bar,
             torch.inference_mode(),
         ):
             for start in range(0, n_rows, bs):
@@ -176,28 +169,28 @@ class ScoreCAM(BaseCAM):
                 lo = masks.amin(dim=(2, 3), keepdim=True)
                 hi = masks.amax(dim=(2, 3), keepdim=True)
                 masks = (masks - lo) / (hi - lo).clamp(min=_TINY)
-                s = row_scores(targets, runner(x[img] * masks.to(x.dtype)), img)
+                s = row_scores(targets, forward(x[img] * masks.to(x.dtype)), img)
                 bad += int((~torch.isfinite(s)).any(dim=1).sum())
                 scores[img, ch] = torch.where(torch.isfinite(s), s, -math.inf)
                 bar.advance(len(img))
             flat = selected & constant
             if bool(flat.any()):
-                scores = scores - self._baseline_scores(runner, x, targets)[:, None, :]
+                scores = scores - self._baseline_scores(forward, x, targets)[:, None, :]
                 scores[flat] = 0.0
         warn_nonfinite(self.name, bad, n_rows, "masked inputs")
         scores = scores.clone()
         weights = torch.softmax(scores, dim=1)
         return torch.nan_to_num(weights, nan=0.0)  # all channels left out: weights 0
 
-    def _baseline_scores(self, runner: Runner, x: Tensor, targets: Targets) -> Tensor:
+    def _baseline_scores(self, forward: BatchedForward, x: Tensor, targets: Targets) -> Tensor:
         """f_c(X_b) for every image and target, (B, K): one forward of a zero image when the
         targets are class indices."""
         b = x.shape[0]
         rows = torch.arange(b, device=x.device)
         if targets.fn is None:
-            logits = logits_of(runner(torch.zeros_like(x[:1]))).float()
+            logits = logits_of(forward(torch.zeros_like(x[:1]))).float()
             return logits.expand(b, -1).gather(1, targets.indices.to(logits.device))
-        return row_scores(targets, runner(torch.zeros_like(x)), rows)
+        return row_scores(targets, forward(torch.zeros_like(x)), rows)
 
 
 @register("ablationcam")
@@ -249,13 +242,13 @@ class AblationCAM(BaseCAM):
         eval_mode: bool = True,
     ) -> None:
         super().__init__(model, layer, optimize=optimize, eval_mode=eval_mode)
-        self.ablation_value = float(ablation_value)
+        self.ablation_value = check_float("ablation_value", ablation_value)
         self.batch_size = check_optional_int("batch_size", batch_size)
         self.top_channels = check_optional_int("top_channels", top_channels)
         self.progress = bool(progress)
         self._weights = _ChannelWeights()
 
-    def cam(self, acts: Tensor, grads: Tensor | None, ctx: dict[str, Any]) -> Tensor:
+    def cam(self, acts: Tensor, grads: Tensor | None, ctx: CAMContext) -> Tensor:
         return self._weights.cam(acts, ctx, self.channel_scores)
 
     def explain_batch(self, x: Tensor, target: TargetLike, topk: int | None) -> Explanation:
@@ -264,21 +257,21 @@ class AblationCAM(BaseCAM):
         finally:
             self._weights.store.clear()
 
-    def channel_scores(self, acts: Tensor, ctx: dict[str, Any]) -> Tensor:
+    def channel_scores(self, acts: Tensor, ctx: CAMContext) -> Tensor:
         """Channel weights (B, C, K) of one layer for all K targets."""
-        x: Tensor = ctx["x"]
-        targets: Targets = ctx["targets"]
+        x: Tensor = ctx.x
+        targets: Targets = ctx.targets
         b, c = acts.shape[:2]
-        module = dict(self.model.named_modules())[ctx["layer"]]
-        y = targets.scores(ctx["outputs"]).detach().float()  # (B, K)
+        module = dict(self.model.named_modules())[ctx.layer]
+        y = targets.scores(ctx.outputs).detach().float()  # (B, K)
         already = (acts == self.ablation_value).flatten(2).all(dim=2)
         selected = _top_channels(acts, self.top_channels)
         todo = (selected & ~already).nonzero()
         drops = torch.zeros(b, c, targets.k, device=x.device)
         original = acts  # float32 copy taken before any ablated forward
         # the ablation hook lives on the caller's layer, so no folded copy: channels-last only
-        runner = Runner(self.model, x, self.optimize, fold=False)
-        state: dict[str, Any] = {"calls": 0, "last": self._calls_per_forward(module, runner, x)}
+        forward = BatchedForward(self.model, x, self.optimize, fold=False)
+        state: dict[str, Any] = {"calls": 0, "last": self._calls_per_forward(module, forward, x)}
 
         def restart(_m: nn.Module, _args: object) -> None:
             state["calls"] = 0
@@ -297,7 +290,7 @@ class AblationCAM(BaseCAM):
         try:
             with (
                 progress_bar(
-                    self.progress, n_rows, f"{self.name} {ctx['layer']}", transient=True
+                    self.progress, n_rows, f"{self.name} {ctx.layer}", transient=True
                 ) as bar,
                 torch.inference_mode(),
             ):
@@ -306,7 +299,7 @@ class AblationCAM(BaseCAM):
                     ablated = original[img].clone()
                     ablated[torch.arange(len(img), device=ablated.device), ch] = self.ablation_value
                     state["acts"] = ablated
-                    s = row_scores(targets, runner(x[img]), img)
+                    s = row_scores(targets, forward(x[img]), img)
                     finite = torch.isfinite(s)
                     bad += int((~finite).any(dim=1).sum())
                     drops[img, ch] = torch.where(finite, y[img] - s, torch.zeros_like(s))
@@ -318,7 +311,7 @@ class AblationCAM(BaseCAM):
         scale = torch.where(y.abs() > _TINY, y.abs(), torch.ones_like(y))
         return drops.clone() / scale[:, None, :]
 
-    def _calls_per_forward(self, module: nn.Module, runner: Runner, x: Tensor) -> int:
+    def _calls_per_forward(self, module: nn.Module, forward: BatchedForward, x: Tensor) -> int:
         """How many times ``module`` runs in one forward (one image, no graph)."""
         calls = [0]
 
@@ -334,7 +327,7 @@ class AblationCAM(BaseCAM):
         ]
         try:
             with torch.inference_mode():
-                runner(x[:1])
+                forward(x[:1])
         finally:
             for handle in handles:
                 handle.remove()

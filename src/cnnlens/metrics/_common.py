@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnnlens.core.capture import frozen
+from cnnlens.core.device import model_device  # noqa: F401  (re-exported for the metrics)
 from cnnlens.core.targets import resolve_targets
 from cnnlens.errors import InputError, TargetError
 
@@ -31,15 +32,6 @@ def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
     (:func:`cnnlens.core.capture.frozen` plus ``torch.no_grad``)."""
     with frozen(model), torch.no_grad():
         yield model
-
-
-def model_device(model: nn.Module, fallback: torch.device) -> torch.device:
-    """The device of the model's first parameter or buffer (``fallback`` when it has none)."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return fallback
 
 
 def check_activation(activation: Activation) -> None:

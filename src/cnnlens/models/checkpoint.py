@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cnnlens._version import __version__
 from cnnlens.errors import CnnlensError, InputError, ModelError, WeightsError
 from cnnlens.models.registry import create, get_spec, resolve_name
 from cnnlens.models.weights import (
@@ -224,8 +225,6 @@ def save_checkpoint(
     hw = _size_hw(input_size) if input_size is not None else spec.input_size
     _verify_rebuild(model, arch, kwargs)
     tensors = _tensors_for_saving(model)
-    from cnnlens import __version__
-
     meta = {
         "format_version": FORMAT_VERSION,
         "cnnlens_version": __version__,

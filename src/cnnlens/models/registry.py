@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnlens.core.checks import check_optional_int
 from cnnlens.errors import CnnlensError, ModelError, WeightsError
 from cnnlens.models.seeds import GapCNN, MnistCNN, MnistDNN, SimpleCNN
 from cnnlens.models.weights import (
@@ -215,13 +216,6 @@ def get_spec(
     )
 
 
-def _check_count(arg: str, value: int | None) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ModelError(f"{arg} must be a positive integer or None, got {value!r}")
-
-
 def create(
     name: str,
     *,
@@ -255,8 +249,8 @@ def create(
         WeightsError: Weights missing, unsafe, offline and not cached, or not fitting.
     """
     arch = resolve_name(name)
-    _check_count("num_classes", num_classes)
-    _check_count("in_channels", in_channels)
+    check_optional_int("num_classes", num_classes, error=ModelError)
+    check_optional_int("in_channels", in_channels, error=ModelError)
     if arch in _SEEDS:
         seed = _SEEDS[arch]
         if kwargs.pop("progress", None) is not None:

@@ -14,9 +14,9 @@ import torch
 from torch import Tensor, nn
 
 from cnnlens.core.capture import grad_enabled
+from cnnlens.core.device import model_device_dtype
 from cnnlens.data.presets import Preset, get_preset
 from cnnlens.errors import InputError
-from cnnlens.methods.base import model_device_dtype
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -74,9 +74,3 @@ def as_index_list(value: int | Sequence[int] | Tensor, what: str) -> list[int]:
     if not items or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
         raise InputError(f"{what} must be a non-empty sequence of ints, got {items!r}")
     return items
-
-
-def check_positive_int(value: Any, name: str) -> None:
-    """Raise InputError unless ``value`` is an int >= 1 (bools refused)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{name} must be a positive integer, got {value!r}")

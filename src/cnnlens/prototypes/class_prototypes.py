@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,9 +32,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from cnnlens.core.capture import frozen
+from cnnlens.core.checks import check_int
 from cnnlens.core.progress import progress_bar
 from cnnlens.errors import DataError, InputError, TargetError
-from cnnlens.prototypes._util import check_positive_int, device_dtype, preset_for, with_grad
+from cnnlens.prototypes._util import device_dtype, preset_for, with_grad
 
 log = logging.getLogger("cnnlens")
 
@@ -343,21 +344,12 @@ def class_prototypes(
         >>> res = class_prototypes(model, prior=means, preset="mnist")
         >>> res.probs.min() >= 0.99
     """
-    check_positive_int(steps, "steps")
+    check_int("steps", steps)
     if not 0 < target_prob <= 1:
         raise InputError(f"target_prob must be in (0, 1], got {target_prob!r}")
     if lam < 0:
         raise InputError(f"lam must be >= 0, got {lam!r}")
-    if shape is None:
-        if prior is not None:
-            shape = tuple(prior.shape[-3:])  # type: ignore[assignment]
-        elif isinstance(init, Tensor) and init.dim() >= 3:
-            shape = tuple(init.shape[-3:])  # type: ignore[assignment]
-        else:
-            raise InputError(
-                "shape (C, H, W) is needed when neither prior nor an init image is given"
-            )
-    c, h, w = (int(v) for v in shape)  # type: ignore[union-attr]
+    c, h, w = _input_shape(shape, prior, init)
     device, dtype = device_dtype(model)
     scale = preset_for(preset, c)
     generator = torch.Generator().manual_seed(int(seed))
@@ -371,64 +363,30 @@ def class_prototypes(
     k = len(idx)
     names = [class_names[i] if class_names and i < len(class_names) else str(i) for i in idx]
 
-    if isinstance(init, Tensor):
-        start = _fit_start(init, (c, h, w))
-        if start.shape[0] not in (1, k):
-            raise InputError(f"init has {start.shape[0]} images; give 1 or one per class ({k})")
-        start = start.expand(k, -1, -1, -1).clone()
-        init_name = "image"
-    elif init == "zeros":
-        start = torch.zeros(k, c, h, w)
-        init_name = init
-    elif init == "noise":
-        start = (0.5 + 0.1 * torch.randn((k, c, h, w), generator=generator)).clamp(0, 1)
-        init_name = init
-    else:
-        raise InputError(f"init must be 'zeros', 'noise' or an image tensor, got {init!r}")
-
-    target_means: Tensor | None = None
-    if prior is not None and lam > 0:
-        p = prior.detach().float().cpu().clone()
-        if p.dim() == 3:
-            p = p[None].expand(num_classes, -1, -1, -1)
-        if p.dim() != 4 or tuple(p.shape[1:]) != (c, h, w) or p.shape[0] < max(idx) + 1:
-            raise InputError(
-                f"prior must be (N, {c}, {h}, {w}) class means indexed by class for N >= "
-                f"{max(idx) + 1}, got {tuple(prior.shape)}"
-            )
-        target_means = p[idx]
-        if not torch.isfinite(target_means).all():
-            raise InputError("prior has no finite mean image for some requested classes")
+    start, init_name = _start_images(init, (c, h, w), k, generator)
+    target_means = _prior_means(prior, lam, idx, num_classes, (c, h, w))
+    if target_means is not None:
         target_means = target_means.to(device)
-    elif lam > 0:
-        log.info("no prior given: class prototypes use the cross-entropy alone")
 
     lo = scale.normalize(torch.zeros(1, c, 1, 1)).to(device)
     hi = scale.normalize(torch.ones(1, c, 1, 1)).to(device)
     x = scale.normalize(start).to(device).requires_grad_(True)
     target = torch.tensor(idx, device=device)
-    optimizer = torch.optim.Adam([x], lr=lr)
-    history: list[float] = []
-    taken = steps
     with frozen(model), progress_bar(progress, steps, "prototypes", transient=True) as bar:
-        for step in range(steps + 1):
-            logits = model(x.to(dtype)).float()
-            logp = torch.log_softmax(logits, 1)
-            probs = logp.exp().gather(1, target[:, None])[:, 0]
-            history.append(float(probs.detach().min()))
-            if bool((probs >= target_prob).all()) or step == steps:
-                taken = step
-                break
-            loss = -logp.gather(1, target[:, None])[:, 0]
-            if target_means is not None:
-                loss = loss + lam * (x - target_means).pow(2).flatten(1).mean(1)
-            (grad,) = torch.autograd.grad(loss.sum(), [x])
-            x.grad = grad
-            optimizer.step()
-            if clamp:
-                with torch.no_grad():
-                    x.copy_(torch.maximum(torch.minimum(x, hi), lo))
-            bar.advance()
+        run = _ascend(
+            model,
+            x,
+            target,
+            target_means,
+            lam,
+            lr,
+            steps,
+            target_prob,
+            (lo, hi) if clamp else None,
+            dtype,
+            bar.advance,
+        )
+    logits, probs, history, taken = run
     history.pop()  # the last entry is the final state, reported in probs
     scores = torch.softmax(logits.detach().float(), 1).cpu()
     final = probs.detach().cpu()
@@ -460,3 +418,107 @@ def class_prototypes(
         max_steps=steps,
         history=history,
     )
+
+
+def _input_shape(
+    shape: tuple[int, int, int] | None, prior: Tensor | None, init: str | Tensor
+) -> tuple[int, int, int]:
+    """(C, H, W) of the model's input: ``shape``, else that of ``prior`` or the init image."""
+    if shape is None:
+        if prior is not None:
+            shape = tuple(prior.shape[-3:])  # type: ignore[assignment]
+        elif isinstance(init, Tensor) and init.dim() >= 3:
+            shape = tuple(init.shape[-3:])  # type: ignore[assignment]
+        else:
+            raise InputError(
+                "shape (C, H, W) is needed when neither prior nor an init image is given"
+            )
+    c, h, w = (int(v) for v in shape)  # type: ignore[union-attr]
+    return c, h, w
+
+
+def _start_images(
+    init: str | Tensor, shape: tuple[int, int, int], k: int, generator: torch.Generator
+) -> tuple[Tensor, str]:
+    """The K start images in display space and the name of the init."""
+    if isinstance(init, Tensor):
+        start = _fit_start(init, shape)
+        if start.shape[0] not in (1, k):
+            raise InputError(f"init has {start.shape[0]} images; give 1 or one per class ({k})")
+        return start.expand(k, -1, -1, -1).clone(), "image"
+    if init == "zeros":
+        return torch.zeros(k, *shape), init
+    if init == "noise":
+        return (0.5 + 0.1 * torch.randn((k, *shape), generator=generator)).clamp(0, 1), init
+    raise InputError(f"init must be 'zeros', 'noise' or an image tensor, got {init!r}")
+
+
+def _prior_means(
+    prior: Tensor | None,
+    lam: float,
+    idx: list[int],
+    num_classes: int,
+    shape: tuple[int, int, int],
+) -> Tensor | None:
+    """The prior's mean image of each requested class (K, C, H, W) on the CPU, or None when
+    the prior term is off."""
+    if prior is None or lam <= 0:
+        if lam > 0:
+            log.info("no prior given: class prototypes use the cross-entropy alone")
+        return None
+    c, h, w = shape
+    p = prior.detach().float().cpu().clone()
+    if p.dim() == 3:
+        p = p[None].expand(num_classes, -1, -1, -1)
+    if p.dim() != 4 or tuple(p.shape[1:]) != (c, h, w) or p.shape[0] < max(idx) + 1:
+        raise InputError(
+            f"prior must be (N, {c}, {h}, {w}) class means indexed by class for N >= "
+            f"{max(idx) + 1}, got {tuple(prior.shape)}"
+        )
+    means = p[idx]
+    if not torch.isfinite(means).all():
+        raise InputError("prior has no finite mean image for some requested classes")
+    return means
+
+
+def _ascend(
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor,
+    target_means: Tensor | None,
+    lam: float,
+    lr: float,
+    steps: int,
+    target_prob: float,
+    bounds: tuple[Tensor, Tensor] | None,
+    dtype: torch.dtype,
+    advance: Callable[[], Any],
+) -> tuple[Tensor, Tensor, list[float], int]:
+    """Adam on the inputs ``x`` (in place) until every class reaches ``target_prob`` or the
+    budget is spent; ``(logits, probs, history, steps taken)`` of the final state.
+
+    The loss is the cross-entropy of each class plus ``lam`` times the mean squared distance
+    to its prior mean; with ``bounds`` the inputs are projected onto them after each step.
+    """
+    optimizer = torch.optim.Adam([x], lr=lr)
+    history: list[float] = []
+    taken = steps
+    for step in range(steps + 1):
+        logits = model(x.to(dtype)).float()
+        logp = torch.log_softmax(logits, 1)
+        probs = logp.exp().gather(1, target[:, None])[:, 0]
+        history.append(float(probs.detach().min()))
+        if bool((probs >= target_prob).all()) or step == steps:
+            taken = step
+            break
+        loss = -logp.gather(1, target[:, None])[:, 0]
+        if target_means is not None:
+            loss = loss + lam * (x - target_means).pow(2).flatten(1).mean(1)
+        (grad,) = torch.autograd.grad(loss.sum(), [x])
+        x.grad = grad
+        optimizer.step()
+        if bounds is not None:
+            with torch.no_grad():
+                x.copy_(torch.maximum(torch.minimum(x, bounds[1]), bounds[0]))
+        advance()
+    return logits, probs, history, taken

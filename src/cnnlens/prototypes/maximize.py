@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnnlens.core.capture import frozen
+from cnnlens.core.checks import check_int
 from cnnlens.core.layers import resolve_layer
 from cnnlens.core.progress import progress_bar
 from cnnlens.errors import InputError
-from cnnlens.prototypes._util import check_positive_int, device_dtype, preset_for, with_grad
+from cnnlens.prototypes._util import device_dtype, preset_for, with_grad
 from cnnlens.prototypes.objectives import (
     L1,
     L2,
@@ -269,8 +270,8 @@ def visualize(
     Example:
         >>> res = visualize(model, Channel("features.3", 5), (3, 64, 64), tv=0.1)  # doctest: +SKIP
     """
-    check_positive_int(steps, "steps")
-    check_positive_int(batch, "batch")
+    check_int("steps", steps)
+    check_int("batch", batch)
     if len(shape) != 3:
         raise InputError(f"shape must be (C, H, W), got {tuple(shape)}")
     if param not in PARAMS:
