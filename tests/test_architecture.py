@@ -4,7 +4,7 @@
 the layers it may import. ``EXCEPTIONS`` lists imports that break the table today, each
 with its reason, to be removed when the code is moved; an exception that is no longer
 needed fails the test, so the list only shrinks. A new package gets a row in ``LAYERS``.
-docs/architecture.md describes the same rules in words.
+Keep docs/architecture.md (the same rules in words) in step with this table.
 """
 
 from __future__ import annotations

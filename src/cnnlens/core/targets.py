@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from cnnlens.core.checks import check_int
 from cnnlens.errors import TargetError
 
 TargetLike = None | int | Sequence[int] | Tensor | Callable[[Any], Tensor]
@@ -102,8 +103,7 @@ def resolve_targets(
     if topk is not None:
         if target is not None:
             raise TargetError("give either target or topk, not both")
-        if isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= n_classes:
-            raise TargetError(f"topk must be an integer in [1, {n_classes}], got {topk!r}")
+        check_int("topk", topk, minimum=1, maximum=n_classes, error=TargetError)
         idx = logits.detach().float().topk(topk, dim=1).indices
         return Targets(idx.long(), None, False)
     if target is None:

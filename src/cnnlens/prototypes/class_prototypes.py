@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from cnnlens.core.capture import frozen
-from cnnlens.core.checks import check_int
+from cnnlens.core.checks import check_float, check_int
 from cnnlens.core.progress import progress_bar
 from cnnlens.errors import DataError, InputError, TargetError
 from cnnlens.prototypes._util import device_dtype, preset_for, with_grad
@@ -345,10 +345,8 @@ def class_prototypes(
         >>> res.probs.min() >= 0.99
     """
     check_int("steps", steps)
-    if not 0 < target_prob <= 1:
-        raise InputError(f"target_prob must be in (0, 1], got {target_prob!r}")
-    if lam < 0:
-        raise InputError(f"lam must be >= 0, got {lam!r}")
+    check_float("target_prob", target_prob, minimum=0.0, strict_minimum=True, maximum=1.0)
+    check_float("lam", lam, minimum=0.0)
     c, h, w = _input_shape(shape, prior, init)
     device, dtype = device_dtype(model)
     scale = preset_for(preset, c)
