@@ -29,7 +29,7 @@ def demo_command(
     """Train on embedded MNIST and generated shapes, explain with every method, write a report."""
     import torch
 
-    from cnnlens.demo import run_demo
+    from cnnlens.pipelines.demo import run_demo
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -12,12 +12,13 @@
    both classes of the same images: two classes, two different maps;
 6. writes everything into ``DIR/report.html`` (self-contained) and the PNGs under ``DIR``.
 
-``quick=True`` runs the same steps on small subsets with scaled-down options in seconds (what
-the tests run). The helpers :func:`render_map`, :func:`map_stats`, :func:`probabilities` and
-:func:`top_predictions` are shared with ``cnnlens explain``.
+``quick=True`` runs the same steps on small subsets, with the methods' ``"tiny"`` cost
+presets (what the tests run); the full demo uses their ``"light"`` presets (see
+:func:`cnnlens.core.registry.preset_options`), with more steps, samples and masks for the
+figures.
 
 Example:
-    >>> from cnnlens.demo import run_demo
+    >>> from cnnlens.pipelines.demo import run_demo
     >>> result = run_demo("runs/demo", quick=True)        # doctest: +SKIP
     >>> result.report
     PosixPath('runs/demo/report.html')
@@ -25,12 +26,8 @@ Example:
 
 from __future__ import annotations
 
-import inspect
-import io
 import json
 import logging
-import math
-import re
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -39,173 +36,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch import Tensor, nn
 
 from cnnlens.core.progress import progress_bar
+from cnnlens.core.registry import list_methods, preset_options
 from cnnlens.errors import CnnlensError, InputError, ModelError
+from cnnlens.metrics.describe import map_stats, probabilities, scalar_extras, top_predictions
+from cnnlens.pipelines.options import method_options
+from cnnlens.viz import render_map, show_input, signed_view, slug
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "FULL",
-    "QUICK",
-    "DemoConfig",
-    "DemoResult",
-    "map_stats",
-    "method_options",
-    "probabilities",
-    "render_map",
-    "run_demo",
-    "show_input",
-    "signed_view",
-    "slug",
-    "top_predictions",
-]
+__all__ = ["FULL", "QUICK", "DemoConfig", "DemoResult", "run_demo"]
 
 Echo = Callable[[str], None]
-
-# ------------------------------------------------------------------------------------------
-# Helpers shared with `cnnlens explain`
-# ------------------------------------------------------------------------------------------
-
-_MAGNITUDE_REDUCTIONS = ("absmax", "square")
-
-
-def slug(text: str) -> str:
-    """A file-name-safe version of ``text`` (``gradcam++`` -> ``gradcampp``)."""
-    out = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text).replace("+", "p")).strip("-.")
-    return out or "x"
-
-
-def probabilities(scores: Tensor, *, multilabel: bool = False) -> Tensor:
-    """Class probabilities from a classifier's scores (B, N): softmax, or a sigmoid per class
-    for multi-label models, as float32 on the CPU."""
-    s = scores.detach().float().cpu()
-    return torch.sigmoid(s) if multilabel else torch.softmax(s, dim=-1)
-
-
-def top_predictions(probs: Tensor, class_names: Sequence[str], k: int = 5) -> list[dict[str, Any]]:
-    """The ``k`` most probable classes of one image: ``[{"class", "index", "prob"}, ...]``."""
-    k = min(k, int(probs.numel()))
-    values, indices = probs.float().topk(k)
-    return [
-        {"class": class_names[i], "index": int(i), "prob": float(p)}
-        for p, i in zip(values.tolist(), indices.tolist())
-    ]
-
-
-def signed_view(method: type | None, raw: Tensor | None, map_: Tensor) -> bool:
-    """Whether a map is best shown as a signed pixel attribution (blue negative, red positive).
-
-    True for pixel attributions (``raw`` with a channel axis) that hold both signs, unless the
-    method reduces its channels to a magnitude (``absmax`` / ``square``: saliency as in
-    Simonyan et al., guided backprop, deconvnet), whose maps are shown as heat overlays.
-    """
-    if raw is None or raw.dim() != map_.dim() + 1:
-        return False
-    if getattr(method, "default_reduce", None) in _MAGNITUDE_REDUCTIONS:
-        return False
-    lo, hi = float(raw.min()), float(raw.max())
-    return lo < 0.0 < hi
-
-
-def show_input(
-    image: Tensor | Image.Image, *, preset: Any = None, min_side: int = 0
-) -> Image.Image:
-    """The input as a person sees it (un-normalized with ``preset``), as an RGB or L image,
-    enlarged by an integer factor (nearest neighbour) until its shorter side is at least
-    ``min_side`` pixels."""
-    from cnnlens.viz import show_image
-
-    img = show_image(image, preset=preset) if isinstance(image, Tensor) else image
-    k = max(1, math.ceil(min_side / max(1, min(img.size)))) if min_side else 1
-    return img.resize((img.width * k, img.height * k), Image.Resampling.NEAREST) if k > 1 else img
-
-
-def render_map(
-    image: Tensor | Image.Image,
-    map_: Tensor,
-    *,
-    raw: Tensor | None = None,
-    signed: bool = False,
-    preset: Any = None,
-    min_side: int = 224,
-    alpha: float = 0.5,
-) -> Image.Image:
-    """One explanation drawn over its image, as an RGB PIL image.
-
-    Maps in [0, 1] are blended over the image with the ``jet`` colormap; with ``signed`` the
-    pixel attribution ``raw`` (C, H, W) is shown instead with a diverging colormap centred at
-    zero (red positive, blue negative, clipped at the 99th percentile of its magnitude).
-
-    Args:
-        image: the model input (C, H, W) (normalized with ``preset``) or a PIL image.
-        map_: (H, W) map in [0, 1].
-        raw: the method's raw pixel attribution (C, H, W), used when ``signed``.
-        signed: draw ``raw`` as a signed attribution (see :func:`signed_view`).
-        preset: the normalization of ``image``.
-        min_side: enlarge small images (nearest neighbour) to at least this many pixels.
-        alpha: weight of the colored map.
-    """
-    from cnnlens.viz import attribution, overlay
-
-    base = show_input(image, preset=preset, min_side=min_side)
-    if signed and raw is not None:
-        return attribution(raw.detach().float().cpu(), view="all", image=base, alpha=0.65)
-    return overlay(base, map_.detach().float().cpu(), alpha=alpha)
-
-
-def map_stats(
-    map_: Tensor, raw: Tensor | None = None, extras: Mapping[str, float] | None = None
-) -> dict[str, float]:
-    """Numbers that describe one map: ``mean`` (of the [0, 1] map), ``coverage`` (share of
-    pixels at 0.5 or above), ``peak_y`` / ``peak_x`` (where the maximum is, as a share of the
-    height and width), for pixel attributions ``sum`` (the total attribution, for integrated
-    gradients about the score difference to the baseline), plus ``extras`` (e.g. ``delta``)."""
-    m = map_.detach().float().cpu()
-    h, w = m.shape[-2:]
-    flat = int(m.argmax())
-    out = {
-        "mean": round(float(m.mean()), 4),
-        "coverage": round(float((m >= 0.5).float().mean()), 4),
-        "peak_y": round((flat // w + 0.5) / h, 3),
-        "peak_x": round((flat % w + 0.5) / w, 3),
-    }
-    if raw is not None and raw.dim() == m.dim() + 1:
-        out["sum"] = float(f"{float(raw.detach().double().sum()):.4g}")
-    for key, value in (extras or {}).items():
-        if math.isfinite(value):
-            out[key] = float(f"{value:.4g}")
-    return out
-
-
-def method_options(cls: type, options: Mapping[str, Any]) -> dict[str, Any]:
-    """The entries of ``options`` that the method class's constructor accepts."""
-    params = inspect.signature(cls.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        named = {k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
-        # a wrapper (SmoothGrad) passes unknown keywords to its base method: keep only its own
-        return {k: v for k, v in options.items() if k in named}
-    return {k: v for k, v in options.items() if k in params}
-
-
-def scalar_extras(
-    extras: Mapping[str, Any], index: tuple[int, ...], shape: Sequence[int]
-) -> dict[str, float]:
-    """Per-map scalars from an explanation's ``extras``: the float tensors of exactly the
-    targets' ``shape`` ((B,) or (B, K), e.g. integrated gradients' ``delta``), read at
-    ``index`` = ``(i,)`` or ``(i, k)``."""
-    out: dict[str, float] = {}
-    for key, value in extras.items():
-        if (
-            isinstance(value, Tensor)
-            and value.is_floating_point()
-            and tuple(value.shape) == tuple(shape)
-        ):
-            out[key] = float(value[index])
-    return out
-
 
 # ------------------------------------------------------------------------------------------
 # Configuration and result
@@ -234,9 +78,12 @@ class DemoConfig:
         sanity_images: digits used by the sanity check.
         sanity_methods: methods checked (None: every registered method).
         png_side: smaller side of the map PNGs, in pixels.
-        method_options: per method, options that keep it fast (passed when the method's
-            constructor takes them).
-        sanity_options: the same for the sanity check's repeated runs.
+        preset: the cost preset the methods declare on their classes (``"tiny"`` or
+            ``"light"``, :func:`~cnnlens.core.registry.preset_options`) used for the
+            explained digits.
+        figure_options: per method, the demo's own options over ``preset`` for the figures
+            (more steps, samples or masks than the preset, a finer occlusion window).
+        sanity_preset: the cost preset of the sanity check's repeated runs.
     """
 
     mnist_train: int | None
@@ -254,11 +101,25 @@ class DemoConfig:
     sanity_images: int
     sanity_methods: tuple[str, ...] | None
     png_side: int
-    method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    sanity_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    preset: str = "tiny"
+    figure_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    sanity_preset: str = "tiny"
+
+    @property
+    def method_options(self) -> dict[str, dict[str, Any]]:
+        """Per method, the options of the explained digits: ``preset`` and the figure
+        options over it."""
+        out = preset_options(list_methods(), self.preset)
+        for name, extra in self.figure_options.items():
+            out[name] = {**out.get(name, {}), **extra}
+        return out
+
+    @property
+    def sanity_options(self) -> dict[str, dict[str, Any]]:
+        """Per method, the options of the sanity check's repeated runs (``sanity_preset``)."""
+        return preset_options(list_methods(), self.sanity_preset)
 
 
-_FAST = {"batch_size": 250}
 FULL = DemoConfig(
     mnist_train=None,
     mnist_test=None,
@@ -275,33 +136,17 @@ FULL = DemoConfig(
     sanity_images=3,
     sanity_methods=None,
     png_side=112,
-    method_options={
-        "integrated_gradients": {"n_steps": 32, "internal_batch_size": 64},
-        "smoothgrad": {"n_samples": 16, "batch_size": 64},
-        "occlusion": {"window": 6, "stride": 2, **_FAST},
-        "rise": {"n_masks": 600, **_FAST},
-        "scorecam": _FAST,
-        "ablationcam": _FAST,
+    preset="light",
+    figure_options={
+        "integrated_gradients": {"n_steps": 32},
+        "smoothgrad": {"n_samples": 16},
+        "occlusion": {"window": 6, "stride": 2},
+        "rise": {"n_masks": 600},
     },
-    sanity_options={
-        "integrated_gradients": {"n_steps": 16, "internal_batch_size": 64},
-        "smoothgrad": {"n_samples": 8, "batch_size": 64},
-        "occlusion": {"window": 7, "stride": 7, **_FAST},
-        "rise": {"n_masks": 200, **_FAST},
-        "scorecam": _FAST,
-        "ablationcam": _FAST,
-    },
+    sanity_preset="light",
 )
 """The full demo (``cnnlens demo``)."""
 
-_TINY = {
-    "integrated_gradients": {"n_steps": 4, "internal_batch_size": 64},
-    "smoothgrad": {"n_samples": 2, "batch_size": 64},
-    "occlusion": {"window": 14, "stride": 14, **_FAST},
-    "rise": {"n_masks": 64, **_FAST},
-    "scorecam": _FAST,
-    "ablationcam": _FAST,
-}
 QUICK = DemoConfig(
     mnist_train=300,
     mnist_test=200,
@@ -318,8 +163,8 @@ QUICK = DemoConfig(
     sanity_images=2,
     sanity_methods=("gradcam", "guided_backprop"),
     png_side=56,
-    method_options=_TINY,
-    sanity_options=_TINY,
+    preset="tiny",
+    sanity_preset="tiny",
 )
 """The quick demo (``cnnlens demo --quick``): every step, in seconds."""
 
@@ -398,15 +243,7 @@ class _Run:
         stores 256 colours (a third of the size for big grids of overlays)."""
         from cnnlens.viz import atomic_write, to_png_bytes
 
-        data = to_png_bytes(obj, dpi=dpi)
-        if palette:
-            img = Image.open(io.BytesIO(data)).convert("RGB")
-            img = img.quantize(
-                colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
-            )
-            buf = io.BytesIO()
-            img.save(buf, format="PNG", optimize=True)
-            data = buf.getvalue()
+        data = to_png_bytes(obj, dpi=dpi, palette=palette)
         self.files.append(atomic_write(self.out / rel, data))
         return data
 
@@ -545,7 +382,7 @@ def _digits_step(run: _Run, net: nn.Module, train_set: Any, test_set: Any) -> di
     idx = _pick_digits(net, test_set, cfg.digits)
     x, y = test_set.get_batch(idx)
     with torch.no_grad():
-        probs = probabilities(net(x))
+        probs = probabilities(net(x)).cpu()
     run.echo(f"explaining {len(idx)} test digits with every registered method")
     res = _explain_all(run, net, x)
     done: dict[str, Any] = res["done"]
@@ -787,7 +624,7 @@ def _shapes_step(run: _Run) -> dict[str, Any]:
     target = torch.tensor([[a, b]] * len(idx))
     with _timed(run, "explain shapes-pair"):
         with torch.no_grad():
-            probs = probabilities(net(x), multilabel=True)
+            probs = probabilities(net(x), "sigmoid").cpu()
         maps: dict[str, dict[str, Tensor]] = {}
         for method in ("gradcam", "cam"):
             try:
