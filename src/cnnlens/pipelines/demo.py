@@ -371,75 +371,76 @@ def _conv_layers(net: nn.Module) -> list[str]:
     return convs
 
 
-def _digits_step(run: _Run, net: nn.Module, train_set: Any, test_set: Any) -> dict[str, Any]:
+def _digit_image(
+    run: _Run,
+    x: Tensor,
+    i: int,
+    index: int,
+    label: int,
+    probs: Tensor,
+    done: dict[str, Any],
+    names: list[str],
+    preset: Any,
+    grid_cells: dict[str, list[Any]],
+) -> Any:
+    """The report entry of test digit ``index`` (row ``i`` of ``x``): its input and one map
+    per method (PNGs under ``digits/``); each map also goes to ``grid_cells``."""
     import cnnlens
-    from cnnlens.report import MapEntry, Picture, Prediction, ReportImage, Section
-    from cnnlens.viz import Panel, grid, label_with_prob, layers_grid
+    from cnnlens.report import MapEntry, Prediction, ReportImage
+    from cnnlens.viz import Panel
 
     cfg = run.cfg
-    preset = test_set.preset
-    names = list(test_set.classes)
-    idx = _pick_digits(net, test_set, cfg.digits)
-    x, y = test_set.get_batch(idx)
-    with torch.no_grad():
-        probs = probabilities(net(x)).cpu()
-    run.echo(f"explaining {len(idx)} test digits with every registered method")
-    res = _explain_all(run, net, x)
-    done: dict[str, Any] = res["done"]
-    for name, why in res["skipped"].items():
-        run.echo(f"  {name}: not applicable to mnist-cnn ({why.split(';')[0]})")
-
-    images = []
-    grid_cells: dict[str, list[Any]] = {}
-    for i, index in enumerate(idx):
-        pred = int(probs[i].argmax())
-        label = int(y[i])
-        maps = []
-        for name, exp in done.items():
-            cls = cnnlens.get_method(name)
-            raw = exp.raw[i] if exp.raw.dim() == exp.maps.dim() + 1 else None
-            signed = signed_view(cls, raw, exp.maps[i])
-            pic = render_map(
-                x[i], exp.maps[i], raw=raw, signed=signed, preset=preset, min_side=cfg.png_side
-            )
-            grid_cells.setdefault(name, []).append(Panel(pic))
-            png = run.write_png(pic, f"digits/{index:04d}_{slug(name)}.png")
-            t = int(exp.targets[i])
-            maps.append(
-                MapEntry(
-                    png,
-                    method=name,
-                    target=t,
-                    class_name=names[t],
-                    layer=exp.layer,
-                    stats=map_stats(
-                        exp.maps[i], raw, scalar_extras(exp.extras, (i,), exp.targets.shape)
-                    ),
-                )
-            )
-        shown = show_input(x[i], preset=preset, min_side=cfg.png_side)
-        run.write_png(shown, f"digits/{index:04d}_input.png")
-        images.append(
-            ReportImage(
-                name=f"test digit #{index} (label {names[label]})",
-                image=shown,
-                predictions=[
-                    Prediction(p["class"], p["index"], p["prob"])
-                    for p in top_predictions(probs[i], names)
-                ],
-                maps=maps,
-                notes=f"predicted {names[pred]} with p = {float(probs[i, pred]):.3f}; every "
-                "map explains the predicted class.",
+    pred = int(probs[i].argmax())
+    maps = []
+    for name, exp in done.items():
+        cls = cnnlens.get_method(name)
+        raw = exp.raw[i] if exp.raw.dim() == exp.maps.dim() + 1 else None
+        signed = signed_view(cls, raw, exp.maps[i])
+        pic = render_map(
+            x[i], exp.maps[i], raw=raw, signed=signed, preset=preset, min_side=cfg.png_side
+        )
+        grid_cells.setdefault(name, []).append(Panel(pic))
+        png = run.write_png(pic, f"digits/{index:04d}_{slug(name)}.png")
+        t = int(exp.targets[i])
+        maps.append(
+            MapEntry(
+                png,
+                method=name,
+                target=t,
+                class_name=names[t],
+                layer=exp.layer,
+                stats=map_stats(
+                    exp.maps[i], raw, scalar_extras(exp.extras, (i,), exp.targets.shape)
+                ),
             )
         )
+    shown = show_input(x[i], preset=preset, min_side=cfg.png_side)
+    run.write_png(shown, f"digits/{index:04d}_input.png")
+    return ReportImage(
+        name=f"test digit #{index} (label {names[label]})",
+        image=shown,
+        predictions=[
+            Prediction(p["class"], p["index"], p["prob"]) for p in top_predictions(probs[i], names)
+        ],
+        maps=maps,
+        notes=f"predicted {names[pred]} with p = {float(probs[i, pred]):.3f}; every "
+        "map explains the predicted class.",
+    )
 
+
+def _methods_figures(
+    run: _Run, x: Tensor, probs: Tensor, names: list[str], preset: Any, grid_cells: Any
+) -> bytes:
+    """The methods x digits grid (``figures/methods_grid.png``, returned) and the README's
+    overview picture: four digits x every method, small (``figures/overview.png``)."""
+    from cnnlens.viz import Panel, grid, label_with_prob
+
+    n = len(x)
+    side = run.cfg.png_side
     row_labels = [
-        label_with_prob(names[int(probs[i].argmax())], float(probs[i].max()))
-        for i in range(len(idx))
+        label_with_prob(names[int(probs[i].argmax())], float(probs[i].max())) for i in range(n)
     ]
-    inputs = [
-        Panel(show_input(x[i], preset=preset, min_side=cfg.png_side)) for i in range(len(idx))
-    ]
+    inputs = [Panel(show_input(x[i], preset=preset, min_side=side)) for i in range(n)]
 
     def methods_figure(rows: Sequence[int], title: str) -> Any:
         return grid(
@@ -450,14 +451,23 @@ def _digits_step(run: _Run, net: nn.Module, train_set: Any, test_set: Any) -> di
             cell_inches=1.0,
         )
 
-    fig = methods_figure(range(len(idx)), "every method on one test digit per class (mnist-cnn)")
+    fig = methods_figure(range(n), "every method on one test digit per class (mnist-cnn)")
     overview = methods_figure(
-        [i for i in (0, 3, 5, 8) if i < len(idx)] or [0],
+        [i for i in (0, 3, 5, 8) if i < n] or [0],
         "cnnlens: every explanation method on MNIST digits (mnist-cnn, predicted class)",
     )
     methods_png = run.write_png(fig, "figures/methods_grid.png", palette=True)
-    # the README picture: four digits x every method, small
     run.write_png(overview, "figures/overview.png", palette=True, dpi=72)
+    return methods_png
+
+
+def _layers_figure(
+    run: _Run, net: nn.Module, x: Tensor, names: list[str], preset: Any
+) -> tuple[list[str], bytes]:
+    """Grad-CAM at three depths (:func:`_conv_layers`): the layers and
+    ``figures/gradcam_layers.png``."""
+    import cnnlens
+    from cnnlens.viz import layers_grid
 
     layers = _conv_layers(net)
     exp = cnnlens.explain(net, x, method="gradcam", layer=layers)
@@ -470,7 +480,32 @@ def _digits_step(run: _Run, net: nn.Module, train_set: Any, test_set: Any) -> di
         image_labels=[names[int(t)] for t in exp.targets],
         title="Grad-CAM at three depths of mnist-cnn",
     )
-    layers_png = run.write_png(fig_layers, "figures/gradcam_layers.png")
+    return layers, run.write_png(fig_layers, "figures/gradcam_layers.png")
+
+
+def _digits_step(run: _Run, net: nn.Module, train_set: Any, test_set: Any) -> dict[str, Any]:
+    """Every method on one test digit per class, and Grad-CAM across layers: the report's
+    images and two sections."""
+    from cnnlens.report import Picture, Section
+
+    preset = test_set.preset
+    names = list(test_set.classes)
+    idx = _pick_digits(net, test_set, run.cfg.digits)
+    x, y = test_set.get_batch(idx)
+    with torch.no_grad():
+        probs = probabilities(net(x)).cpu()
+    run.echo(f"explaining {len(idx)} test digits with every registered method")
+    res = _explain_all(run, net, x)
+    done: dict[str, Any] = res["done"]
+    for name, why in res["skipped"].items():
+        run.echo(f"  {name}: not applicable to mnist-cnn ({why.split(';')[0]})")
+    grid_cells: dict[str, list[Any]] = {}
+    images = [
+        _digit_image(run, x, i, index, int(y[i]), probs, done, names, preset, grid_cells)
+        for i, index in enumerate(idx)
+    ]
+    methods_png = _methods_figures(run, x, probs, names, preset, grid_cells)
+    layers, layers_png = _layers_figure(run, net, x, names, preset)
     run.sections.append(
         Section(
             f"Every method on {len(idx)} digits",
@@ -603,22 +638,8 @@ def _shapes_step(run: _Run) -> dict[str, Any]:
         )
     acc = float(result.test.accuracy) if result.test is not None else float("nan")
     run.echo(f"gap-cnn exact-match test accuracy (both shapes right): {acc:.1%}")
-
-    # the pair of classes with the most test images whose two top classes are that pair
-    pairs = torch.stack([test_set.pair_labels(i) for i in range(len(test_set))])
-    key = pairs.sort(dim=1).values
-    xt, _ = test_set.tensors()
-    with torch.no_grad():
-        right = (net(xt).topk(2, dim=1).indices.sort(dim=1).values == key).all(dim=1)
-    uniq = key.unique(dim=0)
-    score = [
-        (int((right & (key == u).all(1)).sum()), int((key == u).all(1).sum()), i)
-        for i, u in enumerate(uniq)
-    ]
-    a, b = (int(v) for v in uniq[max(score)[2]])
-    same = (key == torch.tensor([a, b])).all(1)
-    order = sorted(same.nonzero().flatten().tolist(), key=lambda i: (not bool(right[i]), i))
-    idx = order[: cfg.shapes_images]
+    pair = _pick_pair(net, test_set, cfg.shapes_images)
+    a, b, idx = pair["a"], pair["b"], pair["idx"]
     x, _ = test_set.get_batch(idx)
     names = list(test_set.classes)
     target = torch.tensor([[a, b]] * len(idx))
@@ -633,26 +654,9 @@ def _shapes_step(run: _Run) -> dict[str, Any]:
                 logger.info("%s skipped on gap-cnn: %s", method, err)
                 continue
             maps[method] = {names[a]: exp.maps[:, 0], names[b]: exp.maps[:, 1]}
-    masks = torch.stack([test_set.masks(i) for i in idx]).float()  # (n, 2, H, W), pair order
-    slot = pairs[idx]  # which mask belongs to which class
-    first_is_a = (slot[:, 0] == a)[:, None, None]
-    own = torch.where(first_is_a, masks[:, 0], masks[:, 1])
-    other = torch.where(first_is_a, masks[:, 1], masks[:, 0])
-    table = []
+    table = _mass_table(test_set, pair, maps, names)
     pics = []
     for method, by_class in maps.items():
-        for cname, m, mine, theirs in (
-            (names[a], by_class[names[a]], own, other),
-            (names[b], by_class[names[b]], other, own),
-        ):
-            table.append(
-                {
-                    "method": method,
-                    "class": cname,
-                    "mass on its own shape": round(float(_mass(m, mine).mean()), 3),
-                    "mass on the other shape": round(float(_mass(m, theirs).mean()), 3),
-                }
-            )
         fig = classes_grid(
             list(x),
             by_class,
@@ -667,8 +671,8 @@ def _shapes_step(run: _Run) -> dict[str, Any]:
             "Two classes in one image",
             f"gap-cnn trained on shapes-pair ({size}x{size} images with two shapes each, one "
             f"sigmoid per class; exact-match test accuracy {acc:.1%}; both shapes found in "
-            f"{float(right.float().mean()):.0%} of the test images). The same images are "
-            "explained for "
+            f"{float(pair['right'].float().mean()):.0%} of the test images). The same images "
+            "are explained for "
             f"{names[a]} and {names[b]}: each class's map lands on its own shape. The "
             "table gives the share of each map's mass inside each shape's ground-truth mask "
             "(energy pointing game).",
@@ -679,10 +683,147 @@ def _shapes_step(run: _Run) -> dict[str, Any]:
     return {"accuracy": acc, "net": net}
 
 
+def _pick_pair(net: nn.Module, test_set: Any, n: int) -> dict[str, Any]:
+    """The pair of classes (a, b) with the most test images whose two top classes are that
+    pair, and up to ``n`` of its images (those the model gets right first)."""
+    pairs = torch.stack([test_set.pair_labels(i) for i in range(len(test_set))])
+    key = pairs.sort(dim=1).values
+    xt, _ = test_set.tensors()
+    with torch.no_grad():
+        right = (net(xt).topk(2, dim=1).indices.sort(dim=1).values == key).all(dim=1)
+    uniq = key.unique(dim=0)
+    score = [
+        (int((right & (key == u).all(1)).sum()), int((key == u).all(1).sum()), i)
+        for i, u in enumerate(uniq)
+    ]
+    a, b = (int(v) for v in uniq[max(score)[2]])
+    same = (key == torch.tensor([a, b])).all(1)
+    order = sorted(same.nonzero().flatten().tolist(), key=lambda i: (not bool(right[i]), i))
+    return {"a": a, "b": b, "idx": order[:n], "pairs": pairs, "right": right}
+
+
+def _mass_table(
+    test_set: Any, pair: dict[str, Any], maps: dict[str, dict[str, Tensor]], names: list[str]
+) -> list[dict[str, Any]]:
+    """Per method and class, the share of the map's mass on its own shape and on the other
+    (energy pointing game against the ground-truth masks)."""
+    a, b, idx = pair["a"], pair["b"], pair["idx"]
+    masks = torch.stack([test_set.masks(i) for i in idx]).float()  # (n, 2, H, W), pair order
+    slot = pair["pairs"][idx]  # which mask belongs to which class
+    first_is_a = (slot[:, 0] == a)[:, None, None]
+    own = torch.where(first_is_a, masks[:, 0], masks[:, 1])
+    other = torch.where(first_is_a, masks[:, 1], masks[:, 0])
+    table = []
+    for method, by_class in maps.items():
+        for cname, m, mine, theirs in (
+            (names[a], by_class[names[a]], own, other),
+            (names[b], by_class[names[b]], other, own),
+        ):
+            table.append(
+                {
+                    "method": method,
+                    "class": cname,
+                    "mass on its own shape": round(float(_mass(m, mine).mean()), 3),
+                    "mass on the other shape": round(float(_mass(m, theirs).mean()), 3),
+                }
+            )
+    return table
+
+
 def _mass(maps: Tensor, masks: Tensor) -> Tensor:
     from cnnlens.metrics import energy_pointing_game
 
     return energy_pointing_game(maps, masks.bool())
+
+
+def _mnist_step(run: _Run) -> dict[str, Any]:
+    """mnist-cnn trained on (a stratified subset of) mnist-embedded; its layer summary."""
+    from cnnlens.data import get_dataset
+    from cnnlens.training import get_recipe
+
+    cfg = run.cfg
+    train_set = _subset(get_dataset("mnist-embedded", split="train"), cfg.mnist_train)
+    test_set = _subset(get_dataset("mnist-embedded", split="test"), cfg.mnist_test)
+    recipe = {**get_recipe("mnist-cnn", "mnist-embedded"), "epochs": cfg.mnist_epochs}
+    run.echo(
+        f"training mnist-cnn on mnist-embedded ({len(train_set)} digits, "
+        f"{recipe['epochs']} epochs, {recipe['optimizer']} lr {recipe['lr']:g})"
+    )
+    with _timed(run, "train mnist-cnn"):
+        net, result = _train(run, "mnist-cnn", train_set, test_set, recipe)
+    acc = float(result.test.accuracy) if result.test is not None else float("nan")
+    run.echo(f"mnist-cnn test accuracy: {acc:.2%} on {len(test_set)} test digits")
+    summ, rows = _summary_rows(net, train_set.sample_shape)
+    run.echo(str(summ))
+    return {
+        "net": net,
+        "result": result,
+        "accuracy": acc,
+        "train_set": train_set,
+        "test_set": test_set,
+        "summary": rows,
+    }
+
+
+def _report_step(
+    run: _Run,
+    mnist: dict[str, Any],
+    digits: dict[str, Any],
+    prototypes: list[Any],
+    sanity: list[Any],
+    shapes: dict[str, Any],
+) -> Path:
+    """The training-and-timings section, the model card and ``report.html``."""
+    from cnnlens.report import ModelCard, Section, write_report
+
+    result, net, train_set = mnist["result"], mnist["net"], mnist["train_set"]
+    run.sections.append(
+        Section(
+            "Training and timings",
+            f"mnist-cnn: {result.epochs} epochs in {result.seconds:.1f} s; seconds per "
+            "step of this demo below.",
+            table=[
+                {
+                    "epoch": h["epoch"],
+                    "loss": round(h["loss"], 4),
+                    "train accuracy": round(h["train_accuracy"], 4),
+                    "test accuracy": round(h.get("test_accuracy", float("nan")), 4),
+                    "seconds": round(h["seconds"], 1),
+                }
+                for h in result.history
+            ]
+            + [{"epoch": f"step: {k}", "seconds": round(v, 1)} for k, v in run.timings.items()],
+        )
+    )
+    card = ModelCard(
+        arch="mnist-cnn",
+        parameters=int(sum(p.numel() for p in net.parameters())),
+        trainable_parameters=int(sum(p.numel() for p in net.parameters() if p.requires_grad)),
+        dataset="mnist-embedded",
+        accuracy=mnist["accuracy"],
+        input_size=train_set.input_size,
+        in_channels=train_set.in_channels,
+        num_classes=len(train_set.classes),
+        class_names=list(train_set.classes),
+        preset=train_set.preset.name,
+        checkpoint=str(run.out / "mnist-cnn" / "model.safetensors"),
+        summary=mnist["summary"],
+        extra={
+            "training digits": len(train_set),
+            "epochs": result.epochs,
+            "training seconds": round(result.seconds, 1),
+            "gap-cnn on shapes-pair (exact match)": round(shapes["accuracy"], 4),
+        },
+    )
+    return write_report(
+        run.out / "report.html",
+        title="cnnlens demo: why does the CNN decide what it decides?",
+        model_card=card,
+        images=digits["images"],
+        prototypes=prototypes or None,
+        sanity=sanity or None,
+        extra_sections=run.sections,
+    )
 
 
 def run_demo(
@@ -698,7 +839,7 @@ def run_demo(
 
     Args:
         out: output folder (created; files of an earlier run are overwritten).
-        quick: small subsets and scaled-down options (seconds instead of minutes).
+        quick: small subsets and the methods' tiny presets (seconds instead of minutes).
         progress: show rich progress bars (training, explaining, sanity checks).
         seed: seed of the models' initialization, shuffling and random methods.
         echo: where step messages go (default: the ``cnnlens`` logger at INFO).
@@ -710,10 +851,6 @@ def run_demo(
     Raises:
         InputError: when ``out`` exists and is not a folder.
     """
-    from cnnlens.data import get_dataset
-    from cnnlens.report import ModelCard, Section, write_report
-    from cnnlens.training import get_recipe
-
     t_start, cpu_start = time.perf_counter(), time.process_time()
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -723,90 +860,28 @@ def run_demo(
     run = _Run(out, cfg, progress, seed, echo or logger.info)
 
     # 1. mnist-cnn on mnist-embedded
-    train_set = _subset(get_dataset("mnist-embedded", split="train"), cfg.mnist_train)
-    test_set = _subset(get_dataset("mnist-embedded", split="test"), cfg.mnist_test)
-    recipe = {**get_recipe("mnist-cnn", "mnist-embedded"), "epochs": cfg.mnist_epochs}
-    run.echo(
-        f"training mnist-cnn on mnist-embedded ({len(train_set)} digits, "
-        f"{recipe['epochs']} epochs, {recipe['optimizer']} lr {recipe['lr']:g})"
-    )
-    with _timed(run, "train mnist-cnn"):
-        net, result = _train(run, "mnist-cnn", train_set, test_set, recipe)
-    acc = float(result.test.accuracy) if result.test is not None else float("nan")
-    run.echo(f"mnist-cnn test accuracy: {acc:.2%} on {len(test_set)} test digits")
-    summ, rows = _summary_rows(net, train_set.sample_shape)
-    run.echo(str(summ))
-
+    mnist = _mnist_step(run)
+    net, train_set = mnist["net"], mnist["train_set"]
     # 2-3. every method on one digit per class; Grad-CAM across layers
     with _timed(run, "explain digits"):
-        digits = _digits_step(run, net, train_set, test_set)
-
+        digits = _digits_step(run, net, train_set, mnist["test_set"])
     # 4. prototypes and sanity checks
     with _timed(run, "prototypes"):
         prototypes = _prototypes_step(run, net, train_set)
     with _timed(run, "sanity checks"):
         sanity = _sanity_step(run, net, digits["x"], digits["methods"])
-
     # 5. gap-cnn on shapes-pair
     shapes = _shapes_step(run)
-
     # 6. the report
     with _timed(run, "report"):
         run.timings["total before report"] = time.perf_counter() - t_start
-        history = result.history
-        run.sections.append(
-            Section(
-                "Training and timings",
-                f"mnist-cnn: {result.epochs} epochs in {result.seconds:.1f} s; seconds per "
-                "step of this demo below.",
-                table=[
-                    {
-                        "epoch": h["epoch"],
-                        "loss": round(h["loss"], 4),
-                        "train accuracy": round(h["train_accuracy"], 4),
-                        "test accuracy": round(h.get("test_accuracy", float("nan")), 4),
-                        "seconds": round(h["seconds"], 1),
-                    }
-                    for h in history
-                ]
-                + [{"epoch": f"step: {k}", "seconds": round(v, 1)} for k, v in run.timings.items()],
-            )
-        )
-        card = ModelCard(
-            arch="mnist-cnn",
-            parameters=int(sum(p.numel() for p in net.parameters())),
-            trainable_parameters=int(sum(p.numel() for p in net.parameters() if p.requires_grad)),
-            dataset="mnist-embedded",
-            accuracy=acc,
-            input_size=train_set.input_size,
-            in_channels=train_set.in_channels,
-            num_classes=len(train_set.classes),
-            class_names=list(train_set.classes),
-            preset=train_set.preset.name,
-            checkpoint=str(out / "mnist-cnn" / "model.safetensors"),
-            summary=rows,
-            extra={
-                "training digits": len(train_set),
-                "epochs": result.epochs,
-                "training seconds": round(result.seconds, 1),
-                "gap-cnn on shapes-pair (exact match)": round(shapes["accuracy"], 4),
-            },
-        )
-        report = write_report(
-            out / "report.html",
-            title="cnnlens demo: why does the CNN decide what it decides?",
-            model_card=card,
-            images=digits["images"],
-            prototypes=prototypes or None,
-            sanity=sanity or None,
-            extra_sections=run.sections,
-        )
+        report = _report_step(run, mnist, digits, prototypes, sanity, shapes)
     seconds = time.perf_counter() - t_start
     run.timings["total"] = seconds
     demo = DemoResult(
         out=out,
         report=report,
-        mnist_accuracy=acc,
+        mnist_accuracy=mnist["accuracy"],
         shapes_accuracy=shapes["accuracy"],
         methods=digits["methods"],
         methods_skipped=digits["skipped"],
