@@ -16,27 +16,12 @@ def _print_table(result: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from cnnlens.summary import display_name, format_kernel, format_shape
-
     table = Table(title=f"{result.model} — input {list(result.input_size)}", show_lines=False)
-    for column, justify in (
-        ("Layer", "left"),
-        ("Type", "left"),
-        ("Kernel", "left"),
-        ("Output shape", "left"),
-        ("Params", "right"),
-        ("Mult-adds", "right"),
-    ):
-        table.add_column(column, justify=justify, no_wrap=column != "Type")
-    for row in result.rows:
-        table.add_row(
-            display_name(row),
-            row.type,
-            format_kernel(row.kernel_size),
-            format_shape(row.output_shape),
-            f"{row.params:,}",
-            f"{row.mult_adds:,}",
-        )
+    header, body = result.table()
+    for i, column in enumerate(header):
+        table.add_column(column, justify="right" if i >= 4 else "left", no_wrap=column != "Type")
+    for cells in body:
+        table.add_row(*cells)
     console = Console()
     console.print(table)
     for line in result.totals_lines():
