@@ -72,7 +72,7 @@ class DemoConfig:
         shapes_lr: learning rate of ``gap-cnn`` (Adam, cosine schedule).
         shapes_batch: batch size of ``gap-cnn``.
         shapes_size: side of the ``shapes-pair`` images (the dataset's default is 64; 48
-            costs about half as much to train).
+            has about half its pixels).
         shapes_images: images shown in the classes grid.
         prototype_steps: step budget of the class prototypes.
         sanity_images: digits used by the sanity check.
