@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from cnnlens.core.checks import check_optional_int
 from cnnlens.errors import InputError
 
 __all__ = ["LayerRow", "ModelSummary", "summary"]
@@ -330,8 +331,7 @@ def summary(
         11689512
     """
     shape = _input_shape(input_size)
-    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
-        raise InputError(f"depth must be a non-negative integer or None, got {depth!r}")
+    check_optional_int("depth", depth, minimum=0)
     first = next(iter(model.parameters()), None)
     if first is None:
         first = next(iter(model.buffers()), None)

@@ -766,8 +766,7 @@ def evaluate(
     Returns:
         An :class:`EvalResult`.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_int("batch_size", batch_size)
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise DataError("cannot evaluate on an empty dataset")
     from cnnlens.core.capture import frozen

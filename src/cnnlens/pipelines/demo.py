@@ -40,9 +40,9 @@ from torch import Tensor, nn
 
 from cnnlens.core.progress import progress_bar
 from cnnlens.core.registry import list_methods, preset_options
-from cnnlens.errors import CnnlensError, InputError, ModelError
+from cnnlens.errors import CnnlensError, ModelError
 from cnnlens.metrics.describe import map_stats, probabilities, scalar_extras, top_predictions
-from cnnlens.pipelines.options import method_options
+from cnnlens.pipelines.options import check_out_dir, method_options
 from cnnlens.viz import render_map, show_input, signed_view, slug
 
 logger = logging.getLogger(__name__)
@@ -852,9 +852,7 @@ def run_demo(
         InputError: when ``out`` exists and is not a folder.
     """
     t_start, cpu_start = time.perf_counter(), time.process_time()
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"out {str(out)!r} exists and is not a folder")
+    out = check_out_dir(out, "out")
     out.mkdir(parents=True, exist_ok=True)
     cfg = config if config is not None else (QUICK if quick else FULL)
     run = _Run(out, cfg, progress, seed, echo or logger.info)

@@ -38,6 +38,7 @@ from cnnlens.data import IMAGE_EXTENSIONS, load_image, to_tensor
 from cnnlens.errors import CnnlensError, ImageError, InputError, ModelError, TargetError
 from cnnlens.metrics.describe import map_stats, probabilities, scalar_extras, top_predictions
 from cnnlens.pipelines.options import (
+    check_out_dir,
     class_names_for,
     load_model,
     parse_class_list,
@@ -485,8 +486,7 @@ def _check_request(
 ) -> None:
     """The checks that need no model: the output folder, the batch size, one way to give
     the classes, at least one input."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {str(out)!r} exists and is not a folder")
+    check_out_dir(out)
     check_int("--batch-size", batch_size)
     given = [bool(split_values(targets)), bool(split_values(target_names)), topk is not None]
     if sum(given) > 1:

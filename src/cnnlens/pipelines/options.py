@@ -1,6 +1,7 @@
 """Options of the pipelines, from the texts a user types (shared by ``cnnlens explain``,
 ``cnnlens assess`` and the library calls behind them).
 
+- :func:`check_out_dir`: an output folder that is not a file;
 - :func:`resolve_device`: ``cpu``, ``cuda`` or ``cuda:N``, checked to be usable;
 - :func:`load_model`: a model from a name (plus optional weights) or a checkpoint path;
 - :func:`split_values`: repeated and comma-separated option values as one list;
@@ -16,6 +17,7 @@ import difflib
 import inspect
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +28,7 @@ from cnnlens.errors import InputError, TargetError
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "check_out_dir",
     "class_names_for",
     "load_model",
     "method_options",
@@ -45,6 +48,18 @@ def method_options(cls: type, options: Mapping[str, Any]) -> dict[str, Any]:
         # a wrapper (SmoothGrad) passes unknown keywords to its base method: keep only its own
         return {k: v for k, v in options.items() if k in named}
     return {k: v for k, v in options.items() if k in params}
+
+
+def check_out_dir(out: str | Path, option: str = "--out") -> Path:
+    """``out`` as a Path, checked not to be an existing file (a folder to write into).
+
+    Raises:
+        InputError: when ``out`` exists and is not a folder.
+    """
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{option} {str(path)!r} exists and is not a folder")
+    return path
 
 
 def resolve_device(text: str) -> torch.device:

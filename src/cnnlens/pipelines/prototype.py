@@ -19,15 +19,11 @@ from typing import Any
 
 from cnnlens.core.checks import check_choice, check_int
 from cnnlens.errors import DataError, InputError
+from cnnlens.pipelines.options import check_out_dir
 
 logger = logging.getLogger("cnnlens")
 
 __all__ = ["class_means_for", "init_image", "probe", "run_prototypes", "run_visualize"]
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {str(out)!r} exists and is not a folder")
 
 
 def class_means_for(info: Any, dataset: str | None, data_dir: Path | None) -> Any:
@@ -107,7 +103,7 @@ def run_prototypes(
         The :class:`~cnnlens.prototypes.PrototypeResult`.
     """
     check_int("--steps", steps)
-    _check_out(out)
+    check_out_dir(out)
     from cnnlens.models import load
     from cnnlens.prototypes import class_prototypes
     from cnnlens.prototypes.figures import save_prototypes
@@ -176,7 +172,7 @@ def run_visualize(
         The :class:`~cnnlens.prototypes.maximize.VisualizationResult`.
     """
     check_int("--steps", options.get("steps", 1))
-    _check_out(out)
+    check_out_dir(out)
     check_choice("--param", options.get("param", "fft"), ("fft", "pixel"))
     check_choice("--transforms", options.get("transforms", "standard"), ("standard", "none"))
     if classes is None and layer is None:

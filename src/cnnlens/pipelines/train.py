@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from cnnlens.errors import DataError, InputError
+from cnnlens.pipelines.options import check_out_dir
 
 logger = logging.getLogger(__name__)
 
@@ -148,8 +149,7 @@ def _check_out(out_dir: Path, resume: bool) -> Path:
     the training state to continue)."""
     from cnnlens.training import state_path
 
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"--out {str(out_dir)!r} exists and is not a folder")
+    check_out_dir(out_dir)
     ckpt = out_dir / "model.safetensors"
     if resume and not state_path(ckpt).is_file():
         raise DataError(
@@ -285,8 +285,7 @@ def run_evaluate(
     result = evaluate(net, ds, batch_size=batch_size)
     files: list[Path] = []
     if out is not None:
-        if out.exists() and not out.is_dir():
-            raise InputError(f"--out {str(out)!r} exists and is not a folder")
+        check_out_dir(out)
         out.mkdir(parents=True, exist_ok=True)
         write_json(
             out / "metrics.json",

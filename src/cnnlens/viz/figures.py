@@ -26,6 +26,7 @@ from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
+from cnnlens.core.checks import check_choice
 from cnnlens.errors import InputError
 from cnnlens.viz._convert import to_display
 from cnnlens.viz.overlay import (
@@ -350,8 +351,7 @@ def maps_grid(
         raise InputError("images must hold at least one image; got none")
     if not maps:
         raise InputError("maps must map at least one row label to its maps; got none")
-    if kind not in ("overlay", "heatmap", "masked"):
-        raise InputError(f"kind must be 'overlay', 'heatmap' or 'masked'; got {kind!r}")
+    check_choice("kind", kind, ("overlay", "heatmap", "masked"))
     shown = [show_image(im, preset=preset) for im in images]
     rows: list[list[Any]] = []
     labels: list[str] = []
