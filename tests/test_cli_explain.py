@@ -319,3 +319,31 @@ def test_version_and_help_list_every_command(capsys: pytest.CaptureFixture[str])
     for command in ("assess", "demo", "evaluate", "explain", "prototype", "report", "summary",
                     "train", "visualize"):  # fmt: skip
         assert re.search(rf"^\W*{command}\s", out, re.M), command
+
+
+def test_the_pipeline_is_a_library_call(checkpoint: Path, folder: Path, tmp_path: Path) -> None:
+    """run_explain without the CLI: its steps agree with what it wrote, one batch at a time."""
+    from cnnlens.pipelines.explain import prepare_model, resolve_targets, run_explain
+    from cnnlens.pipelines.options import check_out_dir
+
+    run = run_explain(
+        [folder / "a.png", folder / "c.png"],
+        model=str(checkpoint),
+        out=tmp_path / "lib",
+        methods=["gradcam", "saliency"],
+        target_names=["square"],
+        batch_size=1,
+    )
+    data = _results(run.out)
+    assert run.explained == [str(folder / "a.png"), str(folder / "c.png")]
+    assert run.maps == 4 == sum(len(im["maps"]) for im in data["images"])
+    assert {m["class"] for im in data["images"] for m in im["maps"]} == {"square"}
+    assert run.report.is_file() and data["methods"] == ["gradcam", "saliency"]
+    prep = prepare_model(str(checkpoint), None, "cpu")
+    assert (prep.num_classes, prep.names, prep.multilabel) == (3, CLASSES, False)
+    assert resolve_targets(prep, ["0-1"], [], None) == [0, 1]
+    with pytest.raises(TargetError, match="--topk must be between 1 and 3"):
+        resolve_targets(prep, [], [], 4)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match=r"--out .* exists and is not a folder"):
+        check_out_dir(tmp_path / "file")

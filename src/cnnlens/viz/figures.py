@@ -405,19 +405,10 @@ def classes_grid(
     ``"p = 0.93"`` under the cells (``captions`` wins where both are given).
 
     Args:
-        images: the input images (a list, or a tensor (N, C, H, W)); one column each.
-        maps: class name -> the maps of every image: a tensor (N, H, W) or a list of (H, W)
-            maps (None leaves a cell empty); one row each, in the mapping's order.
+        maps: class name -> the maps of every image (as in :func:`maps_grid`).
         probs: class name -> that class's probability for each image (captions).
-        kind: ``"overlay"`` (default), ``"heatmap"`` or ``"masked"`` (image x map).
-        preset: normalization preset of image tensors.
-        cmap: colormap of the maps.
-        alpha: weight of the map in overlays.
-        show_input: add a first row with the input images.
-        image_labels: column titles, e.g. ``label_with_prob("cat", 0.93)``.
-        captions: class name -> one caption per image, shown under the cells.
-        title: figure title.
-        dpi: figure resolution.
+        images, kind, preset, cmap, alpha, show_input, image_labels, captions, title, dpi:
+            as in :func:`maps_grid`.
 
     Returns:
         A Figure with one row per class (after the input row) and one column per image, and
