@@ -1,5 +1,5 @@
 """`cnnlens explain`: folders of good and broken images, targets, layers, every method, the
-user errors, and the shared CLI helpers (cnnlens.cli._common)."""
+user errors, and the option parsers it shares (cnnlens.pipelines.options)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from PIL import Image
 
 import cnnlens
 from cnnlens import models
-from cnnlens.cli._common import parse_class_list, resolve_device, split_values
-from cnnlens.cli.explain import _stems, collect_images
 from cnnlens.cli.main import main
 from cnnlens.data import load_image, to_tensor
-from cnnlens.demo import render_map
 from cnnlens.errors import InputError, TargetError
+from cnnlens.pipelines.explain import collect_images, unique_stems
+from cnnlens.pipelines.options import parse_class_list, resolve_device, split_values
+from cnnlens.viz import render_map
 
 CLASSES = ["circle", "square", "star"]
 SIZE = (16, 16)
@@ -169,7 +169,7 @@ def test_nothing_explained_is_one_line_and_status_2(
         (["--target", "1", "--topk", "2"], "only one of"),
         (["--method", "gradcam", "--method", "nosuch"], "available: ablationcam"),
         (["--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
-        (["--batch-size", "0"], "--batch-size must be a positive integer"),
+        (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
         (["--option", "rise.n_masks=5"], "not among the methods run (gradcam)"),
         (["--option", "n_masks=5"], "no method among gradcam takes an option 'n_masks'"),
         (["--option", "n_masks"], "KEY=VALUE"),
@@ -280,7 +280,7 @@ def test_collect_images_and_unique_stems(tmp_path: Path) -> None:
     files, missing = collect_images([tmp_path, tmp_path / "x" / "img.png", tmp_path / "gone.jpg"])
     assert [f.relative_to(tmp_path).as_posix() for f in files] == ["x/img.png", "y/img.png"]
     assert missing == [{"file": str(tmp_path / "gone.jpg"), "reason": "no such file or folder"}]
-    assert _stems(files) == ["img", "img-2"]
+    assert unique_stems(files) == ["img", "img-2"]
 
 
 def test_parse_class_list() -> None:
@@ -319,3 +319,31 @@ def test_version_and_help_list_every_command(capsys: pytest.CaptureFixture[str])
     for command in ("assess", "demo", "evaluate", "explain", "prototype", "report", "summary",
                     "train", "visualize"):  # fmt: skip
         assert re.search(rf"^\W*{command}\s", out, re.M), command
+
+
+def test_the_pipeline_is_a_library_call(checkpoint: Path, folder: Path, tmp_path: Path) -> None:
+    """run_explain without the CLI: its steps agree with what it wrote, one batch at a time."""
+    from cnnlens.pipelines.explain import prepare_model, resolve_targets, run_explain
+    from cnnlens.pipelines.options import check_out_dir
+
+    run = run_explain(
+        [folder / "a.png", folder / "c.png"],
+        model=str(checkpoint),
+        out=tmp_path / "lib",
+        methods=["gradcam", "saliency"],
+        target_names=["square"],
+        batch_size=1,
+    )
+    data = _results(run.out)
+    assert run.explained == [str(folder / "a.png"), str(folder / "c.png")]
+    assert run.maps == 4 == sum(len(im["maps"]) for im in data["images"])
+    assert {m["class"] for im in data["images"] for m in im["maps"]} == {"square"}
+    assert run.report.is_file() and data["methods"] == ["gradcam", "saliency"]
+    prep = prepare_model(str(checkpoint), None, "cpu")
+    assert (prep.num_classes, prep.names, prep.multilabel) == (3, CLASSES, False)
+    assert resolve_targets(prep, ["0-1"], [], None) == [0, 1]
+    with pytest.raises(TargetError, match="--topk must be between 1 and 3"):
+        resolve_targets(prep, [], [], 4)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match=r"--out .* exists and is not a folder"):
+        check_out_dir(tmp_path / "file")

@@ -1,4 +1,5 @@
-"""`cnnlens demo --quick` end to end, and the demo helpers shared with `cnnlens explain`."""
+"""`cnnlens demo --quick` end to end, its configurations, and the helpers it shares with
+`cnnlens explain` (cnnlens.viz.render, cnnlens.metrics.describe)."""
 
 from __future__ import annotations
 
@@ -14,20 +15,10 @@ import torch
 
 import cnnlens
 from cnnlens.cli.main import main
-from cnnlens.demo import (
-    QUICK,
-    _conv_layers,
-    _subset,
-    map_stats,
-    method_options,
-    probabilities,
-    render_map,
-    scalar_extras,
-    show_input,
-    signed_view,
-    slug,
-    top_predictions,
-)
+from cnnlens.metrics.describe import map_stats, probabilities, scalar_extras, top_predictions
+from cnnlens.pipelines.demo import FULL, QUICK, _conv_layers, _subset
+from cnnlens.pipelines.options import method_options
+from cnnlens.viz import render_map, show_input, signed_view, slug
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +91,12 @@ def test_probabilities_and_top_predictions() -> None:
     scores = torch.tensor([[0.0, math.log(3.0), -1e9]])
     p = probabilities(scores)
     assert torch.allclose(p, torch.tensor([[0.25, 0.75, 0.0]]))
-    assert torch.allclose(
-        probabilities(torch.zeros(1, 2), multilabel=True), torch.full((1, 2), 0.5)
-    )
+    assert torch.allclose(probabilities(torch.zeros(1, 2), "sigmoid"), torch.full((1, 2), 0.5))
+    assert torch.equal(probabilities(scores, None), scores)
+    with pytest.raises(cnnlens.CnnlensError, match="activation"):
+        probabilities(scores, "relu")
+    with pytest.raises(cnnlens.CnnlensError, match=r"\(B, N\)"):
+        probabilities(torch.zeros(2, 3, 4))
     top = top_predictions(p[0], ["a", "b", "c"], k=2)
     assert top == [
         {"class": "b", "index": 1, "prob": pytest.approx(0.75)},
@@ -187,3 +181,17 @@ def test_subset_is_stratified_and_layers_span_the_depth() -> None:
     flat.append(conv(2, 2, 3))  # no blocks (VGG-like): the convolutions themselves
     assert _conv_layers(flat) == ["0", "3", "4"]
     assert slug("gradcam++") == "gradcampp" and slug("a b/c") == "a-b-c"
+
+
+def test_demo_options_are_the_methods_presets() -> None:
+    from cnnlens.core.registry import preset_options
+
+    everything = cnnlens.list_methods()
+    assert QUICK.method_options == preset_options(everything, "tiny") == QUICK.sanity_options
+    assert FULL.sanity_options == preset_options(everything, "light")
+    light = preset_options(everything, "light")
+    for name, opts in FULL.method_options.items():
+        ours = dict(FULL.figure_options.get(name, {}))
+        assert opts == {**light.get(name, {}), **ours}
+        # the figure options are the demo's own only where they differ from the preset
+        assert all(light.get(name, {}).get(k) != v for k, v in ours.items())

@@ -551,14 +551,17 @@ def test_cli_prototype_from_a_resized_image(checkpoint, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["prototype", "--steps", "0"], "--steps must be a positive integer, got 0"),
+        (["prototype", "--steps", "0"], "--steps must be an integer >= 1, got 0"),
         (["prototype", "--classes", "seven"], "class 'seven' is not known to the model"),
         (["prototype", "--classes", "12"], "class index 12 is out of range"),
         (["prototype", "--init", "missing.png"], "'missing.png' does not exist"),
         (["visualize", "--layer", "fc9"], "layer 'fc9' not found in MnistDNN; nearest"),
         (["visualize", "--layer", "fc2", "--channels", "100"], "layer 'fc2' has 100 channels"),
-        (["visualize", "--class", "3", "--param", "dct"], "--param must be fft or pixel"),
-        (["visualize", "--class", "3", "--transforms", "rot"], "--transforms must be standard"),
+        (["visualize", "--class", "3", "--param", "dct"], "--param must be one of 'fft', 'pixel'"),
+        (
+            ["visualize", "--class", "3", "--transforms", "rot"],
+            "--transforms must be one of 'standard'",
+        ),
         (["visualize"], "give --layer"),
     ],
 )

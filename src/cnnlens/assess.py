@@ -422,7 +422,7 @@ def load_masked_folder(
 
 def _slug(text: str) -> str:
     """A file name for a method (``gradcam++`` -> ``gradcampp``, distinct from ``gradcam``)."""
-    from cnnlens.demo import slug
+    from cnnlens.viz import slug
 
     return slug(text)
 

@@ -157,7 +157,9 @@ class ModelSummary:
         ]
         return lines
 
-    def __str__(self) -> str:
+    def table(self) -> tuple[list[str], list[list[str]]]:
+        """The summary table as text: ``(header, one row of cells per layer)``; the last two
+        columns (parameters, mult-adds) are numbers, aligned right."""
         header = ["Layer", "Type", "Kernel", "Output shape", "Params", "Mult-adds"]
         body = [
             [
@@ -170,6 +172,10 @@ class ModelSummary:
             ]
             for row in self.rows
         ]
+        return header, body
+
+    def __str__(self) -> str:
+        header, body = self.table()
         widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
         right = {4, 5}
 

@@ -41,8 +41,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from cnnlens.core.capture import modes_restored as _modes_restored
-from cnnlens.core.device import model_device as _device_of
+from cnnlens.core.capture import modes_restored
+from cnnlens.core.checks import check_choice, check_float, check_int
+from cnnlens.core.device import model_device
+from cnnlens.core.progress import progress_bar
 from cnnlens.errors import DataError, InputError
 
 __all__ = [
@@ -259,8 +261,8 @@ def check_compatible(model: nn.Module, dataset: Dataset) -> None:
             f"model's first layer {first[0]!r} expects {first[1].in_channels}; pick a model "
             f"built with in_channels={c} or a dataset with {first[1].in_channels}"
         )
-    device = _device_of(model)
-    with _modes_restored(model), torch.no_grad():
+    device = model_device(model)
+    with modes_restored(model), torch.no_grad():
         model.eval()
         try:
             out = model(x.to(device))
@@ -367,7 +369,7 @@ def _load_state(
             f"the model does not fit the weights in {str(path)!r} ({first}); resume with the "
             f"same architecture"
         ) from None
-    device = _device_of(model)
+    device = model_device(model)
     state: dict[int, dict[str, Any]] = {}
     for k, v in tensors.items():
         if k.startswith("optim/"):
@@ -414,40 +416,175 @@ def check_hyperparameters(
         InputError: epochs or batch_size not a positive integer, lr not positive, unknown
             optimizer or schedule, negative weight decay.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise InputError(f"epochs must be a positive integer, got {epochs!r}")
-    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-        raise InputError(f"lr must be a positive number, got {lr!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if optimizer not in OPTIMIZERS:
-        raise InputError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
-    if schedule not in SCHEDULES:
-        raise InputError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-    if not weight_decay >= 0:
-        raise InputError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    check_int("epochs", epochs)
+    check_float("lr", lr, minimum=0.0, strict_minimum=True)
+    check_int("batch_size", batch_size)
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_choice("schedule", schedule, SCHEDULES)
+    check_float("weight_decay", weight_decay, minimum=0.0)
 
 
-def _progress(enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+def _check_run(
+    train_set: Dataset,
+    test_set: Dataset | None,
+    model: nn.Module,
+    checkpoint: Any,
+    checkpoint_every: int,
+    resume: bool,
+    arch: str | None,
+) -> None:
+    """The checks of a training run that come before anything is written."""
+    check_int("checkpoint_every", checkpoint_every, minimum=0)
+    if checkpoint is not None and arch is None:
+        raise InputError("checkpoint= needs arch= (the architecture name to record)")
+    if resume and checkpoint is None:
+        raise InputError("resume=True needs checkpoint= (where the run was saved)")
+    if len(train_set) == 0:  # type: ignore[arg-type]
+        raise DataError("the training set is empty")
+    check_compatible(model, train_set)
+    if test_set is not None:
+        check_compatible(model, test_set)
 
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        transient=False,
+
+def _checkpoint_meta(
+    train_set: Dataset, arch: str | None, arch_kwargs: dict[str, Any] | None, dataset: str | None
+) -> dict[str, Any]:
+    """What the checkpoint records about the model and its data (not yet the training)."""
+    base = _base_dataset(train_set)
+    x0, _ = train_set[0]
+    preset = getattr(base, "preset", None)
+    return {
+        "arch": arch,
+        "arch_kwargs": arch_kwargs or {},
+        "class_names": _classes(train_set),
+        "input_size": [int(x0.shape[-2]), int(x0.shape[-1])],
+        "preset": getattr(preset, "name", preset),
+        "dataset": dataset or getattr(base, "name", None),
+    }
+
+
+def _resume(
+    spath: Path, model: nn.Module, opt: torch.optim.Optimizer, config: dict[str, Any]
+) -> tuple[int, list[dict[str, Any]]]:
+    """Load the training state saved at ``spath``: ``(epochs done, history)``.
+
+    Raises:
+        DataError: when there is no state to resume from.
+    """
+    if not spath.is_file():
+        raise DataError(
+            f"no training state to resume from: {str(spath)!r} does not exist "
+            f"(train without resume first)"
+        )
+    saved = _load_state(spath, model, opt, config["optimizer"])
+    start_epoch = int(saved["epoch"])
+    old = saved.get("config", {})
+    changed = [k for k in ("lr", "batch_size", "seed", "schedule") if old.get(k) != config[k]]
+    if changed:
+        logger.warning(
+            "resuming with changed %s: the result will differ from an uninterrupted run",
+            ", ".join(changed),
+        )
+    logger.info("resuming from epoch %d of %d (%s)", start_epoch, config["epochs"], spath)
+    return start_epoch, list(saved.get("history", []))
+
+
+@dataclass
+class _Loop:
+    """What every epoch of one :func:`train` call shares."""
+
+    model: nn.Module
+    train_set: Dataset
+    opt: torch.optim.Optimizer
+    loss_fn: nn.Module
+    config: dict[str, Any]
+    multilabel: bool
+    device: torch.device
+    steps_per_epoch: int
+    log_every: int
+    progress: bool
+
+
+def _train_epoch(loop: _Loop, epoch: int) -> dict[str, Any]:
+    """One epoch of mini-batch descent (seeded from ``(seed, epoch)``); the epoch's mean
+    loss, training accuracy and final learning rate."""
+    cfg = loop.config
+    epochs, batch_size, n = cfg["epochs"], cfg["batch_size"], cfg["train_size"]
+    total_steps = epochs * loop.steps_per_epoch
+    eseed = _epoch_seed(cfg["seed"], epoch)
+    torch.manual_seed(eseed)
+    gen = torch.Generator().manual_seed(eseed)
+    loop.model.train()
+    loss_sum, correct, seen, running = 0.0, 0.0, 0, 0.0
+    step = epoch * loop.steps_per_epoch
+    title = f"epoch {epoch + 1}/{epochs}"
+    with progress_bar(loop.progress, loop.steps_per_epoch, title) as bar:
+        for i, (x, y) in enumerate(
+            _batches(loop.train_set, batch_size, shuffle=True, generator=gen)
+        ):
+            if x.shape[0] == 1 and n > 1:  # BatchNorm cannot train on one sample
+                step += 1
+                continue
+            for g in loop.opt.param_groups:
+                g["lr"] = _lr_at(cfg["lr"], cfg["schedule"], step, total_steps)
+            x, y = x.to(loop.device), y.to(loop.device)
+            out = loop.model(x)
+            loss = loop.loss_fn(out, y.float() if loop.multilabel else y.long())
+            loop.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            loop.opt.step()
+            step += 1
+            b = x.shape[0]
+            lv = float(loss.detach())
+            loss_sum += lv * b
+            seen += b
+            running = lv if i == 0 else 0.9 * running + 0.1 * lv
+            with torch.no_grad():
+                if loop.multilabel:
+                    correct += float(((out > 0) == (y > 0.5)).all(dim=1).sum())
+                else:
+                    correct += float((out.argmax(1) == y).sum())
+            if loop.log_every and (i + 1) % loop.log_every == 0:
+                logger.info(
+                    "epoch %d [%d/%d] running loss %.4f",
+                    epoch + 1,
+                    i + 1,
+                    loop.steps_per_epoch,
+                    running,
+                )
+            bar.describe(f"{title} loss {running:.4f}")
+            bar.advance()
+    if not math.isfinite(loss_sum):
+        logger.warning("epoch %d: the loss is not finite; lower the lr", epoch + 1)
+    return {
+        "epoch": epoch + 1,
+        "loss": loss_sum / max(seen, 1),
+        "train_accuracy": correct / max(seen, 1),
+        "lr": loop.opt.param_groups[0]["lr"],
+    }
+
+
+def _save_epoch(
+    loop: _Loop, ckpt: Path, spath: Path, meta: dict[str, Any], history: list[dict[str, Any]]
+) -> Path:
+    """Write the checkpoint and the training state after the last epoch of ``history``."""
+    done = history[-1]["epoch"]
+    meta["extra"] = {"training": loop.config, "epochs_done": done}
+    path = _save_checkpoint(loop.model, ckpt, accuracy=history[-1].get("test_accuracy"), meta=meta)
+    info = {"epoch": done, "optimizer": loop.config["optimizer"], "config": loop.config}
+    _save_state(spath, loop.model, loop.opt, {**info, "history": history, **meta})
+    return path
+
+
+def _log_epoch(row: dict[str, Any], epochs: int) -> None:
+    logger.info(
+        "epoch %d/%d loss %.4f train acc %.4f%s (%.1f s)",
+        row["epoch"],
+        epochs,
+        row["loss"],
+        row["train_accuracy"],
+        f" test acc {row['test_accuracy']:.4f}" if "test_accuracy" in row else "",
+        row["seconds"],
     )
 
 
@@ -517,32 +654,7 @@ def train(
         DataError: ``resume`` without a training state to resume from.
     """
     check_hyperparameters(epochs, lr, batch_size, optimizer, schedule, weight_decay)
-    if checkpoint_every < 0:
-        raise InputError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
-    if checkpoint is not None and arch is None:
-        raise InputError("checkpoint= needs arch= (the architecture name to record)")
-    if resume and checkpoint is None:
-        raise InputError("resume=True needs checkpoint= (where the run was saved)")
-    n = len(train_set)  # type: ignore[arg-type]
-    if n == 0:
-        raise DataError("the training set is empty")
-    check_compatible(model, train_set)
-    if test_set is not None:
-        check_compatible(model, test_set)
-
-    base = _base_dataset(train_set)
-    classes = _classes(train_set)
-    multilabel = _is_multilabel(train_set)
-    x0, _ = train_set[0]
-    preset = getattr(base, "preset", None)
-    meta = {
-        "arch": arch,
-        "arch_kwargs": arch_kwargs or {},
-        "class_names": classes,
-        "input_size": [int(x0.shape[-2]), int(x0.shape[-1])],
-        "preset": getattr(preset, "name", preset),
-        "dataset": dataset or getattr(base, "name", None),
-    }
+    _check_run(train_set, test_set, model, checkpoint, checkpoint_every, resume, arch)
     config = {
         "epochs": epochs,
         "lr": lr,
@@ -552,11 +664,13 @@ def train(
         "weight_decay": weight_decay,
         "schedule": schedule,
         "seed": seed,
-        "train_size": n,
+        "train_size": len(train_set),  # type: ignore[arg-type]
     }
-    meta["extra"] = {"training": config}
-
-    device = _device_of(model)
+    meta = {
+        **_checkpoint_meta(train_set, arch, arch_kwargs, dataset),
+        "extra": {"training": config},
+    }
+    multilabel = _is_multilabel(train_set)
     opt = _make_optimizer(optimizer, model.parameters(), lr, momentum, weight_decay)
     ckpt = Path(checkpoint) if checkpoint is not None else None
     spath = state_path(ckpt) if ckpt is not None else None
@@ -564,120 +678,40 @@ def train(
     start_epoch = 0
     if resume:
         assert spath is not None
-        if not spath.is_file():
-            raise DataError(
-                f"no training state to resume from: {str(spath)!r} does not exist "
-                f"(train without resume first)"
-            )
-        saved = _load_state(spath, model, opt, optimizer)
-        start_epoch = int(saved["epoch"])
-        history = list(saved.get("history", []))
-        old = saved.get("config", {})
-        changed = [k for k in ("lr", "batch_size", "seed", "schedule") if old.get(k) != config[k]]
-        if changed:
-            logger.warning(
-                "resuming with changed %s: the result will differ from an uninterrupted run",
-                ", ".join(changed),
-            )
-        logger.info("resuming from epoch %d of %d (%s)", start_epoch, epochs, spath)
-
-    steps_per_epoch = math.ceil(n / batch_size)
-    total_steps = epochs * steps_per_epoch
-    loss_fn: nn.Module = nn.BCEWithLogitsLoss() if multilabel else nn.CrossEntropyLoss()
+        start_epoch, history = _resume(spath, model, opt, config)
+    loop = _Loop(
+        model=model,
+        train_set=train_set,
+        opt=opt,
+        loss_fn=nn.BCEWithLogitsLoss() if multilabel else nn.CrossEntropyLoss(),
+        config=config,
+        multilabel=multilabel,
+        device=model_device(model),
+        steps_per_epoch=math.ceil(config["train_size"] / batch_size),
+        log_every=log_every,
+        progress=progress,
+    )
     result = TrainResult(epochs=start_epoch, history=history, resumed_from=start_epoch)
-    bar = _progress(progress)
     t_start = time.perf_counter()
-
-    with _modes_restored(model), torch.random.fork_rng(devices=[]):
-        if bar is not None:
-            bar.start()
-        try:
-            for epoch in range(start_epoch, epochs):
-                t0 = time.perf_counter()
-                eseed = _epoch_seed(seed, epoch)
-                torch.manual_seed(eseed)
-                gen = torch.Generator().manual_seed(eseed)
-                task = (
-                    bar.add_task(f"epoch {epoch + 1}/{epochs}", total=steps_per_epoch, loss=0.0)
-                    if bar is not None
-                    else None
-                )
-                model.train()
-                loss_sum, correct, seen, running = 0.0, 0.0, 0, 0.0
-                step = epoch * steps_per_epoch
-                for i, (x, y) in enumerate(
-                    _batches(train_set, batch_size, shuffle=True, generator=gen)
-                ):
-                    if x.shape[0] == 1 and n > 1:  # BatchNorm cannot train on one sample
-                        step += 1
-                        continue
-                    for g in opt.param_groups:
-                        g["lr"] = _lr_at(lr, schedule, step, total_steps)
-                    x, y = x.to(device), y.to(device)
-                    out = model(x)
-                    loss = loss_fn(out, y.float() if multilabel else y.long())
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    step += 1
-                    b = x.shape[0]
-                    lv = float(loss.detach())
-                    loss_sum += lv * b
-                    seen += b
-                    running = lv if i == 0 else 0.9 * running + 0.1 * lv
-                    with torch.no_grad():
-                        if multilabel:
-                            correct += float(((out > 0) == (y > 0.5)).all(dim=1).sum())
-                        else:
-                            correct += float((out.argmax(1) == y).sum())
-                    if log_every and (i + 1) % log_every == 0:
-                        logger.info(
-                            "epoch %d [%d/%d] running loss %.4f",
-                            epoch + 1,
-                            i + 1,
-                            steps_per_epoch,
-                            running,
-                        )
-                    if bar is not None:
-                        bar.update(task, advance=1, loss=running)
-                if not math.isfinite(loss_sum):
-                    logger.warning("epoch %d: the loss is not finite; lower the lr", epoch + 1)
-                row: dict[str, Any] = {
-                    "epoch": epoch + 1,
-                    "loss": loss_sum / max(seen, 1),
-                    "train_accuracy": correct / max(seen, 1),
-                    "lr": opt.param_groups[0]["lr"],
-                }
-                if test_set is not None:
-                    ev = evaluate(model, test_set, batch_size=max(batch_size, 256))
-                    row["test_accuracy"], row["test_loss"] = ev.accuracy, ev.loss
-                    result.test = ev
-                row["seconds"] = time.perf_counter() - t0
-                history.append(row)
-                result.epochs = epoch + 1
-                logger.info(
-                    "epoch %d/%d loss %.4f train acc %.4f%s (%.1f s)",
-                    epoch + 1,
-                    epochs,
-                    row["loss"],
-                    row["train_accuracy"],
-                    f" test acc {row['test_accuracy']:.4f}" if "test_accuracy" in row else "",
-                    row["seconds"],
-                )
-                last = epoch + 1 == epochs
-                if ckpt is not None and (
-                    last or (checkpoint_every and (epoch + 1) % checkpoint_every == 0)
-                ):
-                    acc = row.get("test_accuracy")
-                    meta["extra"] = {"training": config, "epochs_done": epoch + 1}
-                    result.checkpoint = _save_checkpoint(model, ckpt, accuracy=acc, meta=meta)
-                    assert spath is not None
-                    info = {"epoch": epoch + 1, "optimizer": optimizer, "config": config}
-                    _save_state(spath, model, opt, {**info, "history": history, **meta})
-                    result.state = spath
-        finally:
-            if bar is not None:
-                bar.stop()
+    with modes_restored(model), torch.random.fork_rng(devices=[]):
+        for epoch in range(start_epoch, epochs):
+            t0 = time.perf_counter()
+            row = _train_epoch(loop, epoch)
+            if test_set is not None:
+                ev = evaluate(model, test_set, batch_size=max(batch_size, 256))
+                row["test_accuracy"], row["test_loss"] = ev.accuracy, ev.loss
+                result.test = ev
+            row["seconds"] = time.perf_counter() - t0
+            history.append(row)
+            result.epochs = epoch + 1
+            _log_epoch(row, epochs)
+            last = epoch + 1 == epochs
+            if ckpt is not None and (
+                last or (checkpoint_every and (epoch + 1) % checkpoint_every == 0)
+            ):
+                assert spath is not None
+                result.checkpoint = _save_epoch(loop, ckpt, spath, meta, history)
+                result.state = spath
     result.seconds = time.perf_counter() - t_start
     if test_set is not None and result.test is None:
         result.test = evaluate(model, test_set, batch_size=max(batch_size, 256))
@@ -715,15 +749,14 @@ def evaluate(
     Returns:
         An :class:`EvalResult`.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_int("batch_size", batch_size)
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise DataError("cannot evaluate on an empty dataset")
     from cnnlens.core.capture import frozen
 
     multilabel = _is_multilabel(dataset)
     classes = _classes(dataset)
-    device = _device_of(model)
+    device = model_device(model)
     logit_thr = math.log(threshold / (1 - threshold))
     preds, targets, loss_sum, n = [], [], 0.0, 0
     with frozen(model), torch.no_grad():

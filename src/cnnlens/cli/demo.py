@@ -1,11 +1,13 @@
 """``cnnlens demo --out DIR``: the whole pipeline on bundled data, ending in DIR/report.html.
 
-    cnnlens demo --out runs/demo           # one to three minutes on two CPU cores
-    cnnlens demo --out runs/quick --quick  # seconds: small subsets, scaled-down options
+    cnnlens demo --out runs/demo           # minutes
+    cnnlens demo --out runs/quick --quick  # seconds: small subsets, the methods' tiny presets
 
-The demo runs torch on one CPU thread by default: on a machine whose cores are busy with
-other work, two threads that wait for each other were measured six times slower than one,
-while on an idle machine a second thread saves well under a minute (``--threads 2``).
+The pipeline is :func:`cnnlens.pipelines.demo.run_demo`; this module sets torch's CPU thread
+count, calls it and prints the outcome. The demo runs torch on one CPU thread by default:
+on a machine whose cores are busy with other work, threads that wait for each other cost
+more than they save (``--threads 2`` on an idle machine; the recorded figures are in
+docs/benchmarks.md, "The demo's thread count").
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def demo_command(
     """Train on embedded MNIST and generated shapes, explain with every method, write a report."""
     import torch
 
-    from cnnlens.demo import run_demo
+    from cnnlens.pipelines.demo import run_demo
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -232,6 +232,113 @@ def _card_view(card: ModelCard) -> dict[str, Any]:
     }
 
 
+def _image_view(im: ReportImage, where: str, anchor: str) -> dict[str, Any]:
+    """One image's article: input picture, top predictions, maps and figures."""
+    preds = sorted(
+        (_coerce(p, Prediction, f"{where}.predictions") for p in im.predictions),
+        key=lambda p: -float(p.prob),
+    )[:TOP_K]
+    input_view = None
+    if im.image is not None:
+        try:
+            input_view = _embed(
+                im.image,
+                f"input image {im.name}",
+                f"{where}.image",
+                max_side=INPUT_MAX_SIDE if isinstance(im.image, str | os.PathLike) else None,
+            )
+        except DataError as err:
+            logger.warning("the input picture of %s is left out of the report: %s", im.name, err)
+        if input_view is not None:
+            input_view.update(caption="input", stats="")
+    return {
+        "id": anchor,
+        "name": im.name,
+        "notes": im.notes,
+        "input": input_view,
+        "predictions": [
+            {
+                "class_name": p.class_name,
+                "index": p.index,
+                "prob": float(p.prob),
+                "pct": f"{float(p.prob) * 100:.1f}",
+            }
+            for p in preds
+        ],
+        "maps": [
+            _picture_view(_coerce(m, MapEntry, f"{where}.maps[{j}]"), f"{where}.maps[{j}]")
+            for j, m in enumerate(im.maps)
+        ],
+        "figures": [
+            _picture_view(_coerce(f, Picture, f"{where}.figures[{j}]"), f"{where}.figures[{j}]")
+            for j, f in enumerate(im.figures)
+        ],
+    }
+
+
+def _prototype_views(prototypes: Sequence[Prototype]) -> list[dict[str, Any]]:
+    """The class prototype pictures with their captions."""
+    views = []
+    for j, p in enumerate(prototypes):
+        p = _coerce(p, Prototype, f"prototypes[{j}]")
+        v = _embed(p.image, p.describe(), f"prototypes[{j}]")
+        label = p.class_name or (f"class {p.index}" if p.index is not None else "")
+        if p.class_name and p.index is not None:
+            label = f"{p.class_name} ({p.index})"
+        v["caption"] = p.caption or label
+        v["stats"] = label if p.caption else ""
+        views.append(v)
+    return views
+
+
+def _metrics_view(metrics: MetricsTable) -> dict[str, Any]:
+    """The method x metric table (best per metric marked) and its figures."""
+    best = metrics.best()
+    return {
+        "notes": metrics.notes,
+        "level": f"{metrics.ci_level * 100:g} %",
+        "metrics": [
+            {
+                "name": m,
+                "dir": {True: "↑ higher is better", False: "↓ lower is better"}.get(
+                    metrics.higher_is_better.get(m), ""
+                ),
+            }
+            for m in metrics.metrics
+        ],
+        "rows": [
+            {
+                "method": method,
+                "cells": [
+                    {"text": _metric(values.get(m)), "best": best.get(m) == method}
+                    for m in metrics.metrics
+                ],
+            }
+            for method, values in metrics.rows.items()
+        ],
+        "figures": [
+            _picture_view(_coerce(f, Picture, f"metrics.figures[{j}]"), f"metrics.figures[{j}]")
+            for j, f in enumerate(metrics.figures)
+        ],
+    }
+
+
+def _section_view(s: Section, where: str, anchor: str) -> dict[str, Any]:
+    """A free section: paragraphs, pictures and a table."""
+    cols = _columns(s.table)
+    return {
+        "id": anchor,
+        "title": s.title,
+        "paragraphs": [p.strip() for p in re.split(r"\n\s*\n", s.text) if p.strip()],
+        "pictures": [
+            _picture_view(_coerce(p, Picture, f"{where}.pictures[{k}]"), f"{where}.pictures[{k}]")
+            for k, p in enumerate(s.pictures)
+        ],
+        "cols": cols,
+        "rows": [[_fmt(row.get(c, "")) for c in cols] for row in s.table],
+    }
+
+
 def render_report(
     *,
     title: str = "cnnlens report",
@@ -244,141 +351,43 @@ def render_report(
     skipped: Sequence[Skipped | str] | None = None,
 ) -> str:
     """Render the report to an HTML string; see :func:`write_report` for the arguments."""
+    import cnnlens
+
     card = _coerce(model_card, ModelCard, "model_card")
     used: set[str] = {"main", "contents", "model"}
     toc: list[dict[str, Any]] = [{"id": "model", "title": "Model", "children": []}]
+
+    def chapter(anchor: str, heading: str) -> list[dict[str, Any]]:
+        used.add(anchor)
+        toc.append({"id": anchor, "title": heading, "children": []})
+        return toc[-1]["children"]
+
     image_views = []
-    if images:
-        toc.append({"id": "images", "title": "Images", "children": []})
-        used.add("images")
+    children = chapter("images", "Images") if images else []
     for i, im in enumerate(images):
-        where = f"images[{i}]"
-        im = _coerce(im, ReportImage, where)
+        im = _coerce(im, ReportImage, f"images[{i}]")
         anchor = _slug(f"image-{im.name}", used)
-        toc[-1]["children"].append({"id": anchor, "title": im.name})
-        preds = sorted(
-            (_coerce(p, Prediction, f"{where}.predictions") for p in im.predictions),
-            key=lambda p: -float(p.prob),
-        )[:TOP_K]
-        input_view = None
-        if im.image is not None:
-            try:
-                input_view = _embed(
-                    im.image,
-                    f"input image {im.name}",
-                    f"{where}.image",
-                    max_side=INPUT_MAX_SIDE if isinstance(im.image, str | os.PathLike) else None,
-                )
-            except DataError as err:
-                logger.warning(
-                    "the input picture of %s is left out of the report: %s", im.name, err
-                )
-            if input_view is not None:
-                input_view.update(caption="input", stats="")
-        image_views.append(
-            {
-                "id": anchor,
-                "name": im.name,
-                "notes": im.notes,
-                "input": input_view,
-                "predictions": [
-                    {
-                        "class_name": p.class_name,
-                        "index": p.index,
-                        "prob": float(p.prob),
-                        "pct": f"{float(p.prob) * 100:.1f}",
-                    }
-                    for p in preds
-                ],
-                "maps": [
-                    _picture_view(_coerce(m, MapEntry, f"{where}.maps[{j}]"), f"{where}.maps[{j}]")
-                    for j, m in enumerate(im.maps)
-                ],
-                "figures": [
-                    _picture_view(
-                        _coerce(f, Picture, f"{where}.figures[{j}]"), f"{where}.figures[{j}]"
-                    )
-                    for j, f in enumerate(im.figures)
-                ],
-            }
-        )
+        children.append({"id": anchor, "title": im.name})
+        image_views.append(_image_view(im, f"images[{i}]", anchor))
     skipped_views = [s if isinstance(s, Skipped) else Skipped(str(s)) for s in (skipped or [])]
     if skipped_views:
-        used.add("skipped")
-        toc.append({"id": "skipped", "title": "Skipped inputs", "children": []})
+        chapter("skipped", "Skipped inputs")
     proto_views = None
     if prototypes:
-        used.add("prototypes")
-        toc.append({"id": "prototypes", "title": "Class prototypes", "children": []})
-        proto_views = []
-        for j, p in enumerate(prototypes):
-            p = _coerce(p, Prototype, f"prototypes[{j}]")
-            v = _embed(p.image, p.describe(), f"prototypes[{j}]")
-            label = p.class_name or (f"class {p.index}" if p.index is not None else "")
-            if p.class_name and p.index is not None:
-                label = f"{p.class_name} ({p.index})"
-            v["caption"] = p.caption or label
-            v["stats"] = label if p.caption else ""
-            proto_views.append(v)
-    metrics_view = None
+        chapter("prototypes", "Class prototypes")
+        proto_views = _prototype_views(prototypes)
     sanity_views = [_coerce(s, SanityVerdict, f"sanity[{j}]") for j, s in enumerate(sanity or [])]
     if metrics is not None or sanity_views:
-        used.add("evaluation")
-        toc.append({"id": "evaluation", "title": "Evaluation", "children": []})
+        chapter("evaluation", "Evaluation")
+    metrics_view = None
     if metrics is not None:
-        metrics = _coerce(metrics, MetricsTable, "metrics")
-        best = metrics.best()
-        metrics_view = {
-            "notes": metrics.notes,
-            "level": f"{metrics.ci_level * 100:g} %",
-            "metrics": [
-                {
-                    "name": m,
-                    "dir": {True: "↑ higher is better", False: "↓ lower is better"}.get(
-                        metrics.higher_is_better.get(m), ""
-                    ),
-                }
-                for m in metrics.metrics
-            ],
-            "rows": [
-                {
-                    "method": method,
-                    "cells": [
-                        {"text": _metric(values.get(m)), "best": best.get(m) == method}
-                        for m in metrics.metrics
-                    ],
-                }
-                for method, values in metrics.rows.items()
-            ],
-            "figures": [
-                _picture_view(_coerce(f, Picture, f"metrics.figures[{j}]"), f"metrics.figures[{j}]")
-                for j, f in enumerate(metrics.figures)
-            ],
-        }
+        metrics_view = _metrics_view(_coerce(metrics, MetricsTable, "metrics"))
     section_views = []
     for j, s in enumerate(extra_sections or []):
         s = _coerce(s, Section, f"extra_sections[{j}]")
         anchor = _slug(s.title, used)
         toc.append({"id": anchor, "title": s.title, "children": []})
-        cols = _columns(s.table)
-        section_views.append(
-            {
-                "id": anchor,
-                "title": s.title,
-                "paragraphs": [p.strip() for p in re.split(r"\n\s*\n", s.text) if p.strip()],
-                "pictures": [
-                    _picture_view(
-                        _coerce(p, Picture, f"extra_sections[{j}].pictures[{k}]"),
-                        f"extra_sections[{j}].pictures[{k}]",
-                    )
-                    for k, p in enumerate(s.pictures)
-                ],
-                "cols": cols,
-                "rows": [[_fmt(row.get(c, "")) for c in cols] for row in s.table],
-            }
-        )
-    import cnnlens
-
+        section_views.append(_section_view(s, f"extra_sections[{j}]", anchor))
     return _template().render(
         title=title,
         version=getattr(cnnlens, "__version__", ""),

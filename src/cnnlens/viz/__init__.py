@@ -23,6 +23,7 @@ from cnnlens.viz.figures import (
     grid,
     label_with_prob,
     layers_grid,
+    maps_grid,
     methods_grid,
     save_png,
     to_png_bytes,
@@ -39,6 +40,7 @@ from cnnlens.viz.overlay import (
     overlay,
     show_image,
 )
+from cnnlens.viz.render import render_map, show_input, signed_view, slug
 
 __all__ = [
     "DEFAULT_VIEW_CMAPS",
@@ -57,10 +59,15 @@ __all__ = [
     "heatmap",
     "label_with_prob",
     "layers_grid",
+    "maps_grid",
     "masked",
     "methods_grid",
     "overlay",
+    "render_map",
     "save_png",
     "show_image",
+    "show_input",
+    "signed_view",
+    "slug",
     "to_png_bytes",
 ]

@@ -26,6 +26,7 @@ from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
+from cnnlens.core.checks import check_choice
 from cnnlens.errors import InputError
 from cnnlens.viz._convert import to_display
 from cnnlens.viz.overlay import (
@@ -301,20 +302,48 @@ def _as_list(maps: Any, n: int, key: str) -> list[Any]:
     return items
 
 
-def _maps_grid(
+def maps_grid(
     images: Sequence[Any],
     maps: Mapping[str, Any],
     *,
-    kind: str,
-    preset: Any,
-    cmap: str | Colormap,
-    alpha: float,
-    show_input: bool,
-    image_labels: Sequence[str] | None,
-    captions: Mapping[str, Sequence[str | None]] | None,
-    title: str | None,
-    dpi: int,
+    kind: str = "overlay",
+    preset: Any = None,
+    cmap: str | Colormap = "jet",
+    alpha: float = 0.5,
+    show_input: bool = True,
+    image_labels: Sequence[str] | None = None,
+    captions: Mapping[str, Sequence[str | None]] | None = None,
+    title: str | None = None,
+    dpi: int = DPI,
 ) -> Figure:
+    """Rows x images: the same images explained several ways, one row per method (or per
+    layer, or per any other label). ``methods_grid`` and ``layers_grid`` are this function.
+
+    Args:
+        images: the input images (a list, or a tensor (N, C, H, W)); one column each.
+        maps: row label (a method, a layer) -> the maps of every image: a tensor (N, H, W) or
+            a list of (H, W) maps (None leaves a cell empty); one row each, in the mapping's
+            order.
+        kind: ``"overlay"`` (default), ``"heatmap"`` or ``"masked"`` (image x map).
+        preset: normalization preset of image tensors.
+        cmap: colormap of the maps.
+        alpha: weight of the map in overlays.
+        show_input: add a first row with the input images.
+        image_labels: column titles, e.g. ``label_with_prob("cat", 0.93)``.
+        captions: row label -> one caption per image, shown under the cells.
+        title: figure title.
+        dpi: figure resolution.
+
+    Returns:
+        A Figure with one row per label (after the input row) and one column per image, and
+        a colorbar for the maps.
+
+    Example:
+        >>> maps = {m: cnnlens.explain(model, x, method=m).maps for m in ["gradcam", "rise"]}
+        >>> methods_grid(list(x), maps, preset="imagenet")  # doctest: +SKIP
+        >>> exp = cnnlens.explain(model, x, layer=["layer1", "layer3", "layer4"])
+        >>> layers_grid(list(x), exp.per_layer, preset="imagenet")  # doctest: +SKIP
+    """
     if isinstance(images, torch.Tensor) and images.ndim == 4:
         images = list(images)
     images = list(images)
@@ -322,8 +351,7 @@ def _maps_grid(
         raise InputError("images must hold at least one image; got none")
     if not maps:
         raise InputError("maps must map at least one row label to its maps; got none")
-    if kind not in ("overlay", "heatmap", "masked"):
-        raise InputError(f"kind must be 'overlay', 'heatmap' or 'masked'; got {kind!r}")
+    check_choice("kind", kind, ("overlay", "heatmap", "masked"))
     shown = [show_image(im, preset=preset) for im in images]
     rows: list[list[Any]] = []
     labels: list[str] = []
@@ -350,110 +378,10 @@ def _maps_grid(
     return grid(rows, labels, image_labels, title=title, colorbar=bar, dpi=dpi)
 
 
-def methods_grid(
-    images: Sequence[Any],
-    maps: Mapping[str, Any],
-    *,
-    kind: str = "overlay",
-    preset: Any = None,
-    cmap: str | Colormap = "jet",
-    alpha: float = 0.5,
-    show_input: bool = True,
-    image_labels: Sequence[str] | None = None,
-    captions: Mapping[str, Sequence[str | None]] | None = None,
-    title: str | None = None,
-    dpi: int = DPI,
-) -> Figure:
-    """Methods x images: the same images explained by several methods, one row per method.
-
-    Args:
-        images: the input images (a list, or a tensor (N, C, H, W)); one column each.
-        maps: method name -> the maps of every image: a tensor (N, H, W) or a list of (H, W)
-            maps (None leaves a cell empty); one row each, in the mapping's order.
-        kind: ``"overlay"`` (default), ``"heatmap"`` or ``"masked"`` (image x map).
-        preset: normalization preset of image tensors.
-        cmap: colormap of the maps.
-        alpha: weight of the map in overlays.
-        show_input: add a first row with the input images.
-        image_labels: column titles, e.g. ``label_with_prob("cat", 0.93)``.
-        captions: method name -> one caption per image, shown under the cells.
-        title: figure title.
-        dpi: figure resolution.
-
-    Returns:
-        A Figure with one row per method (after the input row) and one column per image, and
-        a colorbar for the maps.
-
-    Example:
-        >>> maps = {m: cnnlens.explain(model, x, method=m).maps for m in ["gradcam", "rise"]}
-        >>> methods_grid(list(x), maps, preset="imagenet")  # doctest: +SKIP
-    """
-    return _maps_grid(
-        images,
-        maps,
-        kind=kind,
-        preset=preset,
-        cmap=cmap,
-        alpha=alpha,
-        show_input=show_input,
-        image_labels=image_labels,
-        captions=captions,
-        title=title,
-        dpi=dpi,
-    )
-
-
-def layers_grid(
-    images: Sequence[Any],
-    maps: Mapping[str, Any],
-    *,
-    kind: str = "overlay",
-    preset: Any = None,
-    cmap: str | Colormap = "jet",
-    alpha: float = 0.5,
-    show_input: bool = True,
-    image_labels: Sequence[str] | None = None,
-    captions: Mapping[str, Sequence[str | None]] | None = None,
-    title: str | None = None,
-    dpi: int = DPI,
-) -> Figure:
-    """Layers x images: one method at several depths (near the input, middle, last conv).
-
-    Args:
-        images: the input images (a list, or a tensor (N, C, H, W)); one column each.
-        maps: layer name -> the maps of every image: a tensor (N, H, W) or a list of (H, W)
-            maps (None leaves a cell empty); one row each, in the mapping's order.
-        kind: ``"overlay"`` (default), ``"heatmap"`` or ``"masked"`` (image x map).
-        preset: normalization preset of image tensors.
-        cmap: colormap of the maps.
-        alpha: weight of the map in overlays.
-        show_input: add a first row with the input images.
-        image_labels: column titles, e.g. ``label_with_prob("cat", 0.93)``.
-        captions: layer name -> one caption per image, shown under the cells.
-        title: figure title.
-        dpi: figure resolution.
-
-    Returns:
-        A Figure with one row per layer (after the input row) and one column per image, and
-        a colorbar for the maps.
-
-    Example:
-        >>> exp = cnnlens.explain(model, x, layer=["layer1", "layer3", "layer4"])
-        >>> layers_grid(list(x), exp.per_layer, preset="imagenet")  # doctest: +SKIP
-    """
-    return _maps_grid(
-        images,
-        maps,
-        kind=kind,
-        preset=preset,
-        cmap=cmap,
-        alpha=alpha,
-        show_input=show_input,
-        image_labels=image_labels,
-        captions=captions,
-        title=title,
-        dpi=dpi,
-    )
+methods_grid = maps_grid
+"""Methods x images (:func:`maps_grid` with one row per method)."""
+layers_grid = maps_grid
+"""Layers x images (:func:`maps_grid` with one row per layer, e.g. three depths)."""
 
 
 def classes_grid(
@@ -477,19 +405,10 @@ def classes_grid(
     ``"p = 0.93"`` under the cells (``captions`` wins where both are given).
 
     Args:
-        images: the input images (a list, or a tensor (N, C, H, W)); one column each.
-        maps: class name -> the maps of every image: a tensor (N, H, W) or a list of (H, W)
-            maps (None leaves a cell empty); one row each, in the mapping's order.
+        maps: class name -> the maps of every image (as in :func:`maps_grid`).
         probs: class name -> that class's probability for each image (captions).
-        kind: ``"overlay"`` (default), ``"heatmap"`` or ``"masked"`` (image x map).
-        preset: normalization preset of image tensors.
-        cmap: colormap of the maps.
-        alpha: weight of the map in overlays.
-        show_input: add a first row with the input images.
-        image_labels: column titles, e.g. ``label_with_prob("cat", 0.93)``.
-        captions: class name -> one caption per image, shown under the cells.
-        title: figure title.
-        dpi: figure resolution.
+        images, kind, preset, cmap, alpha, show_input, image_labels, captions, title, dpi:
+            as in :func:`maps_grid`.
 
     Returns:
         A Figure with one row per class (after the input row) and one column per image, and
@@ -505,7 +424,7 @@ def classes_grid(
         caps.update({k: [f"p = {float(p):.2f}" for p in v] for k, v in probs.items()})
     if captions:
         caps.update(captions)
-    return _maps_grid(
+    return maps_grid(
         images,
         maps,
         kind=kind,
@@ -520,8 +439,25 @@ def classes_grid(
     )
 
 
-def to_png_bytes(obj: Figure | Image.Image, *, dpi: int | None = None) -> bytes:
-    """PNG bytes of a matplotlib Figure (at ``dpi``, default the figure's) or a PIL image."""
+def to_png_bytes(
+    obj: Figure | Image.Image, *, dpi: int | None = None, palette: bool = False
+) -> bytes:
+    """PNG bytes of a matplotlib Figure (at ``dpi``, default the figure's) or a PIL image.
+
+    ``palette`` stores 256 colours (median cut, no dithering): about a third of the size for
+    big grids of overlays.
+    """
+    data = _png_bytes(obj, dpi)
+    if not palette:
+        return data
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    img = img.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def _png_bytes(obj: Figure | Image.Image, dpi: int | None) -> bytes:
     buf = io.BytesIO()
     if isinstance(obj, Figure):
         if not isinstance(obj.canvas, FigureCanvasAgg):

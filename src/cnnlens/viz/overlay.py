@@ -17,6 +17,7 @@ import torch
 from matplotlib.colors import Colormap
 from PIL import Image
 
+from cnnlens.core.checks import check_choice, check_float
 from cnnlens.errors import InputError
 from cnnlens.viz._convert import to_display, to_map, to_pil, to_rgb
 
@@ -57,9 +58,7 @@ def colorize(values: np.ndarray, cmap: str | Colormap = "jet") -> np.ndarray:
 
 
 def _check_alpha(alpha: float) -> float:
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise InputError(f"alpha must lie in [0, 1]; got {alpha}")
-    return float(alpha)
+    return check_float("alpha", alpha, minimum=0.0, maximum=1.0)
 
 
 def heatmap(
@@ -171,10 +170,8 @@ def attribution_values(
         ``(values, t)``: values in [-1, 1] for ``"all"``, else in [0, 1]; and the scale
         ``t`` (0 when the attribution is zero everywhere).
     """
-    if view not in VIEWS:
-        raise InputError(f"view must be one of {', '.join(VIEWS)}; got {view!r}")
-    if not 0.0 < float(percentile) <= 100.0:
-        raise InputError(f"percentile must lie in (0, 100]; got {percentile}")
+    check_choice("view", view, VIEWS)
+    check_float("percentile", percentile, minimum=0.0, strict_minimum=True, maximum=100.0)
     s = _reduce_attribution(attr)
     if view == "positive":
         s = np.maximum(s, 0.0)

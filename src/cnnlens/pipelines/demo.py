@@ -12,12 +12,13 @@
    both classes of the same images: two classes, two different maps;
 6. writes everything into ``DIR/report.html`` (self-contained) and the PNGs under ``DIR``.
 
-``quick=True`` runs the same steps on small subsets with scaled-down options in seconds (what
-the tests run). The helpers :func:`render_map`, :func:`map_stats`, :func:`probabilities` and
-:func:`top_predictions` are shared with ``cnnlens explain``.
+``quick=True`` runs the same steps on small subsets, with the methods' ``"tiny"`` cost
+presets (what the tests run); the full demo uses their ``"light"`` presets (see
+:func:`cnnlens.core.registry.preset_options`), with more steps, samples and masks for the
+figures.
 
 Example:
-    >>> from cnnlens.demo import run_demo
+    >>> from cnnlens.pipelines.demo import run_demo
     >>> result = run_demo("runs/demo", quick=True)        # doctest: +SKIP
     >>> result.report
     PosixPath('runs/demo/report.html')
@@ -25,12 +26,8 @@ Example:
 
 from __future__ import annotations
 
-import inspect
-import io
 import json
 import logging
-import math
-import re
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -39,173 +36,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch import Tensor, nn
 
 from cnnlens.core.progress import progress_bar
-from cnnlens.errors import CnnlensError, InputError, ModelError
+from cnnlens.core.registry import list_methods, preset_options
+from cnnlens.errors import CnnlensError, ModelError
+from cnnlens.metrics.describe import map_stats, probabilities, scalar_extras, top_predictions
+from cnnlens.pipelines.options import check_out_dir, method_options
+from cnnlens.viz import render_map, show_input, signed_view, slug
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "FULL",
-    "QUICK",
-    "DemoConfig",
-    "DemoResult",
-    "map_stats",
-    "method_options",
-    "probabilities",
-    "render_map",
-    "run_demo",
-    "show_input",
-    "signed_view",
-    "slug",
-    "top_predictions",
-]
+__all__ = ["FULL", "QUICK", "DemoConfig", "DemoResult", "run_demo"]
 
 Echo = Callable[[str], None]
-
-# ------------------------------------------------------------------------------------------
-# Helpers shared with `cnnlens explain`
-# ------------------------------------------------------------------------------------------
-
-_MAGNITUDE_REDUCTIONS = ("absmax", "square")
-
-
-def slug(text: str) -> str:
-    """A file-name-safe version of ``text`` (``gradcam++`` -> ``gradcampp``)."""
-    out = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text).replace("+", "p")).strip("-.")
-    return out or "x"
-
-
-def probabilities(scores: Tensor, *, multilabel: bool = False) -> Tensor:
-    """Class probabilities from a classifier's scores (B, N): softmax, or a sigmoid per class
-    for multi-label models, as float32 on the CPU."""
-    s = scores.detach().float().cpu()
-    return torch.sigmoid(s) if multilabel else torch.softmax(s, dim=-1)
-
-
-def top_predictions(probs: Tensor, class_names: Sequence[str], k: int = 5) -> list[dict[str, Any]]:
-    """The ``k`` most probable classes of one image: ``[{"class", "index", "prob"}, ...]``."""
-    k = min(k, int(probs.numel()))
-    values, indices = probs.float().topk(k)
-    return [
-        {"class": class_names[i], "index": int(i), "prob": float(p)}
-        for p, i in zip(values.tolist(), indices.tolist())
-    ]
-
-
-def signed_view(method: type | None, raw: Tensor | None, map_: Tensor) -> bool:
-    """Whether a map is best shown as a signed pixel attribution (blue negative, red positive).
-
-    True for pixel attributions (``raw`` with a channel axis) that hold both signs, unless the
-    method reduces its channels to a magnitude (``absmax`` / ``square``: saliency as in
-    Simonyan et al., guided backprop, deconvnet), whose maps are shown as heat overlays.
-    """
-    if raw is None or raw.dim() != map_.dim() + 1:
-        return False
-    if getattr(method, "default_reduce", None) in _MAGNITUDE_REDUCTIONS:
-        return False
-    lo, hi = float(raw.min()), float(raw.max())
-    return lo < 0.0 < hi
-
-
-def show_input(
-    image: Tensor | Image.Image, *, preset: Any = None, min_side: int = 0
-) -> Image.Image:
-    """The input as a person sees it (un-normalized with ``preset``), as an RGB or L image,
-    enlarged by an integer factor (nearest neighbour) until its shorter side is at least
-    ``min_side`` pixels."""
-    from cnnlens.viz import show_image
-
-    img = show_image(image, preset=preset) if isinstance(image, Tensor) else image
-    k = max(1, math.ceil(min_side / max(1, min(img.size)))) if min_side else 1
-    return img.resize((img.width * k, img.height * k), Image.Resampling.NEAREST) if k > 1 else img
-
-
-def render_map(
-    image: Tensor | Image.Image,
-    map_: Tensor,
-    *,
-    raw: Tensor | None = None,
-    signed: bool = False,
-    preset: Any = None,
-    min_side: int = 224,
-    alpha: float = 0.5,
-) -> Image.Image:
-    """One explanation drawn over its image, as an RGB PIL image.
-
-    Maps in [0, 1] are blended over the image with the ``jet`` colormap; with ``signed`` the
-    pixel attribution ``raw`` (C, H, W) is shown instead with a diverging colormap centred at
-    zero (red positive, blue negative, clipped at the 99th percentile of its magnitude).
-
-    Args:
-        image: the model input (C, H, W) (normalized with ``preset``) or a PIL image.
-        map_: (H, W) map in [0, 1].
-        raw: the method's raw pixel attribution (C, H, W), used when ``signed``.
-        signed: draw ``raw`` as a signed attribution (see :func:`signed_view`).
-        preset: the normalization of ``image``.
-        min_side: enlarge small images (nearest neighbour) to at least this many pixels.
-        alpha: weight of the colored map.
-    """
-    from cnnlens.viz import attribution, overlay
-
-    base = show_input(image, preset=preset, min_side=min_side)
-    if signed and raw is not None:
-        return attribution(raw.detach().float().cpu(), view="all", image=base, alpha=0.65)
-    return overlay(base, map_.detach().float().cpu(), alpha=alpha)
-
-
-def map_stats(
-    map_: Tensor, raw: Tensor | None = None, extras: Mapping[str, float] | None = None
-) -> dict[str, float]:
-    """Numbers that describe one map: ``mean`` (of the [0, 1] map), ``coverage`` (share of
-    pixels at 0.5 or above), ``peak_y`` / ``peak_x`` (where the maximum is, as a share of the
-    height and width), for pixel attributions ``sum`` (the total attribution, for integrated
-    gradients about the score difference to the baseline), plus ``extras`` (e.g. ``delta``)."""
-    m = map_.detach().float().cpu()
-    h, w = m.shape[-2:]
-    flat = int(m.argmax())
-    out = {
-        "mean": round(float(m.mean()), 4),
-        "coverage": round(float((m >= 0.5).float().mean()), 4),
-        "peak_y": round((flat // w + 0.5) / h, 3),
-        "peak_x": round((flat % w + 0.5) / w, 3),
-    }
-    if raw is not None and raw.dim() == m.dim() + 1:
-        out["sum"] = float(f"{float(raw.detach().double().sum()):.4g}")
-    for key, value in (extras or {}).items():
-        if math.isfinite(value):
-            out[key] = float(f"{value:.4g}")
-    return out
-
-
-def method_options(cls: type, options: Mapping[str, Any]) -> dict[str, Any]:
-    """The entries of ``options`` that the method class's constructor accepts."""
-    params = inspect.signature(cls.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        named = {k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
-        # a wrapper (SmoothGrad) passes unknown keywords to its base method: keep only its own
-        return {k: v for k, v in options.items() if k in named}
-    return {k: v for k, v in options.items() if k in params}
-
-
-def scalar_extras(
-    extras: Mapping[str, Any], index: tuple[int, ...], shape: Sequence[int]
-) -> dict[str, float]:
-    """Per-map scalars from an explanation's ``extras``: the float tensors of exactly the
-    targets' ``shape`` ((B,) or (B, K), e.g. integrated gradients' ``delta``), read at
-    ``index`` = ``(i,)`` or ``(i, k)``."""
-    out: dict[str, float] = {}
-    for key, value in extras.items():
-        if (
-            isinstance(value, Tensor)
-            and value.is_floating_point()
-            and tuple(value.shape) == tuple(shape)
-        ):
-            out[key] = float(value[index])
-    return out
-
 
 # ------------------------------------------------------------------------------------------
 # Configuration and result
@@ -228,15 +72,18 @@ class DemoConfig:
         shapes_lr: learning rate of ``gap-cnn`` (Adam, cosine schedule).
         shapes_batch: batch size of ``gap-cnn``.
         shapes_size: side of the ``shapes-pair`` images (the dataset's default is 64; 48
-            costs about half as much to train).
+            has about half its pixels).
         shapes_images: images shown in the classes grid.
         prototype_steps: step budget of the class prototypes.
         sanity_images: digits used by the sanity check.
         sanity_methods: methods checked (None: every registered method).
         png_side: smaller side of the map PNGs, in pixels.
-        method_options: per method, options that keep it fast (passed when the method's
-            constructor takes them).
-        sanity_options: the same for the sanity check's repeated runs.
+        preset: the cost preset the methods declare on their classes (``"tiny"`` or
+            ``"light"``, :func:`~cnnlens.core.registry.preset_options`) used for the
+            explained digits.
+        figure_options: per method, the demo's own options over ``preset`` for the figures
+            (more steps, samples or masks than the preset, a finer occlusion window).
+        sanity_preset: the cost preset of the sanity check's repeated runs.
     """
 
     mnist_train: int | None
@@ -254,11 +101,25 @@ class DemoConfig:
     sanity_images: int
     sanity_methods: tuple[str, ...] | None
     png_side: int
-    method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    sanity_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    preset: str = "tiny"
+    figure_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    sanity_preset: str = "tiny"
+
+    @property
+    def method_options(self) -> dict[str, dict[str, Any]]:
+        """Per method, the options of the explained digits: ``preset`` and the figure
+        options over it."""
+        out = preset_options(list_methods(), self.preset)
+        for name, extra in self.figure_options.items():
+            out[name] = {**out.get(name, {}), **extra}
+        return out
+
+    @property
+    def sanity_options(self) -> dict[str, dict[str, Any]]:
+        """Per method, the options of the sanity check's repeated runs (``sanity_preset``)."""
+        return preset_options(list_methods(), self.sanity_preset)
 
 
-_FAST = {"batch_size": 250}
 FULL = DemoConfig(
     mnist_train=None,
     mnist_test=None,
@@ -275,33 +136,17 @@ FULL = DemoConfig(
     sanity_images=3,
     sanity_methods=None,
     png_side=112,
-    method_options={
-        "integrated_gradients": {"n_steps": 32, "internal_batch_size": 64},
-        "smoothgrad": {"n_samples": 16, "batch_size": 64},
-        "occlusion": {"window": 6, "stride": 2, **_FAST},
-        "rise": {"n_masks": 600, **_FAST},
-        "scorecam": _FAST,
-        "ablationcam": _FAST,
+    preset="light",
+    figure_options={
+        "integrated_gradients": {"n_steps": 32},
+        "smoothgrad": {"n_samples": 16},
+        "occlusion": {"window": 6, "stride": 2},
+        "rise": {"n_masks": 600},
     },
-    sanity_options={
-        "integrated_gradients": {"n_steps": 16, "internal_batch_size": 64},
-        "smoothgrad": {"n_samples": 8, "batch_size": 64},
-        "occlusion": {"window": 7, "stride": 7, **_FAST},
-        "rise": {"n_masks": 200, **_FAST},
-        "scorecam": _FAST,
-        "ablationcam": _FAST,
-    },
+    sanity_preset="light",
 )
 """The full demo (``cnnlens demo``)."""
 
-_TINY = {
-    "integrated_gradients": {"n_steps": 4, "internal_batch_size": 64},
-    "smoothgrad": {"n_samples": 2, "batch_size": 64},
-    "occlusion": {"window": 14, "stride": 14, **_FAST},
-    "rise": {"n_masks": 64, **_FAST},
-    "scorecam": _FAST,
-    "ablationcam": _FAST,
-}
 QUICK = DemoConfig(
     mnist_train=300,
     mnist_test=200,
@@ -318,8 +163,8 @@ QUICK = DemoConfig(
     sanity_images=2,
     sanity_methods=("gradcam", "guided_backprop"),
     png_side=56,
-    method_options=_TINY,
-    sanity_options=_TINY,
+    preset="tiny",
+    sanity_preset="tiny",
 )
 """The quick demo (``cnnlens demo --quick``): every step, in seconds."""
 
@@ -398,15 +243,7 @@ class _Run:
         stores 256 colours (a third of the size for big grids of overlays)."""
         from cnnlens.viz import atomic_write, to_png_bytes
 
-        data = to_png_bytes(obj, dpi=dpi)
-        if palette:
-            img = Image.open(io.BytesIO(data)).convert("RGB")
-            img = img.quantize(
-                colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
-            )
-            buf = io.BytesIO()
-            img.save(buf, format="PNG", optimize=True)
-            data = buf.getvalue()
+        data = to_png_bytes(obj, dpi=dpi, palette=palette)
         self.files.append(atomic_write(self.out / rel, data))
         return data
 
@@ -534,75 +371,76 @@ def _conv_layers(net: nn.Module) -> list[str]:
     return convs
 
 
-def _digits_step(run: _Run, net: nn.Module, train_set: Any, test_set: Any) -> dict[str, Any]:
+def _digit_image(
+    run: _Run,
+    x: Tensor,
+    i: int,
+    index: int,
+    label: int,
+    probs: Tensor,
+    done: dict[str, Any],
+    names: list[str],
+    preset: Any,
+    grid_cells: dict[str, list[Any]],
+) -> Any:
+    """The report entry of test digit ``index`` (row ``i`` of ``x``): its input and one map
+    per method (PNGs under ``digits/``); each map also goes to ``grid_cells``."""
     import cnnlens
-    from cnnlens.report import MapEntry, Picture, Prediction, ReportImage, Section
-    from cnnlens.viz import Panel, grid, label_with_prob, layers_grid
+    from cnnlens.report import MapEntry, Prediction, ReportImage
+    from cnnlens.viz import Panel
 
     cfg = run.cfg
-    preset = test_set.preset
-    names = list(test_set.classes)
-    idx = _pick_digits(net, test_set, cfg.digits)
-    x, y = test_set.get_batch(idx)
-    with torch.no_grad():
-        probs = probabilities(net(x))
-    run.echo(f"explaining {len(idx)} test digits with every registered method")
-    res = _explain_all(run, net, x)
-    done: dict[str, Any] = res["done"]
-    for name, why in res["skipped"].items():
-        run.echo(f"  {name}: not applicable to mnist-cnn ({why.split(';')[0]})")
-
-    images = []
-    grid_cells: dict[str, list[Any]] = {}
-    for i, index in enumerate(idx):
-        pred = int(probs[i].argmax())
-        label = int(y[i])
-        maps = []
-        for name, exp in done.items():
-            cls = cnnlens.get_method(name)
-            raw = exp.raw[i] if exp.raw.dim() == exp.maps.dim() + 1 else None
-            signed = signed_view(cls, raw, exp.maps[i])
-            pic = render_map(
-                x[i], exp.maps[i], raw=raw, signed=signed, preset=preset, min_side=cfg.png_side
-            )
-            grid_cells.setdefault(name, []).append(Panel(pic))
-            png = run.write_png(pic, f"digits/{index:04d}_{slug(name)}.png")
-            t = int(exp.targets[i])
-            maps.append(
-                MapEntry(
-                    png,
-                    method=name,
-                    target=t,
-                    class_name=names[t],
-                    layer=exp.layer,
-                    stats=map_stats(
-                        exp.maps[i], raw, scalar_extras(exp.extras, (i,), exp.targets.shape)
-                    ),
-                )
-            )
-        shown = show_input(x[i], preset=preset, min_side=cfg.png_side)
-        run.write_png(shown, f"digits/{index:04d}_input.png")
-        images.append(
-            ReportImage(
-                name=f"test digit #{index} (label {names[label]})",
-                image=shown,
-                predictions=[
-                    Prediction(p["class"], p["index"], p["prob"])
-                    for p in top_predictions(probs[i], names)
-                ],
-                maps=maps,
-                notes=f"predicted {names[pred]} with p = {float(probs[i, pred]):.3f}; every "
-                "map explains the predicted class.",
+    pred = int(probs[i].argmax())
+    maps = []
+    for name, exp in done.items():
+        cls = cnnlens.get_method(name)
+        raw = exp.raw[i] if exp.raw.dim() == exp.maps.dim() + 1 else None
+        signed = signed_view(cls, raw, exp.maps[i])
+        pic = render_map(
+            x[i], exp.maps[i], raw=raw, signed=signed, preset=preset, min_side=cfg.png_side
+        )
+        grid_cells.setdefault(name, []).append(Panel(pic))
+        png = run.write_png(pic, f"digits/{index:04d}_{slug(name)}.png")
+        t = int(exp.targets[i])
+        maps.append(
+            MapEntry(
+                png,
+                method=name,
+                target=t,
+                class_name=names[t],
+                layer=exp.layer,
+                stats=map_stats(
+                    exp.maps[i], raw, scalar_extras(exp.extras, (i,), exp.targets.shape)
+                ),
             )
         )
+    shown = show_input(x[i], preset=preset, min_side=cfg.png_side)
+    run.write_png(shown, f"digits/{index:04d}_input.png")
+    return ReportImage(
+        name=f"test digit #{index} (label {names[label]})",
+        image=shown,
+        predictions=[
+            Prediction(p["class"], p["index"], p["prob"]) for p in top_predictions(probs[i], names)
+        ],
+        maps=maps,
+        notes=f"predicted {names[pred]} with p = {float(probs[i, pred]):.3f}; every "
+        "map explains the predicted class.",
+    )
 
+
+def _methods_figures(
+    run: _Run, x: Tensor, probs: Tensor, names: list[str], preset: Any, grid_cells: Any
+) -> bytes:
+    """The methods x digits grid (``figures/methods_grid.png``, returned) and the README's
+    overview picture: four digits x every method, small (``figures/overview.png``)."""
+    from cnnlens.viz import Panel, grid, label_with_prob
+
+    n = len(x)
+    side = run.cfg.png_side
     row_labels = [
-        label_with_prob(names[int(probs[i].argmax())], float(probs[i].max()))
-        for i in range(len(idx))
+        label_with_prob(names[int(probs[i].argmax())], float(probs[i].max())) for i in range(n)
     ]
-    inputs = [
-        Panel(show_input(x[i], preset=preset, min_side=cfg.png_side)) for i in range(len(idx))
-    ]
+    inputs = [Panel(show_input(x[i], preset=preset, min_side=side)) for i in range(n)]
 
     def methods_figure(rows: Sequence[int], title: str) -> Any:
         return grid(
@@ -613,14 +451,23 @@ def _digits_step(run: _Run, net: nn.Module, train_set: Any, test_set: Any) -> di
             cell_inches=1.0,
         )
 
-    fig = methods_figure(range(len(idx)), "every method on one test digit per class (mnist-cnn)")
+    fig = methods_figure(range(n), "every method on one test digit per class (mnist-cnn)")
     overview = methods_figure(
-        [i for i in (0, 3, 5, 8) if i < len(idx)] or [0],
+        [i for i in (0, 3, 5, 8) if i < n] or [0],
         "cnnlens: every explanation method on MNIST digits (mnist-cnn, predicted class)",
     )
     methods_png = run.write_png(fig, "figures/methods_grid.png", palette=True)
-    # the README picture: four digits x every method, small
     run.write_png(overview, "figures/overview.png", palette=True, dpi=72)
+    return methods_png
+
+
+def _layers_figure(
+    run: _Run, net: nn.Module, x: Tensor, names: list[str], preset: Any
+) -> tuple[list[str], bytes]:
+    """Grad-CAM at three depths (:func:`_conv_layers`): the layers and
+    ``figures/gradcam_layers.png``."""
+    import cnnlens
+    from cnnlens.viz import layers_grid
 
     layers = _conv_layers(net)
     exp = cnnlens.explain(net, x, method="gradcam", layer=layers)
@@ -633,7 +480,32 @@ def _digits_step(run: _Run, net: nn.Module, train_set: Any, test_set: Any) -> di
         image_labels=[names[int(t)] for t in exp.targets],
         title="Grad-CAM at three depths of mnist-cnn",
     )
-    layers_png = run.write_png(fig_layers, "figures/gradcam_layers.png")
+    return layers, run.write_png(fig_layers, "figures/gradcam_layers.png")
+
+
+def _digits_step(run: _Run, net: nn.Module, train_set: Any, test_set: Any) -> dict[str, Any]:
+    """Every method on one test digit per class, and Grad-CAM across layers: the report's
+    images and two sections."""
+    from cnnlens.report import Picture, Section
+
+    preset = test_set.preset
+    names = list(test_set.classes)
+    idx = _pick_digits(net, test_set, run.cfg.digits)
+    x, y = test_set.get_batch(idx)
+    with torch.no_grad():
+        probs = probabilities(net(x)).cpu()
+    run.echo(f"explaining {len(idx)} test digits with every registered method")
+    res = _explain_all(run, net, x)
+    done: dict[str, Any] = res["done"]
+    for name, why in res["skipped"].items():
+        run.echo(f"  {name}: not applicable to mnist-cnn ({why.split(';')[0]})")
+    grid_cells: dict[str, list[Any]] = {}
+    images = [
+        _digit_image(run, x, i, index, int(y[i]), probs, done, names, preset, grid_cells)
+        for i, index in enumerate(idx)
+    ]
+    methods_png = _methods_figures(run, x, probs, names, preset, grid_cells)
+    layers, layers_png = _layers_figure(run, net, x, names, preset)
     run.sections.append(
         Section(
             f"Every method on {len(idx)} digits",
@@ -766,28 +638,14 @@ def _shapes_step(run: _Run) -> dict[str, Any]:
         )
     acc = float(result.test.accuracy) if result.test is not None else float("nan")
     run.echo(f"gap-cnn exact-match test accuracy (both shapes right): {acc:.1%}")
-
-    # the pair of classes with the most test images whose two top classes are that pair
-    pairs = torch.stack([test_set.pair_labels(i) for i in range(len(test_set))])
-    key = pairs.sort(dim=1).values
-    xt, _ = test_set.tensors()
-    with torch.no_grad():
-        right = (net(xt).topk(2, dim=1).indices.sort(dim=1).values == key).all(dim=1)
-    uniq = key.unique(dim=0)
-    score = [
-        (int((right & (key == u).all(1)).sum()), int((key == u).all(1).sum()), i)
-        for i, u in enumerate(uniq)
-    ]
-    a, b = (int(v) for v in uniq[max(score)[2]])
-    same = (key == torch.tensor([a, b])).all(1)
-    order = sorted(same.nonzero().flatten().tolist(), key=lambda i: (not bool(right[i]), i))
-    idx = order[: cfg.shapes_images]
+    pair = _pick_pair(net, test_set, cfg.shapes_images)
+    a, b, idx = pair["a"], pair["b"], pair["idx"]
     x, _ = test_set.get_batch(idx)
     names = list(test_set.classes)
     target = torch.tensor([[a, b]] * len(idx))
     with _timed(run, "explain shapes-pair"):
         with torch.no_grad():
-            probs = probabilities(net(x), multilabel=True)
+            probs = probabilities(net(x), "sigmoid").cpu()
         maps: dict[str, dict[str, Tensor]] = {}
         for method in ("gradcam", "cam"):
             try:
@@ -796,26 +654,9 @@ def _shapes_step(run: _Run) -> dict[str, Any]:
                 logger.info("%s skipped on gap-cnn: %s", method, err)
                 continue
             maps[method] = {names[a]: exp.maps[:, 0], names[b]: exp.maps[:, 1]}
-    masks = torch.stack([test_set.masks(i) for i in idx]).float()  # (n, 2, H, W), pair order
-    slot = pairs[idx]  # which mask belongs to which class
-    first_is_a = (slot[:, 0] == a)[:, None, None]
-    own = torch.where(first_is_a, masks[:, 0], masks[:, 1])
-    other = torch.where(first_is_a, masks[:, 1], masks[:, 0])
-    table = []
+    table = _mass_table(test_set, pair, maps, names)
     pics = []
     for method, by_class in maps.items():
-        for cname, m, mine, theirs in (
-            (names[a], by_class[names[a]], own, other),
-            (names[b], by_class[names[b]], other, own),
-        ):
-            table.append(
-                {
-                    "method": method,
-                    "class": cname,
-                    "mass on its own shape": round(float(_mass(m, mine).mean()), 3),
-                    "mass on the other shape": round(float(_mass(m, theirs).mean()), 3),
-                }
-            )
         fig = classes_grid(
             list(x),
             by_class,
@@ -830,8 +671,8 @@ def _shapes_step(run: _Run) -> dict[str, Any]:
             "Two classes in one image",
             f"gap-cnn trained on shapes-pair ({size}x{size} images with two shapes each, one "
             f"sigmoid per class; exact-match test accuracy {acc:.1%}; both shapes found in "
-            f"{float(right.float().mean()):.0%} of the test images). The same images are "
-            "explained for "
+            f"{float(pair['right'].float().mean()):.0%} of the test images). The same images "
+            "are explained for "
             f"{names[a]} and {names[b]}: each class's map lands on its own shape. The "
             "table gives the share of each map's mass inside each shape's ground-truth mask "
             "(energy pointing game).",
@@ -842,10 +683,147 @@ def _shapes_step(run: _Run) -> dict[str, Any]:
     return {"accuracy": acc, "net": net}
 
 
+def _pick_pair(net: nn.Module, test_set: Any, n: int) -> dict[str, Any]:
+    """The pair of classes (a, b) with the most test images whose two top classes are that
+    pair, and up to ``n`` of its images (those the model gets right first)."""
+    pairs = torch.stack([test_set.pair_labels(i) for i in range(len(test_set))])
+    key = pairs.sort(dim=1).values
+    xt, _ = test_set.tensors()
+    with torch.no_grad():
+        right = (net(xt).topk(2, dim=1).indices.sort(dim=1).values == key).all(dim=1)
+    uniq = key.unique(dim=0)
+    score = [
+        (int((right & (key == u).all(1)).sum()), int((key == u).all(1).sum()), i)
+        for i, u in enumerate(uniq)
+    ]
+    a, b = (int(v) for v in uniq[max(score)[2]])
+    same = (key == torch.tensor([a, b])).all(1)
+    order = sorted(same.nonzero().flatten().tolist(), key=lambda i: (not bool(right[i]), i))
+    return {"a": a, "b": b, "idx": order[:n], "pairs": pairs, "right": right}
+
+
+def _mass_table(
+    test_set: Any, pair: dict[str, Any], maps: dict[str, dict[str, Tensor]], names: list[str]
+) -> list[dict[str, Any]]:
+    """Per method and class, the share of the map's mass on its own shape and on the other
+    (energy pointing game against the ground-truth masks)."""
+    a, b, idx = pair["a"], pair["b"], pair["idx"]
+    masks = torch.stack([test_set.masks(i) for i in idx]).float()  # (n, 2, H, W), pair order
+    slot = pair["pairs"][idx]  # which mask belongs to which class
+    first_is_a = (slot[:, 0] == a)[:, None, None]
+    own = torch.where(first_is_a, masks[:, 0], masks[:, 1])
+    other = torch.where(first_is_a, masks[:, 1], masks[:, 0])
+    table = []
+    for method, by_class in maps.items():
+        for cname, m, mine, theirs in (
+            (names[a], by_class[names[a]], own, other),
+            (names[b], by_class[names[b]], other, own),
+        ):
+            table.append(
+                {
+                    "method": method,
+                    "class": cname,
+                    "mass on its own shape": round(float(_mass(m, mine).mean()), 3),
+                    "mass on the other shape": round(float(_mass(m, theirs).mean()), 3),
+                }
+            )
+    return table
+
+
 def _mass(maps: Tensor, masks: Tensor) -> Tensor:
     from cnnlens.metrics import energy_pointing_game
 
     return energy_pointing_game(maps, masks.bool())
+
+
+def _mnist_step(run: _Run) -> dict[str, Any]:
+    """mnist-cnn trained on (a stratified subset of) mnist-embedded; its layer summary."""
+    from cnnlens.data import get_dataset
+    from cnnlens.training import get_recipe
+
+    cfg = run.cfg
+    train_set = _subset(get_dataset("mnist-embedded", split="train"), cfg.mnist_train)
+    test_set = _subset(get_dataset("mnist-embedded", split="test"), cfg.mnist_test)
+    recipe = {**get_recipe("mnist-cnn", "mnist-embedded"), "epochs": cfg.mnist_epochs}
+    run.echo(
+        f"training mnist-cnn on mnist-embedded ({len(train_set)} digits, "
+        f"{recipe['epochs']} epochs, {recipe['optimizer']} lr {recipe['lr']:g})"
+    )
+    with _timed(run, "train mnist-cnn"):
+        net, result = _train(run, "mnist-cnn", train_set, test_set, recipe)
+    acc = float(result.test.accuracy) if result.test is not None else float("nan")
+    run.echo(f"mnist-cnn test accuracy: {acc:.2%} on {len(test_set)} test digits")
+    summ, rows = _summary_rows(net, train_set.sample_shape)
+    run.echo(str(summ))
+    return {
+        "net": net,
+        "result": result,
+        "accuracy": acc,
+        "train_set": train_set,
+        "test_set": test_set,
+        "summary": rows,
+    }
+
+
+def _report_step(
+    run: _Run,
+    mnist: dict[str, Any],
+    digits: dict[str, Any],
+    prototypes: list[Any],
+    sanity: list[Any],
+    shapes: dict[str, Any],
+) -> Path:
+    """The training-and-timings section, the model card and ``report.html``."""
+    from cnnlens.report import ModelCard, Section, write_report
+
+    result, net, train_set = mnist["result"], mnist["net"], mnist["train_set"]
+    run.sections.append(
+        Section(
+            "Training and timings",
+            f"mnist-cnn: {result.epochs} epochs in {result.seconds:.1f} s; seconds per "
+            "step of this demo below.",
+            table=[
+                {
+                    "epoch": h["epoch"],
+                    "loss": round(h["loss"], 4),
+                    "train accuracy": round(h["train_accuracy"], 4),
+                    "test accuracy": round(h.get("test_accuracy", float("nan")), 4),
+                    "seconds": round(h["seconds"], 1),
+                }
+                for h in result.history
+            ]
+            + [{"epoch": f"step: {k}", "seconds": round(v, 1)} for k, v in run.timings.items()],
+        )
+    )
+    card = ModelCard(
+        arch="mnist-cnn",
+        parameters=int(sum(p.numel() for p in net.parameters())),
+        trainable_parameters=int(sum(p.numel() for p in net.parameters() if p.requires_grad)),
+        dataset="mnist-embedded",
+        accuracy=mnist["accuracy"],
+        input_size=train_set.input_size,
+        in_channels=train_set.in_channels,
+        num_classes=len(train_set.classes),
+        class_names=list(train_set.classes),
+        preset=train_set.preset.name,
+        checkpoint=str(run.out / "mnist-cnn" / "model.safetensors"),
+        summary=mnist["summary"],
+        extra={
+            "training digits": len(train_set),
+            "epochs": result.epochs,
+            "training seconds": round(result.seconds, 1),
+            "gap-cnn on shapes-pair (exact match)": round(shapes["accuracy"], 4),
+        },
+    )
+    return write_report(
+        run.out / "report.html",
+        title="cnnlens demo: why does the CNN decide what it decides?",
+        model_card=card,
+        images=digits["images"],
+        prototypes=prototypes or None,
+        sanity=sanity or None,
+        extra_sections=run.sections,
+    )
 
 
 def run_demo(
@@ -861,7 +839,7 @@ def run_demo(
 
     Args:
         out: output folder (created; files of an earlier run are overwritten).
-        quick: small subsets and scaled-down options (seconds instead of minutes).
+        quick: small subsets and the methods' tiny presets (seconds instead of minutes).
         progress: show rich progress bars (training, explaining, sanity checks).
         seed: seed of the models' initialization, shuffling and random methods.
         echo: where step messages go (default: the ``cnnlens`` logger at INFO).
@@ -873,103 +851,35 @@ def run_demo(
     Raises:
         InputError: when ``out`` exists and is not a folder.
     """
-    from cnnlens.data import get_dataset
-    from cnnlens.report import ModelCard, Section, write_report
-    from cnnlens.training import get_recipe
-
     t_start, cpu_start = time.perf_counter(), time.process_time()
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"out {str(out)!r} exists and is not a folder")
+    out = check_out_dir(out, "out")
     out.mkdir(parents=True, exist_ok=True)
     cfg = config if config is not None else (QUICK if quick else FULL)
     run = _Run(out, cfg, progress, seed, echo or logger.info)
 
     # 1. mnist-cnn on mnist-embedded
-    train_set = _subset(get_dataset("mnist-embedded", split="train"), cfg.mnist_train)
-    test_set = _subset(get_dataset("mnist-embedded", split="test"), cfg.mnist_test)
-    recipe = {**get_recipe("mnist-cnn", "mnist-embedded"), "epochs": cfg.mnist_epochs}
-    run.echo(
-        f"training mnist-cnn on mnist-embedded ({len(train_set)} digits, "
-        f"{recipe['epochs']} epochs, {recipe['optimizer']} lr {recipe['lr']:g})"
-    )
-    with _timed(run, "train mnist-cnn"):
-        net, result = _train(run, "mnist-cnn", train_set, test_set, recipe)
-    acc = float(result.test.accuracy) if result.test is not None else float("nan")
-    run.echo(f"mnist-cnn test accuracy: {acc:.2%} on {len(test_set)} test digits")
-    summ, rows = _summary_rows(net, train_set.sample_shape)
-    run.echo(str(summ))
-
+    mnist = _mnist_step(run)
+    net, train_set = mnist["net"], mnist["train_set"]
     # 2-3. every method on one digit per class; Grad-CAM across layers
     with _timed(run, "explain digits"):
-        digits = _digits_step(run, net, train_set, test_set)
-
+        digits = _digits_step(run, net, train_set, mnist["test_set"])
     # 4. prototypes and sanity checks
     with _timed(run, "prototypes"):
         prototypes = _prototypes_step(run, net, train_set)
     with _timed(run, "sanity checks"):
         sanity = _sanity_step(run, net, digits["x"], digits["methods"])
-
     # 5. gap-cnn on shapes-pair
     shapes = _shapes_step(run)
-
     # 6. the report
     with _timed(run, "report"):
         run.timings["total before report"] = time.perf_counter() - t_start
-        history = result.history
-        run.sections.append(
-            Section(
-                "Training and timings",
-                f"mnist-cnn: {result.epochs} epochs in {result.seconds:.1f} s; seconds per "
-                "step of this demo below.",
-                table=[
-                    {
-                        "epoch": h["epoch"],
-                        "loss": round(h["loss"], 4),
-                        "train accuracy": round(h["train_accuracy"], 4),
-                        "test accuracy": round(h.get("test_accuracy", float("nan")), 4),
-                        "seconds": round(h["seconds"], 1),
-                    }
-                    for h in history
-                ]
-                + [{"epoch": f"step: {k}", "seconds": round(v, 1)} for k, v in run.timings.items()],
-            )
-        )
-        card = ModelCard(
-            arch="mnist-cnn",
-            parameters=int(sum(p.numel() for p in net.parameters())),
-            trainable_parameters=int(sum(p.numel() for p in net.parameters() if p.requires_grad)),
-            dataset="mnist-embedded",
-            accuracy=acc,
-            input_size=train_set.input_size,
-            in_channels=train_set.in_channels,
-            num_classes=len(train_set.classes),
-            class_names=list(train_set.classes),
-            preset=train_set.preset.name,
-            checkpoint=str(out / "mnist-cnn" / "model.safetensors"),
-            summary=rows,
-            extra={
-                "training digits": len(train_set),
-                "epochs": result.epochs,
-                "training seconds": round(result.seconds, 1),
-                "gap-cnn on shapes-pair (exact match)": round(shapes["accuracy"], 4),
-            },
-        )
-        report = write_report(
-            out / "report.html",
-            title="cnnlens demo: why does the CNN decide what it decides?",
-            model_card=card,
-            images=digits["images"],
-            prototypes=prototypes or None,
-            sanity=sanity or None,
-            extra_sections=run.sections,
-        )
+        report = _report_step(run, mnist, digits, prototypes, sanity, shapes)
     seconds = time.perf_counter() - t_start
     run.timings["total"] = seconds
     demo = DemoResult(
         out=out,
         report=report,
-        mnist_accuracy=acc,
+        mnist_accuracy=mnist["accuracy"],
         shapes_accuracy=shapes["accuracy"],
         methods=digits["methods"],
         methods_skipped=digits["skipped"],
