@@ -41,6 +41,7 @@ from cnnlens.metrics._common import (
     probabilities,
     resolve_class_targets,
 )
+from cnnlens.metrics.registry import MetricInputs, register_metric
 
 __all__ = [
     "ConfidenceResult",
@@ -56,6 +57,16 @@ __all__ = [
 ]
 
 SubstrateLike = str | float | Tensor
+
+
+def _on(inputs: MetricInputs) -> dict[str, object]:
+    """The arguments every faithfulness metric takes from the batch's inputs."""
+    return {
+        "target": inputs.target,
+        "activation": inputs.activation,
+        "batch_size": inputs.batch_size,
+    }
+
 
 ROAD_FRACTIONS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -330,6 +341,20 @@ def deletion(
     )
 
 
+@register_metric(
+    "deletion",
+    family="faithfulness",
+    higher_is_better=False,
+    label="del",
+    summary="area under the deletion curve",
+    options_of=deletion,
+)
+def _deletion(inputs: MetricInputs, **options: object) -> Tensor:
+    res = deletion(inputs.model, inputs.x, inputs.maps, **_on(inputs), **options)  # type: ignore[arg-type]
+    inputs.cache["deletion"] = res  # the curve, for figures
+    return res.auc
+
+
 def insertion(
     model: nn.Module,
     x: Tensor,
@@ -367,6 +392,20 @@ def insertion(
         blur_kernel=blur_kernel,
         blur_sigma=blur_sigma,
     )
+
+
+@register_metric(
+    "insertion",
+    family="faithfulness",
+    higher_is_better=True,
+    label="ins",
+    summary="area under the insertion curve",
+    options_of=insertion,
+)
+def _insertion(inputs: MetricInputs, **options: object) -> Tensor:
+    res = insertion(inputs.model, inputs.x, inputs.maps, **_on(inputs), **options)  # type: ignore[arg-type]
+    inputs.cache["insertion"] = res  # the curve, for figures
+    return res.auc
 
 
 def confidence_change(
@@ -443,6 +482,18 @@ def average_drop(
     ).drop
 
 
+@register_metric(
+    "average_drop",
+    family="faithfulness",
+    higher_is_better=False,
+    label="drop",
+    summary="relative confidence drop",
+    options_of=average_drop,
+)
+def _average_drop(inputs: MetricInputs, **options: object) -> Tensor:
+    return average_drop(inputs.model, inputs.x, inputs.maps, **_on(inputs), **options)  # type: ignore[arg-type]
+
+
 def increase_in_confidence(
     model: nn.Module,
     x: Tensor,
@@ -469,6 +520,25 @@ def increase_in_confidence(
         activation=activation,
         batch_size=batch_size,
     ).increase
+
+
+@register_metric(
+    "increase_in_confidence",
+    family="faithfulness",
+    higher_is_better=True,
+    label="incr",
+    summary="confidence rises (0/1)",
+    binary=True,
+    options_of=increase_in_confidence,
+)
+def _increase_in_confidence(inputs: MetricInputs, **options: object) -> Tensor:
+    return increase_in_confidence(
+        inputs.model,
+        inputs.x,
+        inputs.maps,
+        **_on(inputs),
+        **options,  # type: ignore[arg-type]
+    )
 
 
 # ROAD's noisy linear imputation (Rong et al. 2022) weighs the four direct neighbours by
@@ -776,3 +846,58 @@ def road_combined(morf: CurveResult, lerf: CurveResult) -> Tensor:
             f"and {tuple(lerf.scores.shape)}"
         )
     return (lerf.mean - morf.mean) / 2
+
+
+def _road_curve(inputs: MetricInputs, order: str, options: dict[str, object]) -> CurveResult:
+    """ROAD's curve of one order, computed once per batch and options (the three ROAD
+    scores share it)."""
+    key = f"road-{order}-{sorted(options.items())!r}"
+    if key not in inputs.cache:
+        inputs.cache[key] = road(
+            inputs.model,
+            inputs.x,
+            inputs.maps,
+            order=order,
+            **_on(inputs),
+            **options,  # type: ignore[arg-type]
+        )
+    return inputs.cache[key]
+
+
+@register_metric(
+    "road_morf",
+    family="faithfulness",
+    higher_is_better=False,
+    label="morf",
+    summary="mean ROAD MoRF probability",
+    option_group="road",
+    options_of=road,
+)
+def _road_morf(inputs: MetricInputs, **options: object) -> Tensor:
+    return _road_curve(inputs, "morf", options).mean
+
+
+@register_metric(
+    "road_lerf",
+    family="faithfulness",
+    higher_is_better=True,
+    label="lerf",
+    summary="mean ROAD LeRF probability",
+    option_group="road",
+    options_of=road,
+)
+def _road_lerf(inputs: MetricInputs, **options: object) -> Tensor:
+    return _road_curve(inputs, "lerf", options).mean
+
+
+@register_metric(
+    "road",
+    family="faithfulness",
+    higher_is_better=True,
+    label="road",
+    summary="(LeRF - MoRF) / 2",
+    option_group="road",
+    options_of=road,
+)
+def _road(inputs: MetricInputs, **options: object) -> Tensor:
+    return road_combined(_road_curve(inputs, "morf", options), _road_curve(inputs, "lerf", options))

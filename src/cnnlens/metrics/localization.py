@@ -20,6 +20,7 @@ from torch import Tensor
 
 from cnnlens.errors import InputError
 from cnnlens.metrics._common import check_maps, check_masks
+from cnnlens.metrics.registry import MetricInputs, register_metric
 
 __all__ = ["energy_pointing_game", "iou", "pointing_game", "relevance_rank_accuracy"]
 
@@ -82,6 +83,20 @@ def pointing_game(maps: Tensor, masks: Tensor, *, tolerance: float = 0.0) -> Ten
     return _nan_where(score, empty)
 
 
+@register_metric(
+    "pointing_game",
+    family="localization",
+    higher_is_better=True,
+    label="point",
+    summary="maximum inside the mask",
+    needs_masks=True,
+    binary=True,
+    options_of=pointing_game,
+)
+def _pointing_game(inputs: MetricInputs, **options: object) -> Tensor:
+    return pointing_game(inputs.maps, inputs.masks, **options)  # type: ignore[arg-type]
+
+
 def energy_pointing_game(maps: Tensor, masks: Tensor) -> Tensor:
     """Energy-based pointing game (Wang et al., Score-CAM, CVPRW 2020, arXiv:1910.01279),
     also called relevance mass accuracy (Arras et al., CLEVR-XAI, Inf. Fusion 2022).
@@ -115,6 +130,19 @@ def energy_pointing_game(maps: Tensor, masks: Tensor) -> Tensor:
     return _nan_where(score, empty)
 
 
+@register_metric(
+    "energy_pointing_game",
+    family="localization",
+    higher_is_better=True,
+    label="energy",
+    summary="mass inside the mask",
+    needs_masks=True,
+    options_of=energy_pointing_game,
+)
+def _energy_pointing_game(inputs: MetricInputs, **options: object) -> Tensor:
+    return energy_pointing_game(inputs.maps, inputs.masks, **options)  # type: ignore[arg-type]
+
+
 def relevance_rank_accuracy(maps: Tensor, masks: Tensor) -> Tensor:
     """Relevance rank accuracy (Arras et al., "CLEVR-XAI", Information Fusion 2022,
     arXiv:2003.07258).
@@ -143,6 +171,19 @@ def relevance_rank_accuracy(maps: Tensor, masks: Tensor) -> Tensor:
     return _nan_where(score, empty)
 
 
+@register_metric(
+    "relevance_rank_accuracy",
+    family="localization",
+    higher_is_better=True,
+    label="rank",
+    summary="top-|S| in mask",
+    needs_masks=True,
+    options_of=relevance_rank_accuracy,
+)
+def _relevance_rank_accuracy(inputs: MetricInputs, **options: object) -> Tensor:
+    return relevance_rank_accuracy(inputs.maps, inputs.masks, **options)  # type: ignore[arg-type]
+
+
 def iou(maps: Tensor, masks: Tensor, *, threshold: float = 0.5) -> Tensor:
     """Intersection over union of the thresholded map and the mask.
 
@@ -169,3 +210,16 @@ def iou(maps: Tensor, masks: Tensor, *, threshold: float = 0.5) -> Tensor:
     inter = (pred & s).sum(dim=1).double()
     union = (pred | s).sum(dim=1).double()
     return _nan_where(inter / union.clamp(min=1), empty)
+
+
+@register_metric(
+    "iou",
+    family="localization",
+    higher_is_better=True,
+    label="iou",
+    summary="IoU of the thresholded map",
+    needs_masks=True,
+    options_of=iou,
+)
+def _iou(inputs: MetricInputs, **options: object) -> Tensor:
+    return iou(inputs.maps, inputs.masks, **options)  # type: ignore[arg-type]
