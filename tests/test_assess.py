@@ -450,3 +450,55 @@ def test_pair_rows_use_each_class_and_its_own_mask(
     mask = pair.masks[0, 1]
     want = float(exp.maps[0][mask].sum() / exp.maps[0].sum())
     assert rows[1]["scores"]["energy_pointing_game"] == pytest.approx(want, abs=1e-5)
+
+
+# --------------------------------------------------------------------------- one sanity rule
+
+
+def test_demo_and_assess_give_the_same_sanity_verdict(
+    net: torch.nn.Module, data: A.AssessData, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    from cnnlens import demo as D
+
+    methods = ["gradcam", "guided_backprop"]
+    cfg = dataclasses.replace(D.QUICK, sanity_images=3, sanity_methods=tuple(methods))
+    (tmp_path / "demo").mkdir()
+    run = D._Run(tmp_path / "demo", cfg, False, 0, lambda _msg: None)
+    shown = D._sanity_step(run, net, data.images[:3], methods)
+    # the same model and images in assess; the demo explains each image's top class
+    res = A.assess(
+        net, data, tmp_path / "a", methods=methods, metrics=[A.SANITY_METRIC], n=3,
+        sanity_images=3, examples=0, target="predicted",
+    )  # fmt: skip
+    got = [(v.method, v.passed, v.detail) for v in res.sanity]
+    assert got == [(v.method, v.passed, v.detail) for v in shown]
+    assert all("n = 3 images" in v.detail for v in shown)
+    html = (tmp_path / "a" / "report.html").read_text()
+    assert all(v.detail in html for v in shown)
+
+
+def test_two_sanity_images_never_give_an_interval_outside_the_range(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import re
+
+    out = tmp_path / "run"
+    rc = _run(
+        "--model", checkpoint, "--dataset", "shapes", "--methods", "gradcam,saliency",
+        "--n", 2, "--metrics", A.SANITY_METRIC, "--sanity-images", 2, "--out", out,
+        "--no-progress",
+    )  # fmt: skip
+    assert rc == 0
+    printed = capsys.readouterr().out
+    table = (out / "table.md").read_text()
+    intervals = re.findall(r"\[(-?\d+\.\d+), (-?\d+\.\d+)\]", printed + table)
+    assert len(intervals) >= 4  # two verdicts printed, two cells in the table
+    for low, high in intervals:
+        assert 0.0 <= float(low) <= float(high) <= 1.0
+    assert printed.count("n = 2 images") == 2
+    saved = json.loads((out / "table.json").read_text())["sanity"]
+    for v in saved:
+        assert v["n"] == 2 and v["outcome"] in ("passes", "fails", "inconclusive")
+        assert v["passed"] == {"passes": True, "fails": False}.get(v["outcome"])
