@@ -33,9 +33,6 @@ from cnnlens.metrics.faithfulness import (
     increase_in_confidence,
     insertion,
     make_substrate,
-    noisy_linear_impute,
-    road,
-    road_combined,
 )
 from cnnlens.metrics.localization import (
     energy_pointing_game,
@@ -51,6 +48,7 @@ from cnnlens.metrics.registry import (
     metric_infos,
     register_metric,
 )
+from cnnlens.metrics.road import noisy_linear_impute, road, road_combined
 from cnnlens.metrics.sanity import (
     PermutedLabels,
     SanityResult,
