@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cnnlens.core.checks import check_int
 from cnnlens.errors import InputError
 from cnnlens.metrics._common import (
     Activation,
@@ -248,8 +249,7 @@ def _curve(
     n = h * w
     if step is None:
         step = max(1, math.ceil(n / 100))
-    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-        raise InputError(f"step must be a positive number of pixels, got {step!r}")
+    check_int("step", step)
     sub = make_substrate(x, substrate, blur_kernel=blur_kernel, blur_sigma=blur_sigma)
     n_steps = math.ceil(n / step)
     counts = torch.clamp(torch.arange(n_steps + 1, device=device) * step, max=n)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cnnlens.core.checks import check_float
 from cnnlens.errors import InputError
 from cnnlens.metrics._common import check_maps, check_masks
 from cnnlens.metrics.registry import MetricInputs, register_metric
@@ -71,8 +72,7 @@ def pointing_game(maps: Tensor, masks: Tensor, *, tolerance: float = 0.0) -> Ten
     Example:
         >>> pointing_game(exp.maps, masks).mean()      # doctest: +SKIP
     """
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0:
-        raise InputError(f"tolerance must be a number of pixels >= 0, got {tolerance!r}")
+    check_float("tolerance", tolerance, minimum=0)
     maps = check_maps(maps)
     masks = check_masks(masks, maps)
     empty = ~masks.flatten(1).any(dim=1)
@@ -201,10 +201,7 @@ def iou(maps: Tensor, masks: Tensor, *, threshold: float = 0.5) -> Tensor:
     Returns:
         float (B,) in [0, 1], NaN for an empty mask.
     """
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise InputError(f"threshold must be a number in [0, 1], got {threshold!r}")
-    if not 0 <= threshold <= 1:
-        raise InputError(f"threshold must be a number in [0, 1], got {threshold!r}")
+    check_float("threshold", threshold, minimum=0, maximum=1)
     flat, s, empty = _inputs(maps, masks)
     pred = flat >= threshold * flat.max(dim=1, keepdim=True).values
     inter = (pred & s).sum(dim=1).double()

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from cnnlens.core.checks import check_float
 from cnnlens.core.layers import resolve_layer
 from cnnlens.errors import InputError, ModelError
 from cnnlens.metrics._common import (
@@ -330,8 +331,7 @@ def _setup(
 ) -> tuple[str, ExplainFn, Tensor, Tensor]:
     if criterion not in CRITERIA:
         raise InputError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise InputError(f"threshold must be a number, got {threshold!r}")
+    check_float("threshold", threshold)
     name, fn = _explainer(method, output, options)
     x = check_images(x).to(model_device(model, x.device))
     with frozen_eval(model):
