@@ -1,7 +1,7 @@
 """Acceptance: how far to trust explanations of a gap-cnn trained on ``shapes``.
 
-A gap-cnn is trained on a subset of ``shapes`` (40x40 images, about half a minute on two
-CPU cores) and assessed with :func:`cnnlens.assess.assess` on 100 test images:
+A gap-cnn is trained on a subset of ``shapes`` (40x40 images; marked slow) and assessed
+with :func:`cnnlens.assess.assess` on 100 test images:
 
 - Grad-CAM points at the shape (pointing game >= 0.9, with the protocol's tolerance) far
   above the random baseline;
