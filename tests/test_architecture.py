@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "cnnlens"
 BASE = {"errors", "_version"}  # what every layer may import
 LIBRARY = {"core", "methods", "models", "data", "metrics", "prototypes", "viz", "report"}
 # what sits on top: command line, end-to-end pipelines and the package's public face
-TOP = {"cli", "demo", "assess", "cnnlens"}
+TOP = {"cli", "pipelines", "assess", "dataset", "cnnlens"}
 
 LAYERS: dict[str, set[str]] = {
     "errors": set(),
@@ -36,9 +36,9 @@ LAYERS: dict[str, set[str]] = {
     "prototypes": {"core", "data", "prototypes", "viz", "report"},
     "report": {"core", "viz", "report"},
     # the top may use every layer
-    "assess": LIBRARY | {"api", "summary", "training", "assess", "demo"},
-    "demo": LIBRARY | {"api", "summary", "training", "demo", "cnnlens"},
-    "cli": LIBRARY | {"api", "summary", "training", "cli", "demo", "assess", "cnnlens"},
+    "assess": LIBRARY | {"api", "summary", "training", "assess"},
+    "pipelines": LIBRARY | {"api", "summary", "training", "pipelines", "assess", "cnnlens"},
+    "cli": LIBRARY | {"api", "summary", "training", "cli", "pipelines", "assess", "cnnlens"},
     "cnnlens": {"api", "core", "methods", "summary"},
 }
 

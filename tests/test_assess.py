@@ -22,7 +22,9 @@ from scipy import stats
 
 import cnnlens
 import cnnlens.assess as A
+import cnnlens.assess.run as R
 from cnnlens import models
+from cnnlens.assess.tables import csv_table, markdown_table
 from cnnlens.cli.main import main
 from cnnlens.data import SHAPE_CLASSES
 from cnnlens.errors import DataError, InputError
@@ -144,16 +146,16 @@ def test_resume_after_interruption_skips_finished_rows(
         metric_options=FAST, sanity_images=0, examples=0,
     )  # fmt: skip
     out = tmp_path / "run"
-    real = A._Run.score
+    real = R.Run.score
     done: list[int] = []
 
-    def interrupted(self: A._Run, method: str, idx: list[int]) -> int:
+    def interrupted(self: R.Run, method: str, idx: list[int]) -> int:
         if len(done) == 2:
             raise KeyboardInterrupt
         done.append(real(self, method, idx))
         return done[-1]
 
-    monkeypatch.setattr(A._Run, "score", interrupted)
+    monkeypatch.setattr(R.Run, "score", interrupted)
     with pytest.raises(KeyboardInterrupt):
         A.assess(net, data, out, **kw)
     assert len(_rows(out)) == sum(done) == 6  # two batches of three rows kept
@@ -162,11 +164,11 @@ def test_resume_after_interruption_skips_finished_rows(
 
     calls: list[tuple[str, int]] = []
 
-    def counted(self: A._Run, method: str, idx: list[int]) -> int:
+    def counted(self: R.Run, method: str, idx: list[int]) -> int:
         calls.append((method, len(idx)))
         return real(self, method, idx)
 
-    monkeypatch.setattr(A._Run, "score", counted)
+    monkeypatch.setattr(R.Run, "score", counted)
     res = A.assess(net, data, out, **kw)
     assert res.reused == 6 and res.computed == 8 * 4 - 6
     assert sum(n for _, n in calls) == 26
@@ -194,16 +196,16 @@ def test_resume_after_interruption_skips_finished_rows(
 def test_cli_interrupt_keeps_rows_and_says_how_to_resume(
     checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    real = A._Run.score
+    real = R.Run.score
     calls = []
 
-    def once(self: A._Run, method: str, idx: list[int]) -> int:
+    def once(self: R.Run, method: str, idx: list[int]) -> int:
         if calls:
             raise KeyboardInterrupt
         calls.append(method)
         return real(self, method, idx)
 
-    monkeypatch.setattr(A._Run, "score", once)
+    monkeypatch.setattr(R.Run, "score", once)
     out = tmp_path / "run"
     rc = _run(
         "--model", checkpoint, "--dataset", "shapes", "--methods", "gradcam", "--n", 4,
@@ -306,7 +308,7 @@ def test_missing_mask_is_an_error(tmp_path: Path) -> None:
         (["--metrics", "pointing_gam"], "unknown metric(s) 'pointing_gam'"),
         (["--methods", "gradcam,nosuch"], "nosuch"),
         (["--methods", "random"], "is a baseline"),
-        (["--n", "0"], "--n must be a positive number"),
+        (["--n", "0"], "--n must be an integer >= 1"),
         (["--metric-option", "deletion.stp=3"], "deletion takes no option 'stp'"),
         (["--metric-option", "stp=3"], "NAME.KEY=VALUE"),
         (["--option", "rise.n_masks=3"], "not among the methods run"),
@@ -332,7 +334,7 @@ def test_warnings_n_too_large_empty_mask_and_nan_maps(
         tmp_path / "d", {"square/a.png": _square(), "square/b.png": np.zeros((20, 20), np.uint8)}
     )
     data = A.load_masked_folder(root, size=SIZE, preset="none")
-    real = A._method_maps
+    real = R._method_maps
 
     def nan_first(model, method, x, targets, ids, seed, options):  # type: ignore[no-untyped-def]
         maps = real(model, method, x, targets, ids, seed, options)
@@ -341,7 +343,7 @@ def test_warnings_n_too_large_empty_mask_and_nan_maps(
             maps[0, 0, 0] = float("nan")
         return maps
 
-    monkeypatch.setattr(A, "_method_maps", nan_first)
+    monkeypatch.setattr(R, "_method_maps", nan_first)
     with pytest.warns(UserWarning) as record:
         res = A.assess(
             net, data, tmp_path / "o", methods=["gradcam", "saliency"],
@@ -389,10 +391,16 @@ def test_sanity_verdicts_read_the_upper_half_of_the_cascade(
         assert res.criterion == "spearman"  # of the signed attributions
         sim = res.spearman[1:].abs()  # 9 steps for gap-cnn: the upper 5 count
         assert sim.shape[0] == 9
-        upper = float(sim[:5].mean())
+        per_image = sim[:5].mean(0)
+        upper = float(per_image.mean())
         assert float(A.upper_similarity(res).mean()) == pytest.approx(upper)
-        assert v.passed == (upper < 0.5)
+        # the interval is the percentile bootstrap of the mean: inside [min u_i, max u_i]
+        summ = cnnlens.metrics.aggregate(per_image, method="bootstrap")
+        want = None if summ.low < 0.5 <= summ.high else bool(summ.high < 0.5)
+        assert v.passed is want
+        assert float(per_image.min()) - 1e-6 <= summ.low <= summ.high <= float(per_image.max())
         assert f"{upper:.3f}" in v.detail and "upper 5 of 9 layers" in v.detail
+        assert "n = 3 images" in v.detail and f"[{summ.low:.3f}, {summ.high:.3f}]" in v.detail
 
 
 def test_markdown_and_csv_tables() -> None:
@@ -403,18 +411,18 @@ def test_markdown_and_csv_tables() -> None:
         {"method": "random", "metric": "deletion", "mean": 0.5, "low": float("nan"),
          "high": float("nan"), "n": 1},
     ]  # fmt: skip
-    md = A._markdown(rows, ["deletion", "iou"])
+    md = markdown_table(rows, ["deletion", "iou"])
     lines = md.splitlines()
     assert lines[0] == "| method | deletion ↓ | iou ↑ |"
     assert lines[2] == "| m | 0.250 [0.200, 0.300] | — |"
     assert lines[3] == "| random | 0.500 | — |"
-    parsed = list(csv.DictReader(A._csv(rows).splitlines()))
+    parsed = list(csv.DictReader(csv_table(rows).splitlines()))
     assert parsed[0]["mean"] == "0.25" and parsed[1]["mean"] == ""
 
 
 def test_metric_names_and_library_errors(net: torch.nn.Module, data: A.AssessData) -> None:
-    assert A.ASSESS_METRICS[-1] == A.SANITY_METRIC
-    assert set(A.ASSESS_METRICS[:-1]) == set(cnnlens.metrics.list_metrics())
+    assert A.assess_metrics()[-1] == A.SANITY_METRIC
+    assert A.assess_metrics()[:-1] == cnnlens.metrics.list_metrics()
     assert A.resolve_methods("all") == cnnlens.list_methods()
     no_masks = A.AssessData("x", data.images[:2], data.labels[:2], None, list(SHAPE_CLASSES))
     with pytest.raises(InputError, match="need ground-truth masks"):
@@ -442,3 +450,55 @@ def test_pair_rows_use_each_class_and_its_own_mask(
     mask = pair.masks[0, 1]
     want = float(exp.maps[0][mask].sum() / exp.maps[0].sum())
     assert rows[1]["scores"]["energy_pointing_game"] == pytest.approx(want, abs=1e-5)
+
+
+# --------------------------------------------------------------------------- one sanity rule
+
+
+def test_demo_and_assess_give_the_same_sanity_verdict(
+    net: torch.nn.Module, data: A.AssessData, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    from cnnlens.pipelines import demo as D
+
+    methods = ["gradcam", "guided_backprop"]
+    cfg = dataclasses.replace(D.QUICK, sanity_images=3, sanity_methods=tuple(methods))
+    (tmp_path / "demo").mkdir()
+    run = D._Run(tmp_path / "demo", cfg, False, 0, lambda _msg: None)
+    shown = D._sanity_step(run, net, data.images[:3], methods)
+    # the same model and images in assess; the demo explains each image's top class
+    res = A.assess(
+        net, data, tmp_path / "a", methods=methods, metrics=[A.SANITY_METRIC], n=3,
+        sanity_images=3, examples=0, target="predicted",
+    )  # fmt: skip
+    got = [(v.method, v.passed, v.detail) for v in res.sanity]
+    assert got == [(v.method, v.passed, v.detail) for v in shown]
+    assert all("n = 3 images" in v.detail for v in shown)
+    html = (tmp_path / "a" / "report.html").read_text()
+    assert all(v.detail in html for v in shown)
+
+
+def test_two_sanity_images_never_give_an_interval_outside_the_range(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import re
+
+    out = tmp_path / "run"
+    rc = _run(
+        "--model", checkpoint, "--dataset", "shapes", "--methods", "gradcam,saliency",
+        "--n", 2, "--metrics", A.SANITY_METRIC, "--sanity-images", 2, "--out", out,
+        "--no-progress",
+    )  # fmt: skip
+    assert rc == 0
+    printed = capsys.readouterr().out
+    table = (out / "table.md").read_text()
+    intervals = re.findall(r"\[(-?\d+\.\d+), (-?\d+\.\d+)\]", printed + table)
+    assert len(intervals) >= 4  # two verdicts printed, two cells in the table
+    for low, high in intervals:
+        assert 0.0 <= float(low) <= float(high) <= 1.0
+    assert printed.count("n = 2 images") == 2
+    saved = json.loads((out / "table.json").read_text())["sanity"]
+    for v in saved:
+        assert v["n"] == 2 and v["outcome"] in ("passes", "fails", "inconclusive")
+        assert v["passed"] == {"passes": True, "fails": False}.get(v["outcome"])

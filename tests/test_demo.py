@@ -65,8 +65,10 @@ def test_quick_demo_covers_every_registered_method(demo: tuple[Path, str]) -> No
     assert set(info["methods_skipped"]) == {"cam"}
     assert info["prototypes"] == 11  # ten classes + the from-image example
     assert [s["method"] for s in info["sanity"]] == list(QUICK.sanity_methods)
-    for s in info["sanity"]:
-        assert 0.0 <= s["final"] <= 1.0 and s["passed"] == (s["final"] < 0.5)
+    for s in info["sanity"]:  # the verdict of cnnlens.metrics.sanity.cascade_verdict
+        assert 0.0 <= s["low"] <= s["upper"] <= s["high"] <= 1.0 and s["n"] == QUICK.sanity_images
+        want = None if s["low"] < 0.5 <= s["high"] else s["high"] < 0.5
+        assert s["passed"] is want and 0.0 <= s["final"] <= 1.0
 
 
 def test_quick_demo_accuracy_matches_the_checkpoint(demo: tuple[Path, str]) -> None:

@@ -523,7 +523,8 @@ def test_evaluate_maps_equals_the_individual_metrics():
     masks = torch.rand(2, 8, 8, generator=g) > 0.5
     opts = {"deletion": {"step": 8}, "insertion": {"step": 8}, "road": {"fractions": (0.3, 0.6)}}
     out = M.evaluate_maps(model, x, maps, target=[1, 2], masks=masks, options=opts)
-    assert list(out) == M.list_metrics()
+    # every registered metric that applies to fixed maps (no explain callable given)
+    assert list(out) == [n for n in M.list_metrics() if not M.get_metric(n).needs_explain]
     kw = {"target": [1, 2]}
     expect = {
         "deletion": M.deletion(model, x, maps, step=8, **kw).auc,
@@ -570,3 +571,73 @@ def test_score_methods_with_baselines_and_summary():
     assert len(rows) == 6
     row = next(r for r in rows if r["method"] == "centre" and r["metric"] == "pointing_game")
     assert row["mean"] == 1.0 and row["higher_is_better"] is True and row["n"] == 3
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+def test_every_builtin_metric_declares_its_facts_at_its_definition():
+    infos = M.metric_infos()
+    assert list(infos) == M.list_metrics()
+    for name, info in infos.items():
+        # the scorer sits beside the metric's definition, not in a table elsewhere
+        module = info.scorer.__module__
+        assert module.startswith("cnnlens.metrics.") and module.rsplit(".", 1)[1] in (
+            info.family,
+            "road",
+        ), name
+        assert info.label and info.summary and info.needs_masks == (info.family == "localization")
+    assert {n for n, i in infos.items() if i.binary} >= {"pointing_game", "increase_in_confidence"}
+    assert infos["road_morf"].option_group == "road"
+    assert "step" in infos["deletion"].option_names()
+    with pytest.raises(InputError, match="takes no option 'steps'"):
+        M.evaluate_maps(tiny_cnn(3), torch.rand(1, 3, 8, 8), torch.rand(1, 8, 8),
+                        options={"deletion": {"steps": 2}})  # fmt: skip
+    with pytest.raises(ValueError, match="already registered"):
+        M.register_metric("iou", family="localization", higher_is_better=True, label="x",
+                          summary="x")(lambda inputs: inputs.maps)  # fmt: skip
+
+
+@pytest.fixture
+def explain_agreement():
+    """A metric registered in the test, as a new module would: it re-explains the images
+    (``needs_explain``) and scores how far the maps move (0 for a deterministic method)."""
+    from cnnlens.metrics import registry
+
+    @M.register_metric(
+        "explain_agreement", family="robustness", higher_is_better=False, label="agree",
+        summary="mean |maps - maps again|", needs_explain=True,
+    )  # fmt: skip
+    def _agreement(inputs: M.MetricInputs, *, scale: float = 1.0) -> torch.Tensor:
+        again = inputs.explain(inputs.x, inputs.target)
+        return scale * (inputs.maps - again).abs().flatten(1).mean(1)
+
+    yield "explain_agreement"
+    registry._METRICS.pop("explain_agreement")
+
+
+def test_a_registered_metric_reaches_evaluate_score_methods_and_assess(explain_agreement, tmp_path):
+    import cnnlens.assess as A
+    from cnnlens.models import create
+
+    torch.manual_seed(0)
+    model = create("gap-cnn").eval()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    assert explain_agreement in M.list_metrics("robustness")
+    fn = M.explainer(model, "gradcam")
+    maps = fn(x, torch.tensor([0, 1]))
+    out = M.evaluate_maps(model, x, maps, target=[0, 1], explain=fn, options={
+        explain_agreement: {"scale": 2.0}})  # fmt: skip
+    assert torch.allclose(out[explain_agreement], torch.zeros(2), atol=1e-6)
+    assert explain_agreement not in M.evaluate_maps(model, x, maps, target=[0, 1])
+    scores = M.score_methods(model, x, ["gradcam"], metrics=[explain_agreement, "sparseness"])
+    assert set(scores["gradcam"]) == {explain_agreement, "sparseness"}
+    assert set(scores["random"]) == {"sparseness"}  # baselines cannot re-explain
+    data = A.load_data("shapes", options={"size": 32}, n=3)
+    res = A.assess(model, data, tmp_path / "o", methods=["gradcam"], n=3, sanity_images=0,
+                   examples=0, metrics=["all"])  # fmt: skip
+    assert explain_agreement in res.metrics and A.metric_label(explain_agreement) == "agree"
+    assert res.mean("gradcam", explain_agreement) == pytest.approx(0.0, abs=1e-6)
+    assert res.value("random", explain_agreement)["n"] == 0
+    html = (tmp_path / "o" / "report.html").read_text()
+    assert explain_agreement in html

@@ -275,3 +275,41 @@ def test_train_on_permuted_labels_trains_a_copy():
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), trained.parameters()))
     res = M.data_randomization(model, trained, images(), gradient)
     assert res.mode == "data" and isinstance(res.passed, bool)
+
+
+# --------------------------------------------------------------------------- the verdict
+
+
+@pytest.mark.parametrize(
+    ("values", "outcome"),
+    [
+        ([0.2, 0.3, 0.25], "passes"),
+        ([0.6, 0.7, 0.65], "fails"),
+        ([0.3, 0.7], "inconclusive"),  # the interval spans the threshold
+        ([0.3], "inconclusive"),  # one image gives no interval
+    ],
+)
+def test_cascade_verdict_rule(values: list[float], outcome: str) -> None:
+    from cnnlens.metrics.sanity import verdict_from_upper
+
+    v = verdict_from_upper("m", values, final=0.1, threshold=0.5, layers=4)
+    assert v.outcome == outcome and v.n == len(values)
+    assert v.passed is {"passes": True, "fails": False}.get(outcome)
+    assert v.upper == pytest.approx(sum(values) / len(values))
+    assert f"n = {len(values)} images" in v.detail and "upper 2 of 4 layers" in v.detail
+    if len(values) > 1:  # a percentile interval stays within the values, so within [0, 1]
+        assert min(values) <= v.low <= v.upper <= v.high <= max(values)
+        assert f"[{v.low:.3f}, {v.high:.3f}]" in v.detail
+
+
+def test_cascade_verdict_reads_the_signed_upper_half() -> None:
+    from cnnlens.metrics.sanity import VERDICT_CRITERION, cascade_verdict, upper_similarity
+
+    res = M.cascading_randomization(tiny_net(), images(), gradient, criterion=VERDICT_CRITERION)
+    v = cascade_verdict(res)
+    u = res.spearman[1:].abs()[:2].mean(0)  # 3 layers: the upper 2 count
+    assert torch.allclose(upper_similarity(res), u.double())
+    assert v.upper == pytest.approx(float(u.mean()), abs=1e-6) and v.layers == 3 and v.n == 3
+    assert v.final == pytest.approx(res.final)
+    with pytest.raises(InputError, match="cascading"):
+        cascade_verdict(M.independent_randomization(tiny_net(), images(), gradient))

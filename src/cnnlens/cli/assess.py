@@ -118,16 +118,17 @@ def assess_command(
     ),
 ) -> None:
     """Benchmark explanation methods: every method x metric with 95% CIs, figures, report."""
-    from cnnlens.assess import assess, light_options, load_data, resolve_methods
+    from cnnlens.assess import assess, load_data, resolve_methods
     from cnnlens.cli._common import load_model, parse_method_options, split_values
+    from cnnlens.core.checks import check_int
+    from cnnlens.core.registry import preset_options
 
-    if n < 1:
-        raise InputError(f"--n must be a positive number of images, got {n}")
+    check_int("--n", n)
     if data_dir is not None and not data_dir.is_dir():
         raise InputError(f"--data-dir {str(data_dir)!r} does not exist or is not a folder")
     chosen = resolve_methods(split_values(methods) or ["all"])
     given = {k: v for k, v in parse_method_options(option, chosen).items() if v}
-    base = light_options(chosen) if light else {}
+    base = preset_options(chosen, "light") if light else {}
     m_opts = {k: {**base.get(k, {}), **given.get(k, {})} for k in {**base, **given}}
     x_opts = parse_scoped_options(metric_option, "--metric-option")
     import torch
@@ -194,44 +195,27 @@ def _warnings_as_lines() -> Iterator[None]:
         warnings.showwarning = saved
 
 
-_SHORT = {
-    "deletion": "del",
-    "insertion": "ins",
-    "average_drop": "drop",
-    "increase_in_confidence": "incr",
-    "road_morf": "morf",
-    "road_lerf": "lerf",
-    "road": "road",
-    "pointing_game": "point",
-    "energy_pointing_game": "energy",
-    "relevance_rank_accuracy": "rank",
-    "iou": "iou",
-    "sparseness": "gini",
-    "entropy": "entropy",
-    "cascading_randomization": "sanity",
-}
-
-
 def _print_table(res: Any) -> None:
     """The means as a compact table (the intervals are in table.md)."""
     from rich.console import Console
     from rich.table import Table
 
-    from cnnlens.assess import BASELINES, metric_direction
+    from cnnlens.assess import BASELINES, metric_direction, metric_label
 
     arrow = {True: "↑", False: "↓", None: ""}
     table = Table(title="means (intervals in table.md)", show_edge=False)
     table.add_column("method", no_wrap=True)
     for m in res.metrics:
-        table.add_column(_SHORT.get(m, m) + arrow[metric_direction(m)], justify="right")
+        table.add_column(metric_label(m) + arrow[metric_direction(m)], justify="right")
     by = {(r["method"], r["metric"]): r["mean"] for r in res.rows}
     for method in [*res.methods, *BASELINES]:
         if any(k[0] == method for k in by):
             cells = [by.get((method, m), float("nan")) for m in res.metrics]
             table.add_row(method, *("—" if v != v else f"{v:.3f}" for v in cells))
     Console(width=max(120, 12 + 8 * len(res.metrics))).print(table)
+    outcome = {True: "passes", False: "FAILS", None: "inconclusive"}
     for v in res.sanity:
-        typer.echo(f"sanity ({v.check}): {v.method} {'passes' if v.passed else 'FAILS'}")
+        typer.echo(f"sanity ({v.check}): {v.method} {outcome[v.passed]}: {v.detail}")
 
 
 def register(app: typer.Typer) -> None:

@@ -11,6 +11,7 @@ from cnnlens.data.base import ImageTensorDataset
 from cnnlens.data.datasets import DATASETS, get_dataset, list_datasets
 from cnnlens.data.files import RestrictedUnpickler, read_idx, safe_unpickle
 from cnnlens.data.io import IMAGE_EXTENSIONS, MAX_PIXELS, convert_mode, load_image
+from cnnlens.data.masked import MaskedImages, load_masked_folder
 from cnnlens.data.presets import PRESETS, Preset, get_preset, list_presets, to_image, to_tensor
 from cnnlens.data.shapes import SHAPE_CLASSES
 
@@ -21,6 +22,7 @@ __all__ = [
     "PRESETS",
     "SHAPE_CLASSES",
     "ImageTensorDataset",
+    "MaskedImages",
     "Preset",
     "RestrictedUnpickler",
     "convert_mode",
@@ -29,6 +31,7 @@ __all__ = [
     "list_datasets",
     "list_presets",
     "load_image",
+    "load_masked_folder",
     "read_idx",
     "safe_unpickle",
     "to_image",

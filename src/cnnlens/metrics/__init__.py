@@ -18,10 +18,8 @@ from cnnlens.metrics.baselines import centre_maps, random_maps
 from cnnlens.metrics.complexity import entropy, sparseness
 from cnnlens.metrics.evaluate import (
     BASELINES,
-    METRICS,
-    MetricInfo,
     evaluate_maps,
-    list_metrics,
+    explainer,
     score_methods,
     summarize,
 )
@@ -35,9 +33,6 @@ from cnnlens.metrics.faithfulness import (
     increase_in_confidence,
     insertion,
     make_substrate,
-    noisy_linear_impute,
-    road,
-    road_combined,
 )
 from cnnlens.metrics.localization import (
     energy_pointing_game,
@@ -45,6 +40,15 @@ from cnnlens.metrics.localization import (
     pointing_game,
     relevance_rank_accuracy,
 )
+from cnnlens.metrics.registry import (
+    MetricInfo,
+    MetricInputs,
+    get_metric,
+    list_metrics,
+    metric_infos,
+    register_metric,
+)
+from cnnlens.metrics.road import noisy_linear_impute, road, road_combined
 from cnnlens.metrics.sanity import (
     PermutedLabels,
     SanityResult,
@@ -58,10 +62,10 @@ from cnnlens.metrics.similarity import spearman, ssim
 
 __all__ = [
     "BASELINES",
-    "METRICS",
     "ConfidenceResult",
     "CurveResult",
     "MetricInfo",
+    "MetricInputs",
     "PermutedLabels",
     "SanityResult",
     "Summary",
@@ -76,16 +80,20 @@ __all__ = [
     "energy_pointing_game",
     "entropy",
     "evaluate_maps",
+    "explainer",
+    "get_metric",
     "increase_in_confidence",
     "independent_randomization",
     "insertion",
     "iou",
     "list_metrics",
     "make_substrate",
+    "metric_infos",
     "noisy_linear_impute",
     "pointing_game",
     "random_maps",
     "randomize_",
+    "register_metric",
     "relevance_rank_accuracy",
     "road",
     "road_combined",

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnnlens.core.capture import frozen
+from cnnlens.core.checks import check_int
 from cnnlens.core.device import model_device  # noqa: F401  (re-exported for the metrics)
 from cnnlens.core.targets import resolve_targets
 from cnnlens.errors import InputError, TargetError
@@ -179,8 +180,7 @@ def batched_target_probs(
 
 
 def check_batch_size(batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_int("batch_size", batch_size)
 
 
 def check_fractions(fractions: Sequence[float] | Tensor, name: str = "fractions") -> Tensor:

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+from cnnlens.core.checks import check_int
 from cnnlens.errors import InputError
 
 __all__ = ["Summary", "aggregate"]
@@ -91,8 +92,7 @@ def aggregate(
         raise InputError(f"method must be 't' or 'bootstrap', got {method!r}")
     if not 0 < confidence < 1:
         raise InputError(f"confidence must lie in (0, 1), got {confidence!r}")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
-        raise InputError(f"n_boot must be a positive integer, got {n_boot!r}")
+    check_int("n_boot", n_boot)
     v = torch.as_tensor(values).detach().flatten().double().cpu()
     finite = v[~torch.isnan(v)]
     n, missing = int(finite.numel()), int(v.numel() - finite.numel())

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from cnnlens.metrics._common import check_maps
+from cnnlens.metrics.registry import MetricInputs, register_metric
 
 __all__ = ["entropy", "sparseness"]
 
@@ -37,6 +38,18 @@ def sparseness(maps: Tensor) -> Tensor:
     total = a.sum(dim=1)
     gini = ((2 * k - n - 1) * a).sum(dim=1) / (n * total.clamp(min=1e-300))
     return torch.where(total > 0, gini, torch.zeros_like(gini)).float()
+
+
+@register_metric(
+    "sparseness",
+    family="complexity",
+    higher_is_better=True,
+    label="gini",
+    summary="Gini index",
+    options_of=sparseness,
+)
+def _sparseness(inputs: MetricInputs, **options: object) -> Tensor:
+    return sparseness(inputs.maps, **options)  # type: ignore[arg-type]
 
 
 def entropy(maps: Tensor, *, normalized: bool = False) -> Tensor:
@@ -65,3 +78,15 @@ def entropy(maps: Tensor, *, normalized: bool = False) -> Tensor:
     if normalized:
         h = h / math.log(n) if n > 1 else torch.zeros_like(h)
     return h.float()
+
+
+@register_metric(
+    "entropy",
+    family="complexity",
+    higher_is_better=False,
+    label="entropy",
+    summary="entropy of the map (nats)",
+    options_of=entropy,
+)
+def _entropy(inputs: MetricInputs, **options: object) -> Tensor:
+    return entropy(inputs.maps, **options)  # type: ignore[arg-type]

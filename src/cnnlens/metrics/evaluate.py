@@ -14,15 +14,13 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from cnnlens.errors import InputError
-from cnnlens.metrics import complexity, faithfulness, localization
 from cnnlens.metrics._common import (
     Activation,
     check_images,
@@ -32,82 +30,111 @@ from cnnlens.metrics._common import (
 )
 from cnnlens.metrics.aggregate import aggregate
 from cnnlens.metrics.baselines import centre_maps, random_maps
+from cnnlens.metrics.registry import (
+    MetricInfo,
+    MetricInputs,
+    get_metric,
+    list_metrics,
+    metric_infos,
+)
 
 __all__ = [
     "BASELINES",
-    "METRICS",
     "MetricInfo",
+    "check_metric_options",
+    "choose_metrics",
+    "evaluate_inputs",
     "evaluate_maps",
+    "explainer",
     "list_metrics",
+    "metric_options",
     "score_methods",
     "summarize",
 ]
 
-
-@dataclass(frozen=True)
-class MetricInfo:
-    """What a metric measures and which way is better.
-
-    Attributes:
-        name: the metric's name in :data:`METRICS`.
-        family: ``"faithfulness"``, ``"localization"`` or ``"complexity"``.
-        higher_is_better: the direction of improvement.
-        needs_masks: whether ground-truth masks are required.
-        summary: what the per-image number is.
-    """
-
-    name: str
-    family: str
-    higher_is_better: bool
-    needs_masks: bool
-    summary: str
-
-
-METRICS: dict[str, MetricInfo] = {
-    m.name: m
-    for m in (
-        MetricInfo("deletion", "faithfulness", False, False, "area under the deletion curve"),
-        MetricInfo("insertion", "faithfulness", True, False, "area under the insertion curve"),
-        MetricInfo("average_drop", "faithfulness", False, False, "relative confidence drop"),
-        MetricInfo("increase_in_confidence", "faithfulness", True, False, "confidence rises (0/1)"),
-        MetricInfo("road_morf", "faithfulness", False, False, "mean ROAD MoRF probability"),
-        MetricInfo("road_lerf", "faithfulness", True, False, "mean ROAD LeRF probability"),
-        MetricInfo("road", "faithfulness", True, False, "(LeRF - MoRF) / 2"),
-        MetricInfo("pointing_game", "localization", True, True, "maximum inside the mask"),
-        MetricInfo("energy_pointing_game", "localization", True, True, "mass inside the mask"),
-        MetricInfo("relevance_rank_accuracy", "localization", True, True, "top-|S| in mask"),
-        MetricInfo("iou", "localization", True, True, "IoU of the thresholded map"),
-        MetricInfo("sparseness", "complexity", True, False, "Gini index"),
-        MetricInfo("entropy", "complexity", False, False, "entropy of the map (nats)"),
-    )
-}
-
 BASELINES: tuple[str, ...] = ("random", "centre")
 
-
-def list_metrics() -> list[str]:
-    """Names of the metrics :func:`evaluate_maps` computes, in a stable order."""
-    return list(METRICS)
+Explain = Callable[[Tensor, Tensor], Tensor]
 
 
-def _choose(metrics: Sequence[str] | None, has_masks: bool) -> list[str]:
+def choose_metrics(
+    metrics: Sequence[str] | str | None, has_masks: bool, has_explain: bool = True
+) -> list[str]:
+    """Registry names from ``metrics`` (None: every metric that applies).
+
+    Without masks the localization metrics do not apply; without an ``explain`` callable
+    (fixed maps, the baselines) the metrics that re-explain their inputs do not.
+
+    Raises:
+        InputError: an unknown name, a metric that needs masks when there are none, or an
+            empty list.
+    """
+    infos = metric_infos()
     if metrics is None:
-        return [n for n, info in METRICS.items() if has_masks or not info.needs_masks]
-    if isinstance(metrics, str):
-        metrics = [metrics]
-    names = list(dict.fromkeys(metrics))
-    unknown = [n for n in names if n not in METRICS]
+        return [
+            n
+            for n, info in infos.items()
+            if (has_masks or not info.needs_masks) and (has_explain or not info.needs_explain)
+        ]
+    names = list(dict.fromkeys([metrics] if isinstance(metrics, str) else metrics))
+    unknown = [n for n in names if n not in infos]
     if unknown:
         raise InputError(
-            f"unknown metric(s) {', '.join(map(repr, unknown))}; available: {', '.join(METRICS)}"
+            f"unknown metric(s) {', '.join(map(repr, unknown))}; available: {', '.join(infos)}"
         )
     if not has_masks:
-        needing = [n for n in names if METRICS[n].needs_masks]
+        needing = [n for n in names if infos[n].needs_masks]
         if needing:
             raise InputError(f"metric(s) {', '.join(needing)} need ground-truth masks (masks=)")
     if not names:
-        raise InputError(f"metrics is empty; choose from {', '.join(METRICS)}")
+        raise InputError(f"metrics is empty; choose from {', '.join(infos)}")
     return names
+
+
+def metric_options(name: str, options: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Any]:
+    """The options ``name`` is called with: those of its option group (``road`` for the
+    three ROAD scores), then its own."""
+    info = get_metric(name)
+    opts = options or {}
+    group = dict(opts.get(info.option_group, {})) if info.option_group else {}
+    return {**group, **dict(opts.get(name, {}))}
+
+
+def check_metric_options(options: Mapping[str, Mapping[str, Any]] | None) -> None:
+    """Refuse options for an unknown metric, or one a metric does not take (naming those
+    it takes).
+
+    Raises:
+        InputError: the first bad name or option.
+    """
+    infos = metric_infos()
+    for name, opts in (options or {}).items():
+        if name not in infos:
+            raise InputError(f"options for unknown metric {name!r}; known: {', '.join(infos)}")
+        takes = infos[name].option_names()
+        bad = [k for k in opts if takes is not None and k not in takes]
+        if bad:
+            known = ", ".join(takes or []) or "none"
+            raise InputError(f"metric {name} takes no option {bad[0]!r}; it takes: {known}")
+
+
+def evaluate_inputs(
+    inputs: MetricInputs,
+    metrics: Sequence[str],
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Tensor]:
+    """Per-image scores of one batch for the registered ``metrics``, each through its
+    scorer; metrics that need ``explain`` are left out when ``inputs.explain`` is None.
+
+    What the scorers share (a ROAD curve, the deletion curve) stays in ``inputs.cache``.
+    """
+    out: dict[str, Tensor] = {}
+    for name in metrics:
+        info = get_metric(name)
+        if info.needs_explain and inputs.explain is None:
+            continue
+        out[name] = info.scorer(inputs, **metric_options(name, options))
+    return out
 
 
 def evaluate_maps(
@@ -121,6 +148,9 @@ def evaluate_maps(
     activation: Activation = "softmax",
     batch_size: int = 64,
     options: Mapping[str, Mapping[str, Any]] | None = None,
+    explain: Explain | None = None,
+    method: str | None = None,
+    seed: int = 0,
 ) -> dict[str, Tensor]:
     """Per-image scores of one batch of maps, float (B,) per metric.
 
@@ -135,46 +165,33 @@ def evaluate_maps(
         batch_size: most images per forward pass.
         options: per-metric keyword arguments, e.g. ``{"deletion": {"step": 64}}``; ROAD's
             options go under ``"road"`` and serve ``road_morf`` and ``road_lerf`` too.
+        explain: ``explain(x, target) -> maps`` re-explains a batch with the method being
+            scored, for the metrics registered with ``needs_explain``; None (fixed maps)
+            leaves those metrics out.
+        method: the method's (or baseline's) name, for the metrics that read it.
+        seed: seed of the random draws of the metrics that make them.
 
     Returns:
         ``{metric: (B,) tensor}`` in the order asked.
     """
-    names = _choose(metrics, masks is not None)
-    opts = {k: dict(v) for k, v in (options or {}).items()}
-    unknown = [k for k in opts if k not in METRICS]
-    if unknown:
-        raise InputError(f"options for unknown metric(s) {', '.join(map(repr, unknown))}")
-    common = {"target": target, "activation": activation, "batch_size": batch_size}
-    out: dict[str, Tensor] = {}
-    roads: dict[str, faithfulness.CurveResult] = {}
-
-    def road(order: str) -> faithfulness.CurveResult:
-        if order not in roads:
-            roads[order] = faithfulness.road(
-                model, x, maps, order=order, **common, **opts.get("road", {})
-            )
-        return roads[order]
-
-    for name in names:
-        kw = opts.get(name, {})
-        if name in ("deletion", "insertion"):
-            fn = faithfulness.deletion if name == "deletion" else faithfulness.insertion
-            out[name] = fn(model, x, maps, **common, **kw).auc
-        elif name == "average_drop":
-            out[name] = faithfulness.average_drop(model, x, maps, **common, **kw)
-        elif name == "increase_in_confidence":
-            out[name] = faithfulness.increase_in_confidence(model, x, maps, **common, **kw)
-        elif name == "road_morf":
-            out[name] = road("morf").mean
-        elif name == "road_lerf":
-            out[name] = road("lerf").mean
-        elif name == "road":
-            out[name] = faithfulness.road_combined(road("morf"), road("lerf"))
-        elif name in ("sparseness", "entropy"):
-            out[name] = getattr(complexity, name)(maps, **kw)
-        else:
-            out[name] = getattr(localization, name)(maps, masks, **kw)
-    return out
+    names = choose_metrics(metrics, masks is not None, explain is not None)
+    check_metric_options(options)
+    if explain is not None and any(get_metric(n).needs_explain for n in names):
+        with frozen_eval(model):  # the re-explained maps need one class per image
+            target = resolve_class_targets(target, model(x))
+    inputs = MetricInputs(
+        model=model,
+        x=x,
+        maps=maps,
+        target=target,  # type: ignore[arg-type]
+        masks=masks,
+        activation=activation,
+        batch_size=batch_size,
+        explain=explain,
+        method=method,
+        seed=seed,
+    )
+    return evaluate_inputs(inputs, names, options)
 
 
 def score_methods(
@@ -207,8 +224,6 @@ def score_methods(
     Returns:
         ``{method_or_baseline: {metric: (B,) tensor}}``.
     """
-    from cnnlens.api import explain
-
     x = check_images(x).to(model_device(model, x.device))
     with frozen_eval(model):
         targets = resolve_class_targets(target, model(x))
@@ -216,10 +231,10 @@ def score_methods(
     if clash:
         raise InputError(f"method name(s) {', '.join(clash)} are reserved for the baselines")
     margs = {k: dict(v) for k, v in (method_options or {}).items()}
-    all_maps: dict[str, Tensor] = {}
-    for method in methods:
-        exp = explain(model, x, method=method, target=targets, **margs.get(method, {}))
-        all_maps[method] = exp.maps
+    explainers: dict[str, Explain | None] = {
+        m: explainer(model, m, margs.get(m, {})) for m in methods
+    }
+    all_maps: dict[str, Tensor] = {m: fn(x, targets) for m, fn in explainers.items() if fn}
     if baselines:
         like = torch.zeros(x.shape[0], *x.shape[-2:], device=x.device)
         all_maps["random"] = random_maps(like, seed=seed)
@@ -235,9 +250,28 @@ def score_methods(
             activation=activation,
             batch_size=batch_size,
             options=options,
+            explain=explainers.get(name),
+            method=name,
+            seed=seed,
         )
         for name, maps in all_maps.items()
     }
+
+
+def explainer(model: nn.Module, method: str, options: Mapping[str, Any] | None = None) -> Explain:
+    """``explain(x, target) -> maps``: the (B, H, W) maps of ``method`` for one class per
+    image, what the metrics registered with ``needs_explain`` call on perturbed inputs."""
+    from cnnlens.api import explain
+
+    kwargs = dict(options or {})
+
+    def run(x: Tensor, target: Tensor) -> Tensor:
+        maps = explain(model, x, method=method, target=target, **kwargs).maps
+        if maps.dim() == 4:  # one class per row was asked; be lenient with a (B, 1, H, W)
+            maps = maps[:, 0]
+        return maps.detach().float()
+
+    return run
 
 
 def summarize(
@@ -266,7 +300,7 @@ def summarize(
     for method, per_metric in scores.items():
         for metric, values in per_metric.items():
             s = aggregate(values, confidence=confidence, method=interval, n_boot=n_boot, seed=seed)
-            info = METRICS.get(metric)
+            info = metric_infos().get(metric)
             rows.append(
                 {
                     "method": method,

@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cnnlens.core.checks import check_float
 from cnnlens.errors import InputError
 from cnnlens.metrics._common import check_maps, check_masks
+from cnnlens.metrics.registry import MetricInputs, register_metric
 
 __all__ = ["energy_pointing_game", "iou", "pointing_game", "relevance_rank_accuracy"]
 
@@ -70,8 +72,7 @@ def pointing_game(maps: Tensor, masks: Tensor, *, tolerance: float = 0.0) -> Ten
     Example:
         >>> pointing_game(exp.maps, masks).mean()      # doctest: +SKIP
     """
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0:
-        raise InputError(f"tolerance must be a number of pixels >= 0, got {tolerance!r}")
+    check_float("tolerance", tolerance, minimum=0)
     maps = check_maps(maps)
     masks = check_masks(masks, maps)
     empty = ~masks.flatten(1).any(dim=1)
@@ -80,6 +81,20 @@ def pointing_game(maps: Tensor, masks: Tensor, *, tolerance: float = 0.0) -> Ten
     at_max = flat == flat.max(dim=1, keepdim=True).values
     score = (at_max & grown).sum(dim=1).double() / at_max.sum(dim=1).double()
     return _nan_where(score, empty)
+
+
+@register_metric(
+    "pointing_game",
+    family="localization",
+    higher_is_better=True,
+    label="point",
+    summary="maximum inside the mask",
+    needs_masks=True,
+    binary=True,
+    options_of=pointing_game,
+)
+def _pointing_game(inputs: MetricInputs, **options: object) -> Tensor:
+    return pointing_game(inputs.maps, inputs.masks, **options)  # type: ignore[arg-type]
 
 
 def energy_pointing_game(maps: Tensor, masks: Tensor) -> Tensor:
@@ -115,6 +130,19 @@ def energy_pointing_game(maps: Tensor, masks: Tensor) -> Tensor:
     return _nan_where(score, empty)
 
 
+@register_metric(
+    "energy_pointing_game",
+    family="localization",
+    higher_is_better=True,
+    label="energy",
+    summary="mass inside the mask",
+    needs_masks=True,
+    options_of=energy_pointing_game,
+)
+def _energy_pointing_game(inputs: MetricInputs, **options: object) -> Tensor:
+    return energy_pointing_game(inputs.maps, inputs.masks, **options)  # type: ignore[arg-type]
+
+
 def relevance_rank_accuracy(maps: Tensor, masks: Tensor) -> Tensor:
     """Relevance rank accuracy (Arras et al., "CLEVR-XAI", Information Fusion 2022,
     arXiv:2003.07258).
@@ -143,6 +171,19 @@ def relevance_rank_accuracy(maps: Tensor, masks: Tensor) -> Tensor:
     return _nan_where(score, empty)
 
 
+@register_metric(
+    "relevance_rank_accuracy",
+    family="localization",
+    higher_is_better=True,
+    label="rank",
+    summary="top-|S| in mask",
+    needs_masks=True,
+    options_of=relevance_rank_accuracy,
+)
+def _relevance_rank_accuracy(inputs: MetricInputs, **options: object) -> Tensor:
+    return relevance_rank_accuracy(inputs.maps, inputs.masks, **options)  # type: ignore[arg-type]
+
+
 def iou(maps: Tensor, masks: Tensor, *, threshold: float = 0.5) -> Tensor:
     """Intersection over union of the thresholded map and the mask.
 
@@ -160,12 +201,22 @@ def iou(maps: Tensor, masks: Tensor, *, threshold: float = 0.5) -> Tensor:
     Returns:
         float (B,) in [0, 1], NaN for an empty mask.
     """
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise InputError(f"threshold must be a number in [0, 1], got {threshold!r}")
-    if not 0 <= threshold <= 1:
-        raise InputError(f"threshold must be a number in [0, 1], got {threshold!r}")
+    check_float("threshold", threshold, minimum=0, maximum=1)
     flat, s, empty = _inputs(maps, masks)
     pred = flat >= threshold * flat.max(dim=1, keepdim=True).values
     inter = (pred & s).sum(dim=1).double()
     union = (pred | s).sum(dim=1).double()
     return _nan_where(inter / union.clamp(min=1), empty)
+
+
+@register_metric(
+    "iou",
+    family="localization",
+    higher_is_better=True,
+    label="iou",
+    summary="IoU of the thresholded map",
+    needs_masks=True,
+    options_of=iou,
+)
+def _iou(inputs: MetricInputs, **options: object) -> Tensor:
+    return iou(inputs.maps, inputs.masks, **options)  # type: ignore[arg-type]

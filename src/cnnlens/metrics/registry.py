@@ -95,6 +95,10 @@ class MetricInfo:
         label: a short column label for terminal tables.
         summary: what the per-image number is, in a few words.
         scorer: ``scorer(inputs: MetricInputs, **options) -> (B,) tensor``.
+        option_group: the name whose options the metric reads too (ROAD's MoRF, LeRF and
+            combined scores share the options given under ``road``); None for its own only.
+        options_of: the public function whose keyword arguments are the metric's options
+            (when the scorer passes ``**options`` on); None: the scorer's own.
     """
 
     name: str
@@ -106,6 +110,28 @@ class MetricInfo:
     label: str
     summary: str
     scorer: Scorer
+    option_group: str | None = None
+    options_of: Callable[..., Any] | None = None
+
+    def option_names(self) -> list[str] | None:
+        """The options the metric takes (keyword arguments of :attr:`options_of` or of the
+        scorer, less what :class:`MetricInputs` supplies); None when they cannot be known
+        (a scorer that takes ``**options`` with no ``options_of``)."""
+        import inspect
+
+        fn = self.options_of or self.scorer
+        params = list(inspect.signature(fn).parameters.values())
+        if self.options_of is None and any(p.kind is p.VAR_KEYWORD for p in params):
+            return None
+        return [
+            p.name
+            for p in params[1 if self.options_of is None else 0 :]
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in _SUPPLIED
+        ]
+
+
+# arguments every metric function gets from MetricInputs (never options a user gives)
+_SUPPLIED = ("model", "x", "maps", "masks", "target", "activation", "batch_size", "order")
 
 
 _METRICS: dict[str, MetricInfo] = {}
@@ -121,8 +147,13 @@ def register_metric(
     needs_masks: bool = False,
     binary: bool = False,
     needs_explain: bool = False,
+    option_group: str | None = None,
+    options_of: Callable[..., Any] | None = None,
 ) -> Callable[[Scorer], Scorer]:
-    """Register ``scorer`` under ``name`` with the metric's facts; a name is taken once."""
+    """Register ``scorer`` under ``name`` with the metric's facts; a name is taken once.
+
+    Arguments as the attributes of :class:`MetricInfo`.
+    """
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
 
@@ -139,6 +170,8 @@ def register_metric(
             label,
             summary,
             scorer,
+            option_group,
+            options_of,
         )
         return scorer
 

@@ -9,8 +9,14 @@ A map that explains the model must change when the model's learned weights are d
   :func:`train_on_permuted_labels`).
 
 Similarity per step and image is the Spearman rank correlation of the signed maps, of their
-absolute values, and the SSIM of the absolute maps scaled to [0, 1]. The verdict: a method
-passes when the mean similarity after full randomization is below ``threshold`` (0.5).
+absolute values, and the SSIM of the absolute maps scaled to [0, 1]. A result's ``passed``
+reads the last step alone (the test of data randomization, whose only step is the last).
+
+The verdict of a cascading randomization, the one ``cnnlens assess`` and ``cnnlens demo``
+report, is :func:`cascade_verdict`: the mean |Spearman| of the signed attributions over the
+upper half of the cascade (:func:`upper_similarity`), with its sample size and a percentile
+bootstrap interval; a method passes when the whole interval lies below the threshold, fails
+when it lies above, and the verdict is "inconclusive" when the interval spans it.
 
 The randomization works on a deep copy of the model; the user's model is never changed.
 A method is given by its registry name (run through :func:`cnnlens.explain`) or as a
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from cnnlens.core.checks import check_float
 from cnnlens.core.layers import resolve_layer
 from cnnlens.errors import InputError, ModelError
 from cnnlens.metrics._common import (
@@ -38,17 +46,25 @@ from cnnlens.metrics._common import (
     model_device,
     resolve_class_targets,
 )
+from cnnlens.metrics.aggregate import aggregate
 from cnnlens.metrics.similarity import spearman, ssim
 
 __all__ = [
     "CRITERIA",
+    "SANITY_CHECK",
+    "VERDICT_CRITERION",
+    "VERDICT_THRESHOLD",
+    "CascadeVerdict",
     "PermutedLabels",
     "SanityResult",
+    "cascade_verdict",
     "cascading_randomization",
     "data_randomization",
     "independent_randomization",
     "randomize_",
     "train_on_permuted_labels",
+    "upper_similarity",
+    "verdict_from_upper",
 ]
 
 log = logging.getLogger("cnnlens")
@@ -315,8 +331,7 @@ def _setup(
 ) -> tuple[str, ExplainFn, Tensor, Tensor]:
     if criterion not in CRITERIA:
         raise InputError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise InputError(f"threshold must be a number, got {threshold!r}")
+    check_float("threshold", threshold)
     name, fn = _explainer(method, output, options)
     x = check_images(x).to(model_device(model, x.device))
     with frozen_eval(model):
@@ -582,3 +597,179 @@ def train_on_permuted_labels(
             randomize_(work)
     train(work, PermutedLabels(dataset, seed=seed), seed=seed, **train_kwargs)
     return work
+
+
+# --------------------------------------------------------------------------- the verdict
+
+#: The check's name in reports.
+SANITY_CHECK = "cascading model randomization"
+#: The similarity the verdict reads: the Spearman rank correlation of the signed raw
+#: attributions (Adebayo et al. report it next to the one of absolute values). With absolute
+#: values a Grad-CAM whose sign is flipped by random class weights would count as unchanged,
+#: though after its ReLU it shows the opposite.
+VERDICT_CRITERION = "spearman"
+#: $\tau$: a method passes when its maps keep less than this likeness to the original ones.
+VERDICT_THRESHOLD = 0.5
+
+
+def upper_similarity(result: SanityResult) -> Tensor:
+    """Per image, the mean absolute similarity to the original map over the upper half of a
+    cascading randomization, float (B,).
+
+    With $s_{k,i}$ the similarity (the result's ``criterion``) of image $i$ to its original
+    map once the top $k$ of the $L$ layers are re-initialized,
+
+    $$u_i = \\frac{1}{\\lceil L/2 \\rceil} \\sum_{k=1}^{\\lceil L/2 \\rceil} |s_{k,i}|$$
+
+    Adebayo et al. (2018) found guided backprop "invariant to the higher layers": its maps
+    barely change until the lowest layers are re-initialized. Once *every* layer is random
+    most maps change, guided backprop's too, so the verdict reads $u$ (the upper half, where
+    the paper's distinction lies) rather than the last step alone.
+
+    Raises:
+        InputError: a result without a randomization step.
+    """
+    sim = getattr(result, result.criterion)[1:].abs().double()  # drop the "original" row
+    if sim.shape[0] == 0:
+        raise InputError("the sanity result has no randomization step")
+    return sim[: math.ceil(sim.shape[0] / 2)].mean(dim=0)
+
+
+@dataclass(frozen=True)
+class CascadeVerdict:
+    """The verdict of a cascading randomization for one method.
+
+    Attributes:
+        method: the method checked.
+        outcome: ``"passes"``, ``"fails"`` or ``"inconclusive"``.
+        upper: the mean over images of $u_i$ (:func:`upper_similarity`), in [0, 1].
+        low: lower end of its percentile-bootstrap interval (NaN for one image).
+        high: upper end (the interval lies within the range of the $u_i$, so in [0, 1]).
+        n: images the verdict rests on.
+        threshold: $\\tau$.
+        layers: $L$, the layers re-initialized in the whole cascade.
+        final: the mean |similarity| after all $L$ layers are re-initialized.
+        confidence: the interval's level.
+        check: the check's name (:data:`SANITY_CHECK`).
+    """
+
+    method: str
+    outcome: str
+    upper: float
+    low: float
+    high: float
+    n: int
+    threshold: float
+    layers: int
+    final: float
+    confidence: float = 0.95
+    check: str = SANITY_CHECK
+
+    @property
+    def passed(self) -> bool | None:
+        """True (passes), False (fails) or None (inconclusive)."""
+        return {"passes": True, "fails": False}.get(self.outcome)
+
+    @property
+    def detail(self) -> str:
+        """One sentence with the evidence: the similarity, its interval and sample size."""
+        half = math.ceil(self.layers / 2)
+        interval = (
+            f"[{self.low:.3f}, {self.high:.3f}]"
+            if math.isfinite(self.low) and math.isfinite(self.high)
+            else "no interval from one image"
+        )
+        reading = {
+            "passes": f"below {self.threshold:g}: passes",
+            "fails": f"above {self.threshold:g}: fails",
+            "inconclusive": f"spans {self.threshold:g}: inconclusive",
+        }[self.outcome]
+        if self.outcome == "inconclusive" and not math.isfinite(self.low):
+            reading = "inconclusive"
+        return (
+            f"mean |Spearman| of the attributions to the original ones while the upper "
+            f"{half} of {self.layers} layers are re-initialized: {self.upper:.3f} {interval} "
+            f"({self.confidence:.0%} percentile bootstrap, n = {self.n} images; {reading}); "
+            f"after all {self.layers}: {self.final:.3f}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, for JSON."""
+        return {
+            "method": self.method,
+            "check": self.check,
+            "outcome": self.outcome,
+            "passed": self.passed,
+            "upper": self.upper,
+            "low": self.low,
+            "high": self.high,
+            "n": self.n,
+            "threshold": self.threshold,
+            "layers": self.layers,
+            "final": self.final,
+            "detail": self.detail,
+        }
+
+
+def verdict_from_upper(
+    method: str,
+    upper_per_image: Sequence[float | None] | Tensor,
+    *,
+    final: float,
+    threshold: float,
+    layers: int,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> CascadeVerdict:
+    """The verdict from the per-image $u_i$ of a cascade (as saved by ``cnnlens assess``).
+
+    The values are rounded to 6 decimals (as saved), so a verdict computed now and one read
+    back from disk agree. The interval is the percentile bootstrap of the mean
+    (:func:`cnnlens.metrics.aggregate`), which never leaves the range of the $u_i$:
+
+    $$\\text{passes} \\iff \\text{high} < \\tau, \\quad
+    \\text{fails} \\iff \\text{low} \\ge \\tau, \\quad
+    \\text{inconclusive otherwise (or for one image)}$$
+    """
+    values = [float("nan") if v is None else round(float(v), 6) for v in list(upper_per_image)]
+    s = aggregate(
+        torch.tensor(values, dtype=torch.float64),
+        confidence=confidence,
+        method="bootstrap",
+        seed=seed,
+    )
+    if not (math.isfinite(s.low) and math.isfinite(s.high)):
+        outcome = "inconclusive"
+    elif s.high < threshold:
+        outcome = "passes"
+    elif s.low >= threshold:
+        outcome = "fails"
+    else:
+        outcome = "inconclusive"
+    return CascadeVerdict(
+        method, outcome, s.mean, s.low, s.high, s.n, threshold, layers, final, confidence
+    )
+
+
+def cascade_verdict(result: SanityResult, *, seed: int = 0) -> CascadeVerdict:
+    """The verdict of a cascading randomization (:func:`verdict_from_upper` of its
+    :func:`upper_similarity`), the rule ``cnnlens assess`` and ``cnnlens demo`` report.
+
+    Example:
+        >>> res = cascading_randomization(net, x, "gradcam", criterion=VERDICT_CRITERION)
+        ... # doctest: +SKIP
+        >>> cascade_verdict(res).detail
+
+    Raises:
+        InputError: a result of another mode.
+    """
+    if result.mode != "cascading":
+        raise InputError(f"cascade_verdict needs a cascading randomization, got {result.mode!r}")
+    return verdict_from_upper(
+        result.method,
+        upper_similarity(result),
+        final=result.final,
+        threshold=result.threshold,
+        layers=len(result.steps) - 1,
+        seed=seed,
+    )

@@ -565,6 +565,7 @@ def _sanity_step(run: _Run, net: nn.Module, x: Tensor, methods: Sequence[str]) -
     """Cascading model-randomization verdicts (cnnlens.metrics.sanity)."""
     import cnnlens
     from cnnlens.metrics import cascading_randomization
+    from cnnlens.metrics.sanity import VERDICT_CRITERION, cascade_verdict
     from cnnlens.report import Picture, SanityVerdict, Section
 
     cfg = run.cfg
@@ -577,18 +578,16 @@ def _sanity_step(run: _Run, net: nn.Module, x: Tensor, methods: Sequence[str]) -
             bar.describe(f"sanity check: {name}")
             opts = method_options(cnnlens.get_method(name), cfg.sanity_options.get(name, {}))
             try:
-                res = cascading_randomization(net, xs, name, seed=run.seed, **opts)
+                res = cascading_randomization(
+                    net, xs, name, seed=run.seed, criterion=VERDICT_CRITERION, **opts
+                )
             except CnnlensError as err:
                 logger.warning("sanity check of %s failed: %s", name, err)
                 bar.advance()
                 continue
-            passed = bool(res.passed)
-            detail = (
-                f"mean |Spearman| of the absolute maps after randomizing every layer: "
-                f"{res.final:.2f} (passes below {res.threshold:g})"
-            )
-            verdicts.append(SanityVerdict(name, "cascading model randomization", passed, detail))
-            rows.append({"method": name, "final": round(res.final, 4), "passed": passed})
+            verdict = cascade_verdict(res, seed=run.seed)  # the rule cnnlens assess reports
+            verdicts.append(SanityVerdict(name, verdict.check, verdict.passed, verdict.detail))
+            rows.append({**verdict.to_dict(), "final": round(res.final, 4)})
             if name in ("gradcam", "guided_backprop"):
                 plots.append(Picture(res.plot(), caption=f"{name}: similarity per step"))
             bar.advance()

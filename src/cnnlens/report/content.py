@@ -214,13 +214,14 @@ class SanityVerdict:
     Attributes:
         method: the explanation method checked.
         check: the check's name (``"model randomization"``).
-        passed: True when the method's maps depend on what they should.
+        passed: True when the method's maps depend on what they should, False when they
+            do not, None when the evidence is inconclusive.
         detail: one sentence with the evidence (e.g. the similarity measured).
     """
 
     method: str
     check: str
-    passed: bool
+    passed: bool | None
     detail: str = ""
 
 

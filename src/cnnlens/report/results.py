@@ -370,8 +370,8 @@ def parse_results(
         for i, s in enumerate(r.arr(d["sanity"], "sanity")):
             w = f"sanity[{i}]"
             s = r.obj(s, w)
-            if not isinstance(s.get("passed"), bool):
-                raise r.fail(f"{w}.passed", "true or false", s.get("passed"))
+            if s.get("passed") is not None and not isinstance(s.get("passed"), bool):
+                raise r.fail(f"{w}.passed", "true, false or null (inconclusive)", s.get("passed"))
             sanity.append(
                 SanityVerdict(
                     method=r.text(s, "method", w, required=True),
