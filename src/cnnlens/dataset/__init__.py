@@ -27,6 +27,7 @@ from cnnlens.dataset.read import (
     scan,
     stack_maps,
 )
+from cnnlens.dataset.report import build_store_report
 from cnnlens.dataset.sources import Source, resolve_source
 from cnnlens.dataset.store import Store, StoreError
 
@@ -42,6 +43,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoredMap",
+    "build_store_report",
     "decode_map",
     "explain",
     "info",

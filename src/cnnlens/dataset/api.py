@@ -128,7 +128,7 @@ def explain(
     method: str | Sequence[str] = "gradcam",
     weights: str | None = None,
     layer: str | Sequence[str] | None = None,
-    target: int | Sequence[int] | None = None,
+    target: int | str | Sequence[int | str] | None = None,
     topk: int | None = None,
     options: Mapping[str, Any] | None = None,
     map_size: int = 64,
@@ -168,7 +168,8 @@ def explain(
         method: one registered method name or several.
         weights: weights for a model name (a file or a torchvision weights name).
         layer: for CAM methods: a dotted name, a list (one map per layer), or None (auto).
-        target: class index(es) explained for every image; default each image's top class.
+        target: classes explained for every image: indices, ranges (``"0-4"``) or class
+            names; default each image's top class.
         topk: explain each image's K most probable classes instead.
         options: method options, ``{"n_steps": 16}`` for every method, or per method
             ``{"integrated_gradients": {"n_steps": 16}}``.
@@ -204,7 +205,7 @@ def explain(
         ... # doctest: +SKIP
         >>> table = cnnlens.dataset.load(s.store)                               # doctest: +SKIP
     """
-    from cnnlens.cli._common import resolve_device
+    from cnnlens.cli._common import parse_class_list, resolve_device
     from cnnlens.core.layers import resolve_layer
 
     if engine not in ENGINES:
@@ -217,10 +218,13 @@ def explain(
     dev = resolve_device(device) if engine == "local" else torch.device("cpu")
     net, info = _model(model, weights, dev, input_size, preset, class_names)
     num_classes = _num_classes(net, info, dev)
-    targets = [target] if isinstance(target, int) else [int(t) for t in target or []]
-    for t in targets:
-        if not 0 <= t < num_classes:
-            raise TargetError(f"target {t} is out of range: the model has {num_classes} classes")
+    given = [target] if isinstance(target, int | str) else list(target or [])
+    targets = parse_class_list(
+        [str(t) for t in given],
+        num_classes=num_classes,
+        class_names=info["class_names"] or None,
+        option="target",
+    )
     if topk is not None and (isinstance(topk, bool) or not 1 <= topk <= num_classes):
         raise TargetError(f"topk must be between 1 and {num_classes}, got {topk}")
     layers = [layer] if isinstance(layer, str) else list(layer or [])

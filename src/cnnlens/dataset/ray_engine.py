@@ -33,7 +33,7 @@ def import_ray() -> Any:
     """The ``ray`` module, or an :class:`InputError` saying how to install it."""
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError as err:
         raise InputError(
             f"engine='ray' needs Ray Data, which is not installed ({err}); "
