@@ -45,18 +45,18 @@ def import_ray() -> Any:
 class _Worker:
     """One Ray actor: holds the job (and its model) and writes one part file per batch."""
 
-    def __init__(self, job_ref: list[Any], done_ref: list[Any], store: Store) -> None:
+    def __init__(self, refs: list[Any], store: Store) -> None:
         import ray
 
-        self.job: BatchJob = ray.get(job_ref[0])
-        self.done: set[str] = ray.get(done_ref[0])
+        self.job: BatchJob
+        self.job, self.items, self.done = ray.get(refs)
         self.store = store
         self.job.setup()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = list(batch)
-        n = len(batch[names[0]]) if names else 0
-        items = [{k: _plain(batch[k][i]) for k in names} for i in range(n)]
+        # rows carry only an index into the items (no None/NaN conversions of item fields)
+        n = len(batch["i"])
+        items = [self.items[int(i)] for i in batch["i"]]
         loaded = [x for x in (self.job.load(it, self.done) for it in items) if x is not None]
         rows = errors = 0
         if loaded:
@@ -69,12 +69,6 @@ class _Worker:
             "rows": np.array([rows], dtype=np.int64),
             "errors": np.array([errors], dtype=np.int64),
         }
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def run_ray(
@@ -129,12 +123,13 @@ def run_ray(
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = bool(progress)
         done = store.done_keys()
-        job_ref, done_ref = ray.put(job), ray.put(done)
+        refs = [ray.put(job), ray.put([dict(it) for it in items]), ray.put(done)]
         blocks = max(1, min(len(items) // batch_size + 1, 4 * actors))
-        ds = ray.data.from_items(list(items), override_num_blocks=blocks)
+        # in-memory items (no read tasks competing with the actors for CPUs)
+        ds = ray.data.from_items([{"i": i} for i in range(len(items))], override_num_blocks=blocks)
         out = ds.map_batches(
             _Worker,
-            fn_constructor_kwargs={"job_ref": [job_ref], "done_ref": [done_ref], "store": store},
+            fn_constructor_kwargs={"refs": refs, "store": store},
             batch_size=batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=actors),
