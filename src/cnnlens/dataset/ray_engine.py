@@ -124,7 +124,8 @@ def run_ray(
         ctx.enable_progress_bars = bool(progress)
         done = store.done_keys()
         refs = [ray.put(job), ray.put([dict(it) for it in items]), ray.put(done)]
-        blocks = max(1, min(len(items) // batch_size + 1, 4 * actors))
+        batches = -(-len(items) // batch_size)
+        blocks = max(1, min(len(items), max(actors, min(batches, 8 * actors))))
         # in-memory items (no read tasks competing with the actors for CPUs)
         ds = ray.data.from_items([{"i": i} for i in range(len(items))], override_num_blocks=blocks)
         out = ds.map_batches(
