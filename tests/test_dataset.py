@@ -305,3 +305,27 @@ def test_ray_engine_matches_local(folder: Path, checkpoint: Path, tmp_path: Path
     # resume on Ray: everything is already there
     assert again.stats.computed == 0 and again.stats.skipped == len(files)
     assert pa.types.is_binary(cd.load(ray.store, maps=True).schema.field("map").type)
+
+
+def test_scale_md_examples_print_what_they_say(tmp_path: Path, monkeypatch) -> None:
+    """The python blocks of docs/scale.md run in order (one namespace, in a fresh folder)
+    and each ``print(...)  # text`` line prints ``text``."""
+    import contextlib
+    import io
+    import re
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "scale.md"
+    blocks = re.findall(r"^```python\n(.*?)^```", doc.read_text(), re.M | re.S)
+    assert len(blocks) >= 2
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for i, code in enumerate(blocks):
+        expected = [
+            m.group(1).strip()
+            for line in code.splitlines()
+            if (m := re.match(r"^\s*print\(.*\)\s+# (.*)$", line))
+        ]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(code, f"docs/scale.md block {i + 1}", "exec"), namespace)
+        assert [line.strip() for line in out.getvalue().splitlines()] == expected
