@@ -179,6 +179,7 @@ def _assert_complete(out: Path) -> None:
     assert t["id"].nunique() == N_IMAGES
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill(folder: Path, checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "store"
     script = textwrap.dedent(

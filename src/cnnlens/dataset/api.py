@@ -120,6 +120,38 @@ def _num_classes(net: nn.Module, info: dict[str, Any], device: torch.device) -> 
     return int(probe.shape[1])
 
 
+def _targets_layer_names(
+    net: nn.Module,
+    info: dict[str, Any],
+    dev: torch.device,
+    target: Any,
+    topk: int | None,
+    layer: str | Sequence[str] | None,
+) -> tuple[list[int], str | list[str] | None, list[str]]:
+    """Checked class indices, the layer argument and the class names (indices as names when
+    the model has none, or a wrong count)."""
+    from cnnlens.cli._common import parse_class_list
+    from cnnlens.core.layers import resolve_layer
+
+    num_classes = _num_classes(net, info, dev)
+    given = [target] if isinstance(target, int | str) else list(target or [])
+    targets = parse_class_list(
+        [str(t) for t in given],
+        num_classes=num_classes,
+        class_names=info["class_names"] or None,
+        option="target",
+    )
+    if topk is not None and (isinstance(topk, bool) or not 1 <= topk <= num_classes):
+        raise TargetError(f"topk must be between 1 and {num_classes}, got {topk}")
+    layers = [layer] if isinstance(layer, str) else list(layer or [])
+    layers = [resolve_layer(net, name)[0] for name in layers]
+    layer_arg = layers[0] if len(layers) == 1 else (layers or None)
+    names = info["class_names"]
+    if len(names) != num_classes:
+        names = [str(i) for i in range(num_classes)]
+    return targets, layer_arg, names
+
+
 def explain(
     dataset: str | os.PathLike[str],
     model: str | os.PathLike[str] | nn.Module,
@@ -205,8 +237,7 @@ def explain(
         ... # doctest: +SKIP
         >>> table = cnnlens.dataset.load(s.store)                               # doctest: +SKIP
     """
-    from cnnlens.cli._common import parse_class_list, resolve_device
-    from cnnlens.core.layers import resolve_layer
+    from cnnlens.cli._common import resolve_device
 
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -217,22 +248,7 @@ def explain(
     methods = _methods(method, options)
     dev = resolve_device(device) if engine == "local" else torch.device("cpu")
     net, info = _model(model, weights, dev, input_size, preset, class_names)
-    num_classes = _num_classes(net, info, dev)
-    given = [target] if isinstance(target, int | str) else list(target or [])
-    targets = parse_class_list(
-        [str(t) for t in given],
-        num_classes=num_classes,
-        class_names=info["class_names"] or None,
-        option="target",
-    )
-    if topk is not None and (isinstance(topk, bool) or not 1 <= topk <= num_classes):
-        raise TargetError(f"topk must be between 1 and {num_classes}, got {topk}")
-    layers = [layer] if isinstance(layer, str) else list(layer or [])
-    layers = [resolve_layer(net, name)[0] for name in layers]
-    layer_arg = layers[0] if len(layers) == 1 else (layers or None)
-    names = info["class_names"]
-    if len(names) != num_classes:
-        names = [str(i) for i in range(num_classes)]
+    targets, layer_arg, names = _targets_layer_names(net, info, dev, target, topk, layer)
     crop = info["preset"] == "imagenet"
     mhash = model_hash(net, info["arch"])
     common = {"layer": layer_arg, "target": targets, "topk": topk, "map_size": map_size}
