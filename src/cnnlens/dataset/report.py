@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 REPORT_FILE = "report.html"
 _LIGHT = ["id", "method", "rank", "target", "target_prob", "coverage", "top10_mass", "error"]
 _STATS = ("target_prob", "map_mean", "coverage", "top10_mass")
+_MAP_BATCH = 2048  # rows of maps decoded at a time (2048 x 64 x 64 float16 = 16 MiB)
 
 
 @dataclass
@@ -93,7 +94,7 @@ def _class_means(ds: Any) -> dict[tuple[str, int], tuple[np.ndarray, int]]:
     counts: dict[tuple[str, int], int] = defaultdict(int)
     cols = ["method", "target", "map", "map_height", "map_width"]
     flt = (pc.field("rank") == 0) & pc.field("error").is_null()
-    for batch in ds.to_batches(columns=cols, filter=flt):
+    for batch in ds.to_batches(columns=cols, filter=flt, batch_size=_MAP_BATCH):
         d = batch.to_pydict()
         for m, t, data, h, w in zip(*(d[c] for c in cols)):
             arr = decode_map(data, h, w).numpy().astype(np.float64)
