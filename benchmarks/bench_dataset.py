@@ -38,7 +38,7 @@ import cnnlens
 import cnnlens.dataset as cd
 from cnnlens.data import load_image, to_tensor
 from cnnlens.models import create
-from common import machine, setup_threads
+from common import interleaved_medians, machine, setup_threads
 
 
 def rss_mib() -> float:
@@ -113,6 +113,35 @@ def per_batch_costs(folder: Path, net: torch.nn.Module, batch: int, store: Path)
     }
 
 
+def interleaved_ratio(files: list[Path], net: torch.nn.Module, work: Path, common: dict) -> int:
+    """Plain loop vs the local engine on the same few images, runs interleaved (medians)."""
+    listing = work / "ratio.txt"
+    listing.write_text("\n".join(str(f) for f in files))
+    runs = iter(range(1000))
+
+    def engine(batch: int) -> None:
+        opts = common | {"batch_size": batch}
+        cd.explain(listing, net, out=work / f"ratio-{next(runs)}", **opts)
+
+    med = interleaved_medians(
+        {
+            "plain loop over cnnlens.explain": lambda: plain_loop(files, net),
+            "local engine, batch 8": lambda: engine(8),
+            "local engine, batch 32": lambda: engine(32),
+        },
+        repeats=3,
+    )
+    n, plain = len(files), med["plain loop over cnnlens.explain"]
+    print(
+        f"{n} images per run, interleaved, median of 3; torch threads {torch.get_num_threads()}\n"
+    )
+    print("| contender | median wall (s) | images/s | speed-up over the plain loop |")
+    print("|---|---:|---:|---:|")
+    for name, t in med.items():
+        print(f"| {name} | {t:.1f} | {n / t:.2f} | {plain / t:.2f}x |")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000)
@@ -120,6 +149,12 @@ def main() -> int:
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument("--plain-n", type=int, help="images for the plain loop (default: N)")
     parser.add_argument("--ray-n", type=int, help="images for Ray (default: N)")
+    parser.add_argument(
+        "--ratio-n",
+        type=int,
+        help="only time the plain loop and the local engine (batches of 8 and 32) on this "
+        "many images, interleaved, median of 3 (for a loaded machine)",
+    )
     args = parser.parse_args()
     threads = setup_threads()
     torch.manual_seed(0)
@@ -134,6 +169,8 @@ def main() -> int:
         files = [Path(it["path"]) for it in cd.resolve_source(images).items]
         common = dict(method="gradcam", layer="layer4", input_size=(3, 224, 224),
                       preset="imagenet", batch_size=args.batch, map_size=64)  # fmt: skip
+        if args.ratio_n:
+            return interleaved_ratio(files[: args.ratio_n], net, work, common)
         costs = per_batch_costs(images, net, args.batch, work / "costs")
 
         rss: dict[str, float] = {"start": rss_mib()}
