@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -45,19 +46,22 @@ def import_ray() -> Any:
 class _Worker:
     """One Ray actor: holds the job (and its model) and writes one part file per batch."""
 
-    def __init__(self, refs: list[Any], store: Store) -> None:
+    def __init__(self, refs: list[Any], store: Store, threads: int) -> None:
         import ray
 
         self.job: BatchJob
         self.job, self.items, self.done = ray.get(refs)
         self.store = store
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cnnlens-load")
         self.job.setup()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # rows carry only an index into the items (no None/NaN conversions of item fields)
         n = len(batch["i"])
         items = [self.items[int(i)] for i in batch["i"]]
-        loaded = [x for x in (self.job.load(it, self.done) for it in items) if x is not None]
+        # the actor's CPUs load (read, hash, decode, preprocess) the batch's images in threads
+        done = self.pool.map(lambda it: self.job.load(it, self.done), items)
+        loaded = [x for x in done if x is not None]
         rows = errors = 0
         if loaded:
             table = self.job.run(loaded)
@@ -93,7 +97,7 @@ def run_ray(
         store: where each actor writes its part files.
         batch_size: items per actor batch (and per part file).
         actors: model copies (Ray actors).
-        cpus_per_actor: CPUs reserved per actor.
+        cpus_per_actor: CPUs reserved per actor (and threads loading its images).
         gpus_per_actor: GPUs per actor (the job then runs on ``cuda``).
         address: a running cluster (``"ray://host:10001"``, ``"auto"``); None starts a
             local Ray instance, shut down at the end.
@@ -130,7 +134,11 @@ def run_ray(
         ds = ray.data.from_items([{"i": i} for i in range(len(items))], override_num_blocks=blocks)
         out = ds.map_batches(
             _Worker,
-            fn_constructor_kwargs={"refs": refs, "store": store},
+            fn_constructor_kwargs={
+                "refs": refs,
+                "store": store,
+                "threads": max(1, round(cpus_per_actor)),
+            },
             batch_size=batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=actors),
