@@ -330,3 +330,18 @@ def test_scale_md_examples_print_what_they_say(tmp_path: Path, monkeypatch) -> N
         with contextlib.redirect_stdout(out):
             exec(compile(code, f"docs/scale.md block {i + 1}", "exec"), namespace)
         assert [line.strip() for line in out.getvalue().splitlines()] == expected
+
+
+def test_one_run_per_store(store: Path, folder: Path, checkpoint: Path) -> None:
+    import socket
+
+    from cnnlens.dataset.store import LOCK_FILE
+
+    lock = store / LOCK_FILE
+    lock.write_text(f"{socket.gethostname()} {os.getpid()}")  # a live run holds the store
+    try:
+        with pytest.raises(cd.StoreError, match="being written by another run"):
+            _explain(folder, checkpoint, store)
+    finally:
+        lock.unlink()
+    assert not lock.exists()

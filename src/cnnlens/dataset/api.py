@@ -265,54 +265,55 @@ def explain(
         overwrite=overwrite,
         info={"arch": info["arch"], "model": info["source"], "class_names": names},
     )
-    store.remove_stale_temporaries()
-    job = ExplainJob(
-        model=net,
-        source=source,
-        methods=methods,
-        options_hash={
-            m: canonical_hash({"method": m, "options": o, **common}) for m, o in methods.items()
-        },
-        model_hash=mhash,
-        class_names=names,
-        input_size=info["input_size"],
-        in_channels=info["in_channels"],
-        preset=info["preset"],
-        crop=crop,
-        layer=layer_arg,
-        target=targets,
-        topk=topk,
-        map_size=map_size,
-        multilabel=info["multilabel"],
-        device=str(dev) if engine == "local" else ("cuda" if gpus_per_actor else "cpu"),
-    )
-    if engine == "local":
-        stats = run_local(
-            job,
-            source.items,
-            store,
-            batch_size=batch_size,
-            workers=workers,
-            prefetch=prefetch,
-            progress=progress,
-            on_batch=on_batch,
+    with store.writing():
+        store.remove_stale_temporaries()
+        job = ExplainJob(
+            model=net,
+            source=source,
+            methods=methods,
+            options_hash={
+                m: canonical_hash({"method": m, "options": o, **common}) for m, o in methods.items()
+            },
+            model_hash=mhash,
+            class_names=names,
+            input_size=info["input_size"],
+            in_channels=info["in_channels"],
+            preset=info["preset"],
+            crop=crop,
+            layer=layer_arg,
+            target=targets,
+            topk=topk,
+            map_size=map_size,
+            multilabel=info["multilabel"],
+            device=str(dev) if engine == "local" else ("cuda" if gpus_per_actor else "cpu"),
         )
-    else:
-        from cnnlens.dataset.ray_engine import run_ray
+        if engine == "local":
+            stats = run_local(
+                job,
+                source.items,
+                store,
+                batch_size=batch_size,
+                workers=workers,
+                prefetch=prefetch,
+                progress=progress,
+                on_batch=on_batch,
+            )
+        else:
+            from cnnlens.dataset.ray_engine import run_ray
 
-        stats = run_ray(
-            job,
-            source.items,
-            store,
-            batch_size=batch_size,
-            actors=actors,
-            cpus_per_actor=cpus_per_actor,
-            gpus_per_actor=gpus_per_actor,
-            address=ray_address,
-            num_cpus=ray_num_cpus,
-            progress=progress,
-            on_batch=on_batch,
-        )
+            stats = run_ray(
+                job,
+                source.items,
+                store,
+                batch_size=batch_size,
+                actors=actors,
+                cpus_per_actor=cpus_per_actor,
+                gpus_per_actor=gpus_per_actor,
+                address=ray_address,
+                num_cpus=ray_num_cpus,
+                progress=progress,
+                on_batch=on_batch,
+            )
     summary = ExplainSummary(store.path, engine, stats, list(methods))
     logger.info("%s", summary.line())
     return summary

@@ -24,9 +24,11 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +38,12 @@ import pyarrow.parquet as pq
 
 from cnnlens.errors import CnnlensError, InputError
 
-__all__ = ["SETTINGS_FILE", "Store", "StoreError", "canonical_hash"]
+__all__ = ["LOCK_FILE", "SETTINGS_FILE", "Store", "StoreError", "canonical_hash"]
 
 logger = logging.getLogger(__name__)
 
 SETTINGS_FILE = "_cnnlens_store.json"
+LOCK_FILE = "_cnnlens_store.lock"
 _PART_GLOB = "part-*.parquet"
 
 
@@ -259,6 +262,38 @@ class Store:
             keys.update(batch.column(0).to_pylist())
         return keys
 
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the store's lock file while a run writes (one run per store at a time).
+
+        A lock left by a process that no longer exists on this host is taken over.
+
+        Raises:
+            StoreError: another live run holds the store.
+        """
+        lock = self.path / LOCK_FILE
+        me = f"{socket.gethostname()} {os.getpid()}"
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                host, _, pid = lock.read_text().partition(" ")
+                if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                    logger.warning("taking over the lock of a finished run (pid %s)", pid)
+                    lock.unlink(missing_ok=True)
+                    continue
+                raise StoreError(
+                    f"store {str(self.path)!r} is being written by another run ({host} pid "
+                    f"{pid}); wait for it, or delete {LOCK_FILE} if that run is gone"
+                ) from None
+            with os.fdopen(fd, "w") as fh:
+                fh.write(me)
+            break
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+
     def remove_stale_temporaries(self) -> int:
         """Delete temporary files left by a killed writer; return how many."""
         n = 0
@@ -266,3 +301,13 @@ class Store:
             p.unlink(missing_ok=True)
             n += 1
         return n
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
