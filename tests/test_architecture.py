@@ -38,7 +38,9 @@ LAYERS: dict[str, set[str]] = {
     # the top may use every layer
     "assess": LIBRARY | {"api", "summary", "training", "assess"},
     "pipelines": LIBRARY | {"api", "summary", "training", "pipelines", "assess", "cnnlens"},
-    "cli": LIBRARY | {"api", "summary", "training", "cli", "pipelines", "assess", "cnnlens"},
+    "dataset": LIBRARY | {"api", "summary", "pipelines", "dataset", "cnnlens"},
+    "cli": LIBRARY
+    | {"api", "summary", "training", "cli", "pipelines", "assess", "dataset", "cnnlens"},
     "cnnlens": {"api", "core", "methods", "summary"},
 }
 

@@ -52,8 +52,40 @@ def explain_command(
     batch_size: int = typer.Option(16, "--batch-size", help="Images per forward pass."),
     title: str | None = typer.Option(None, "--title", help="Title of the report."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+    # dataset store mode (cnnlens.dataset; see cli/_dataset.py and docs/scale.md)
+    fmt: str | None = typer.Option(
+        None, "--format", help="png (default: PNGs + report) or parquet (a resumable store)."
+    ),
+    engine: str | None = typer.Option(
+        None, "--engine", help="Store mode engine: local (in-process) or ray (Ray Data)."
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="Ray cluster to join (default: a local Ray instance)."
+    ),
+    actors: int = typer.Option(2, "--actors", help="Ray actors (model copies)."),
+    map_size: int = typer.Option(64, "--map-size", help="Longer side of the stored maps."),
+    split: str = typer.Option("test", "--split", help="Split of a dataset name."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace a store written with other settings."
+    ),
+    workers: int = typer.Option(2, "--workers", help="Loader threads (local engine)."),
 ) -> None:
-    """Explain a model's predictions for images: PNGs, results.json and report.html in OUT."""
+    """Explain a model's predictions for images: PNGs, results.json and report.html in OUT.
+
+    With --format parquet (or --engine local|ray), explain one DATASET (a folder, a glob, a
+    list file or a dataset name) into a resumable Parquet store at OUT instead.
+    """
+    from cnnlens.cli import _dataset
+
+    if _dataset.wants_store(fmt, engine):
+        _dataset.explain_store(
+            inputs, model=model, out=out, weights=weights, methods=method or (),
+            options=option or (), targets=target or (), target_names=target_name or (),
+            topk=topk, layers=layer or (), device=device, batch_size=batch_size,
+            progress=progress, engine=engine, ray_address=ray_address, actors=actors,
+            map_size=map_size, split=split, overwrite=overwrite, workers=workers,
+        )  # fmt: skip
+        return
     from cnnlens.pipelines.explain import run_explain
 
     run = run_explain(

@@ -18,8 +18,14 @@ def report(
     ),
     title: str | None = typer.Option(None, "--title", help="Title of the report page."),
 ) -> None:
-    """Rebuild the self-contained HTML report from RESULTS_DIR/results.json."""
+    """Rebuild the self-contained HTML report from RESULTS_DIR/results.json, or write the
+    report of a Parquet store written by `cnnlens explain --format parquet`."""
+    from cnnlens.cli import _dataset  # dataset store mode (cnnlens.dataset)
     from cnnlens.report.results import build_report
+
+    if _dataset.is_store(results_dir):
+        typer.echo(str(_dataset.report_store(results_dir, out, title)))
+        return
 
     path = build_report(results_dir, out, title=title)
     typer.echo(str(path))
