@@ -308,7 +308,7 @@ def test_missing_mask_is_an_error(tmp_path: Path) -> None:
         (["--metrics", "pointing_gam"], "unknown metric(s) 'pointing_gam'"),
         (["--methods", "gradcam,nosuch"], "nosuch"),
         (["--methods", "random"], "is a baseline"),
-        (["--n", "0"], "--n must be an integer >= 1"),
+        (["--n", "0"], "--n must be a positive integer"),
         (["--metric-option", "deletion.stp=3"], "deletion takes no option 'stp'"),
         (["--metric-option", "stp=3"], "NAME.KEY=VALUE"),
         (["--option", "rise.n_masks=3"], "not among the methods run"),

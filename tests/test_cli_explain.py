@@ -169,7 +169,7 @@ def test_nothing_explained_is_one_line_and_status_2(
         (["--target", "1", "--topk", "2"], "only one of"),
         (["--method", "gradcam", "--method", "nosuch"], "available: ablationcam"),
         (["--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
-        (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
+        (["--batch-size", "0"], "--batch-size must be a positive integer"),
         (["--option", "rise.n_masks=5"], "not among the methods run (gradcam)"),
         (["--option", "n_masks=5"], "no method among gradcam takes an option 'n_masks'"),
         (["--option", "n_masks"], "KEY=VALUE"),

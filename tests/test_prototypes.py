@@ -551,7 +551,7 @@ def test_cli_prototype_from_a_resized_image(checkpoint, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["prototype", "--steps", "0"], "--steps must be an integer >= 1, got 0"),
+        (["prototype", "--steps", "0"], "--steps must be a positive integer, got 0"),
         (["prototype", "--classes", "seven"], "class 'seven' is not known to the model"),
         (["prototype", "--classes", "12"], "class index 12 is out of range"),
         (["prototype", "--init", "missing.png"], "'missing.png' does not exist"),

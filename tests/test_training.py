@@ -156,7 +156,7 @@ def test_multilabel_training_uses_bce(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"epochs": 0}, "epochs must be an integer >= 1, got 0"),
+        ({"epochs": 0}, "epochs must be a positive integer, got 0"),
         ({"lr": -1.0}, "lr must be"),
         ({"batch_size": 0}, "batch_size"),
         ({"optimizer": "rmsprop"}, "'sgd', 'adam'"),
