@@ -39,11 +39,21 @@ from cnnlens.metrics.faithfulness import (
     road,
     road_combined,
 )
+from cnnlens.metrics.grid_pointing import cell_masks, grid_pointing_game, make_mosaics
 from cnnlens.metrics.localization import (
     energy_pointing_game,
     iou,
     pointing_game,
     relevance_rank_accuracy,
+)
+from cnnlens.metrics.robustness import (
+    avg_sensitivity,
+    draw_noise,
+    local_lipschitz_estimate,
+    max_sensitivity,
+    relative_input_stability,
+    relative_output_stability,
+    relative_representation_stability,
 )
 from cnnlens.metrics.sanity import (
     PermutedLabels,
@@ -56,7 +66,7 @@ from cnnlens.metrics.sanity import (
 )
 from cnnlens.metrics.similarity import spearman, ssim
 
-__all__ = [
+__all__ = [  # noqa: RUF022 (the trust-measurement names are kept together below)
     "BASELINES",
     "METRICS",
     "ConfidenceResult",
@@ -95,4 +105,15 @@ __all__ = [
     "ssim",
     "summarize",
     "train_on_permuted_labels",
+    # issue 15: grid pointing game and robustness
+    "avg_sensitivity",
+    "cell_masks",
+    "draw_noise",
+    "grid_pointing_game",
+    "local_lipschitz_estimate",
+    "make_mosaics",
+    "max_sensitivity",
+    "relative_input_stability",
+    "relative_output_stability",
+    "relative_representation_stability",
 ]
