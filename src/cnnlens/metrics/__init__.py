@@ -46,6 +46,7 @@ from cnnlens.metrics.localization import (
     pointing_game,
     relevance_rank_accuracy,
 )
+from cnnlens.metrics.removal import faithfulness_correlation, random_subsets
 from cnnlens.metrics.robustness import (
     avg_sensitivity,
     draw_noise,
@@ -109,10 +110,12 @@ __all__ = [  # noqa: RUF022 (the trust-measurement names are kept together below
     "avg_sensitivity",
     "cell_masks",
     "draw_noise",
+    "faithfulness_correlation",
     "grid_pointing_game",
     "local_lipschitz_estimate",
     "make_mosaics",
     "max_sensitivity",
+    "random_subsets",
     "relative_input_stability",
     "relative_output_stability",
     "relative_representation_stability",

@@ -1,0 +1,150 @@
+"""Faithfulness by random feature removal: does removing what the map rates high cost score?
+
+:func:`faithfulness_correlation` (Bhatt et al. 2020) removes random subsets of input values
+and correlates the map's mass on each subset with the drop of the class score. It follows
+Quantus 0.6's ``FaithfulnessCorrelation`` (same features, same baseline, same correlation)
+so the numbers agree on the same subsets (``tests/test_removal.py``), and runs batched on
+the model's device: the ``n_runs`` perturbed copies go through the model ``batch_size``
+images at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from cnnlens.errors import InputError
+from cnnlens.metrics._common import (
+    Activation,
+    check_activation,
+    check_batch_size,
+    check_images,
+    check_maps,
+    fit_maps,
+    frozen_eval,
+    probabilities,
+    resolve_class_targets,
+)
+from cnnlens.metrics.registry import MetricInputs, register_metric
+
+__all__ = ["faithfulness_correlation", "random_subsets"]
+
+
+def random_subsets(n_runs: int, batch: int, n_features: int, size: int, seed: int = 0) -> Tensor:
+    """Indices (n_runs, batch, size) of random subsets of ``n_features`` features, drawn
+    without replacement per (run, image) from a CPU generator seeded with ``seed``."""
+    if not 1 <= size <= n_features:
+        raise InputError(f"subset_size must be in 1..{n_features} (C*H*W), got {size!r}")
+    if isinstance(n_runs, bool) or not isinstance(n_runs, int) or n_runs < 2:
+        raise InputError(f"n_runs must be an integer >= 2 (a correlation), got {n_runs!r}")
+    g = torch.Generator().manual_seed(int(seed))
+    keys = torch.rand(n_runs, batch, n_features, generator=g)
+    return keys.topk(size, dim=2).indices
+
+
+def _pearson(a: Tensor, b: Tensor) -> Tensor:
+    """Pearson correlation along the last axis, float64; NaN where either is constant."""
+    a = a - a.mean(dim=-1, keepdim=True)
+    b = b - b.mean(dim=-1, keepdim=True)
+    den = (a.square().sum(-1) * b.square().sum(-1)).sqrt()
+    return torch.where(den > 0, (a * b).sum(-1) / den.clamp(min=1e-300), torch.nan)
+
+
+def faithfulness_correlation(
+    model: nn.Module,
+    x: Tensor,
+    maps: Tensor,
+    target: object = None,
+    *,
+    n_runs: int = 100,
+    subset_size: int = 224,
+    subsets: Tensor | None = None,
+    seed: int = 0,
+    activation: Activation = None,
+    batch_size: int = 64,
+) -> Tensor:
+    """Faithfulness correlation (Bhatt, Weller & Moura, "Evaluating and aggregating
+    feature-based model explanations", IJCAI 2020, arXiv:2005.00631).
+
+    For ``n_runs`` random subsets $S$ of $|S|$ input values (over channels and pixels; the
+    map is shared by a pixel's channels), each set to the image's minimum value $b$:
+
+    $$\\mu_F = \\operatorname{corr}_S\\Big(\\sum_{i \\in S} \\Phi_i,\\;
+    f_c(x) - f_c(x_{[x_S = b]})\\Big)$$
+
+    with $f_c$ the class score (logits by default, as in Quantus).
+
+    Args:
+        model: the classifier (never changed).
+        x: images (B, C, H, W).
+        maps: (B, H, W) maps (any sign).
+        target: class per image (None: the top class).
+        n_runs: number of subsets per image.
+        subset_size: $|S|$ (Quantus' default 224).
+        subsets: the subsets themselves, long (n_runs, B, subset_size), indices into the
+            image flattened as (C, H, W); default :func:`random_subsets` with ``seed``.
+        seed: seed of the subsets.
+        activation: ``None`` (logits), ``"softmax"`` or ``"sigmoid"``.
+        batch_size: most images per forward pass.
+
+    Returns:
+        float (B,) in [-1, 1], higher is better; NaN where the map is constant on the
+        drawn subsets or the score never moves.
+
+    Example:
+        >>> faithfulness_correlation(model, x, exp.maps, n_runs=50)      # doctest: +SKIP
+    """
+    x = check_images(x)
+    b, c, h, w = x.shape
+    maps = fit_maps(check_maps(maps, b), (h, w)).double()
+    check_batch_size(batch_size)
+    check_activation(activation)
+    n_features = c * h * w
+    if subsets is None:
+        subsets = random_subsets(n_runs, b, n_features, subset_size, seed)
+    if not isinstance(subsets, Tensor) or subsets.dim() != 3 or subsets.shape[1] != b:
+        shape = tuple(subsets.shape) if isinstance(subsets, Tensor) else type(subsets).__name__
+        raise InputError(f"subsets must have shape (n_runs, {b}, subset_size), got {shape}")
+    subsets = subsets.to(x.device).long()
+    runs = subsets.shape[0]
+    flat = x.reshape(b, -1)
+    fill = flat.min(dim=1, keepdim=True).values
+    a = maps.flatten(1).repeat(1, c)  # the map on every channel, (B, C*H*W)
+    att = torch.stack([a.gather(1, s) for s in subsets])  # (R, B, |S|)
+    with frozen_eval(model):
+        out = probabilities(model(x), activation)
+        target = resolve_class_targets(target, out)
+        ref = out.gather(1, target.view(-1, 1)).squeeze(1).double()
+        per_call = max(1, batch_size // b)
+        drops = []
+        for start in range(0, runs, per_call):
+            idx = subsets[start : start + per_call]  # (k, B, |S|)
+            xp = flat.unsqueeze(0).repeat(idx.shape[0], 1, 1)
+            xp.scatter_(2, idx, fill.unsqueeze(0).expand(idx.shape[0], b, idx.shape[2]))
+            probs = probabilities(model(xp.reshape(-1, c, h, w)), activation)
+            score = probs.gather(1, target.repeat(idx.shape[0]).view(-1, 1)).double()
+            drops.append(ref.unsqueeze(0) - score.view(idx.shape[0], b))
+    drop = torch.cat(drops)  # (R, B)
+    return _pearson(att.sum(2).T, drop.T).float()
+
+
+@register_metric(
+    "faithfulness_correlation",
+    family="faithfulness",
+    higher_is_better=True,
+    label="faith-corr",
+    summary="corr. of map mass on random subsets with the score drop",
+)
+def _faithfulness_correlation(inputs: MetricInputs, **options: Any) -> Tensor:
+    h, w = inputs.x.shape[-2:]
+    settings = {
+        "n_runs": 50,
+        "subset_size": max(1, (h * w) // 20),  # 5% of the pixels
+        "seed": inputs.seed,
+        "activation": inputs.activation,
+        "batch_size": inputs.batch_size,
+        **options,
+    }
+    return faithfulness_correlation(inputs.model, inputs.x, inputs.maps, inputs.target, **settings)

@@ -1,0 +1,84 @@
+"""Faithfulness correlation: equal to Quantus on the same random subsets; checked by hand."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from cnnlens.errors import InputError
+from cnnlens.metrics.registry import MetricInputs, get_metric
+from cnnlens.metrics.removal import faithfulness_correlation, random_subsets
+from cnnlens.models.seeds import GapCNN
+from conftest import ReluNet
+
+quantus = pytest.importorskip("quantus")
+
+
+def _models():
+    torch.manual_seed(0)
+    gap = GapCNN(5, 3).eval()
+    relu = ReluNet(classes=5).eval()
+    relu(torch.zeros(1, 3, 16, 16))
+    return [gap, relu]
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["gap-cnn", "relu-net"])
+def test_equal_to_quantus_on_the_same_subsets(which, monkeypatch):
+    model = _models()[which]
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 3, 16, 16, generator=g)
+    maps = torch.rand(3, 16, 16, generator=g)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    runs, size = 6, 20
+    subsets = random_subsets(runs, 3, 3 * 16 * 16, size, seed=2)
+    got = faithfulness_correlation(model, x, maps, y, subsets=subsets, batch_size=5)
+    # Quantus draws each (run, image) subset with np.random.choice, run-major: replay ours
+    replay = iter(subsets.reshape(-1, size).numpy())
+    monkeypatch.setattr(np.random, "choice", lambda *a, **k: next(replay))
+    metric = quantus.FaithfulnessCorrelation(
+        nr_runs=runs, subset_size=size, disable_warnings=True, return_aggregate=False
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = metric(
+            model=model,
+            x_batch=x.numpy(),
+            y_batch=y.numpy(),
+            a_batch=maps.unsqueeze(1).numpy(),
+            device="cpu",
+        )
+    np.testing.assert_allclose(got.numpy(), np.asarray(want), rtol=1e-4, atol=1e-5)
+
+
+def test_a_linear_model_with_its_exact_map_correlates_perfectly():
+    """f(x) = sum(w * x), w shared by the channels, subsets filled with the minimum b: the
+    drop is sum_S w (x - b), and with equal channels the map w (x - b) summed over S is
+    that drop, so the correlation is 1."""
+    torch.manual_seed(3)
+    w = torch.randn(1, 1, 8, 8).expand(-1, 2, -1, -1)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(128, 2, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.cat([w.flatten(), -w.flatten()]).view(2, 128))
+    x = torch.rand(2, 1, 8, 8).expand(-1, 2, -1, -1).contiguous()
+    fill = x.flatten(1).min(1).values.view(-1, 1, 1)
+    maps = w[:, 0] * (x[:, 0] - fill)
+    got = faithfulness_correlation(model, x, maps, 0, n_runs=20, subset_size=10)
+    torch.testing.assert_close(got, torch.ones(2), rtol=0, atol=1e-5)
+
+
+def test_registry_scorer_and_errors():
+    model = _models()[0]
+    x = torch.rand(2, 3, 16, 16)
+    maps = torch.rand(2, 16, 16)
+    info = get_metric("faithfulness_correlation")
+    assert info.family == "faithfulness" and info.higher_is_better
+    got = info.scorer(MetricInputs(model, x, maps, target=torch.tensor([0, 1]), seed=4))
+    assert got.shape == (2,) and bool((got.abs() <= 1).all())
+    with pytest.raises(InputError, match="subset_size"):
+        faithfulness_correlation(model, x, maps, subset_size=10_000)
+    with pytest.raises(InputError, match="subsets must have shape"):
+        faithfulness_correlation(model, x, maps, subsets=torch.zeros(3, 5, 4))
