@@ -133,25 +133,32 @@ def _runs(
     explain: ExplainFn,
     noise: Tensor,
     batch_size: int,
+    top: Tensor,
+    forward: bool = True,
     layer: tuple[str, nn.Module] | None = None,
 ) -> Iterator[_Run]:
-    """Each draw's perturbed images, maps, logits and changed-prediction flags; draws are
-    stacked into explain/forward calls of at most ``batch_size`` images."""
+    """Each draw's perturbed images, maps, logits and changed-prediction flags (without
+    ``forward``: no model call, logits empty, nothing changed); draws are stacked into
+    explain/forward calls of at most ``batch_size`` images."""
     b = x.shape[0]
-    top = _forward(model, x, None)[0].argmax(dim=1)
     per_call = max(1, batch_size // b)
     for start in range(0, noise.shape[0], per_call):
         k = min(per_call, noise.shape[0] - start)
         xp = (x.unsqueeze(0) + noise[start : start + k]).reshape(k * b, *x.shape[1:])
         maps = check_maps(explain(xp, target.repeat(k)), k * b, name="perturbed maps")
-        logits, rep = _forward(model, xp, layer)
+        if forward:
+            logits, rep = _forward(model, xp, layer)
+        else:
+            logits, rep = torch.zeros(k * b, 0, dtype=torch.float64, device=x.device), None
         maps = maps.flatten(1).double()
         for j in range(k):
             rows = slice(j * b, (j + 1) * b)
             yield _Run(
                 xp[rows],
                 maps[rows],
-                logits[rows].argmax(dim=1) != top,
+                logits[rows].argmax(dim=1) != top
+                if forward
+                else torch.zeros_like(top, dtype=torch.bool),
                 logits[rows],
                 None if rep is None else rep[rows],
             )
@@ -177,13 +184,14 @@ def _prepare(
     target: object,
     run: _Settings,
     draw: dict[str, Any],
-) -> tuple[Tensor, Tensor, Tensor, ExplainFn, Tensor]:
-    """Checked images, maps (float64, (B, H*W)), targets, explain function and noise."""
+) -> tuple[Tensor, Tensor, Tensor, ExplainFn, Tensor, Tensor]:
+    """Checked images, maps (float64, (B, H*W)), targets, explain function, noise and the
+    logits of the images (float64)."""
     x = check_images(x)
     maps = check_maps(maps, x.shape[0])
     check_batch_size(run.batch_size)
-    with frozen_eval(model):
-        target = resolve_class_targets(target, model(x))
+    logits = _forward(model, x, None)[0]
+    target = resolve_class_targets(target, logits)
     noise = run.noise
     if noise is None:
         noise = draw_noise(x, run.n_samples, seed=run.seed, **draw)
@@ -192,7 +200,7 @@ def _prepare(
         raise InputError(f"noise must have shape (n_samples, *x.shape), got {shape}")
     noise = noise.to(x.device, x.dtype)
     fn = _explainer(model, explain, run.options)
-    return x, maps.flatten(1).double(), target, fn, noise
+    return x, maps.flatten(1).double(), target, fn, noise, logits
 
 
 def _reduce(scores: Tensor, changed: Tensor, nan_when_changed: bool, how: str) -> Tensor:
@@ -229,11 +237,12 @@ def _sensitivity(
     radius: float,
 ) -> Tensor:
     draw = dict(kind="uniform", low=-radius, high=radius)
-    x, e, target, fn, noise = _prepare(model, x, maps, explain, target, run, draw)
+    x, e, target, fn, noise, logits = _prepare(model, x, maps, explain, target, run, draw)
     ref = e.norm(dim=1)
     _warn_zero(ref, "max_sensitivity" if how == "max" else "avg_sensitivity")
     scores, changed = [], []
-    for draw_ in _runs(model, x, target, fn, noise, run.batch_size):
+    top, forward = logits.argmax(dim=1), run.nan_when_changed
+    for draw_ in _runs(model, x, target, fn, noise, run.batch_size, top, forward):
         ratio = (e - draw_.maps).norm(dim=1) / ref
         scores.append(torch.where(ref == 0, torch.full_like(ratio, float("nan")), ratio))
         changed.append(draw_.changed)
@@ -346,12 +355,13 @@ def local_lipschitz_estimate(
         float (B,), lower is better.
     """
     run = _Settings(n_samples, noise, seed, batch_size, nan_when_prediction_changes, options)
-    x, e, target, fn, noise = _prepare(
+    x, e, target, fn, noise, logits = _prepare(
         model, x, maps, explain, target, run, dict(kind="gaussian", std=std)
     )
     scores, changed = [], []
     xf = x.flatten(1).double()
-    for draw in _runs(model, x, target, fn, noise, batch_size):
+    top, forward = logits.argmax(dim=1), run.nan_when_changed
+    for draw in _runs(model, x, target, fn, noise, batch_size, top, forward):
         dist = (xf - draw.x.flatten(1).double()).norm(dim=1)
         scores.append((e - draw.maps).norm(dim=1) / (dist + _LIPSCHITZ_EPS))
         changed.append(draw.changed)
@@ -379,16 +389,17 @@ def _stability(
     layer: str | nn.Module | None,
 ) -> Tensor:
     low, high, eps_min = bounds
-    x, e, target, fn, noise = _prepare(
+    x, e, target, fn, noise, logits = _prepare(
         model, x, maps, explain, target, run, dict(kind="uniform", low=low, high=high)
     )
     if not eps_min > 0:
         raise InputError(f"eps_min must be > 0, got {eps_min!r}")
     resolved = resolve_layer(model, layer) if which == "representation" else None
-    ref_logits, ref_rep = _forward(model, x, resolved)
+    ref_logits, ref_rep = _forward(model, x, resolved) if resolved else (logits, None)
     xf = x.flatten(1).double()
     scores, changed = [], []
-    for draw in _runs(model, x, target, fn, noise, run.batch_size, resolved):
+    top = ref_logits.argmax(dim=1)
+    for draw in _runs(model, x, target, fn, noise, run.batch_size, top, True, resolved):
         num = _relative(e, draw.maps, eps_min).norm(dim=1)
         if which == "input":
             den = _relative(xf, draw.x.flatten(1).double(), eps_min).norm(dim=1)
