@@ -10,7 +10,12 @@ import torch
 
 from cnnlens.errors import InputError
 from cnnlens.metrics.registry import MetricInputs, get_metric
-from cnnlens.metrics.removal import faithfulness_correlation, random_subsets
+from cnnlens.metrics.removal import (
+    _average_ranks,
+    faithfulness_correlation,
+    monotonicity_correlation,
+    random_subsets,
+)
 from cnnlens.models.seeds import GapCNN
 from conftest import ReluNet
 
@@ -78,7 +83,51 @@ def test_registry_scorer_and_errors():
     assert info.family == "faithfulness" and info.higher_is_better
     got = info.scorer(MetricInputs(model, x, maps, target=torch.tensor([0, 1]), seed=4))
     assert got.shape == (2,) and bool((got.abs() <= 1).all())
+    mono = get_metric("monotonicity_correlation")
+    got = mono.scorer(MetricInputs(model, x, maps, target=torch.tensor([0, 1]), seed=4))
+    assert got.shape == (2,) and bool((got.abs() <= 1).all())
     with pytest.raises(InputError, match="subset_size"):
         faithfulness_correlation(model, x, maps, subset_size=10_000)
     with pytest.raises(InputError, match="subsets must have shape"):
         faithfulness_correlation(model, x, maps, subsets=torch.zeros(3, 5, 4))
+
+
+@pytest.mark.parametrize("channels,size,step", [(3, 12, 48), (1, 16, 16)])
+def test_monotonicity_correlation_equals_quantus_on_the_same_fills(
+    channels, size, step, monkeypatch
+):
+    torch.manual_seed(0)
+    model = GapCNN(5, channels).eval()
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(2, channels, size, size, generator=g)
+    maps = torch.rand(2, size, size, generator=g) - 0.3  # signed: ranked by |map|
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    samples, steps = 3, channels * size * size // step
+    fills = torch.rand(steps, samples, 2, generator=g, dtype=torch.float64)
+    got = monotonicity_correlation(
+        model, x, maps, y, n_samples=samples, features_in_step=step, fills=fills
+    )
+    # Quantus draws one uniform fill per image per perturbation (step-major): replay ours
+    replay = iter(fills.reshape(-1, 2).numpy())
+    monkeypatch.setattr(np.random, "uniform", lambda *a, **k: next(replay))
+    metric = quantus.MonotonicityCorrelation(
+        nr_samples=samples, features_in_step=step, disable_warnings=True
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = metric(
+            model=model,
+            x_batch=x.numpy(),
+            y_batch=y.numpy(),
+            a_batch=maps.unsqueeze(1).numpy(),
+            device="cpu",
+        )
+    np.testing.assert_allclose(got.numpy(), np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
+def test_average_ranks_match_scipy():
+    from scipy.stats import rankdata
+
+    v = torch.tensor([[3.0, 1.0, 3.0, 2.0, 1.0, 3.0]])
+    np.testing.assert_allclose(_average_ranks(v)[0].numpy(), rankdata(v[0].numpy()))

@@ -46,7 +46,11 @@ from cnnlens.metrics.localization import (
     pointing_game,
     relevance_rank_accuracy,
 )
-from cnnlens.metrics.removal import faithfulness_correlation, random_subsets
+from cnnlens.metrics.removal import (
+    faithfulness_correlation,
+    monotonicity_correlation,
+    random_subsets,
+)
 from cnnlens.metrics.robustness import (
     avg_sensitivity,
     draw_noise,
@@ -115,6 +119,7 @@ __all__ = [  # noqa: RUF022 (the trust-measurement names are kept together below
     "local_lipschitz_estimate",
     "make_mosaics",
     "max_sensitivity",
+    "monotonicity_correlation",
     "random_subsets",
     "relative_input_stability",
     "relative_output_stability",

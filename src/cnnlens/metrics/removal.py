@@ -1,11 +1,12 @@
 """Faithfulness by random feature removal: does removing what the map rates high cost score?
 
 :func:`faithfulness_correlation` (Bhatt et al. 2020) removes random subsets of input values
-and correlates the map's mass on each subset with the drop of the class score. It follows
-Quantus 0.6's ``FaithfulnessCorrelation`` (same features, same baseline, same correlation)
-so the numbers agree on the same subsets (``tests/test_removal.py``), and runs batched on
-the model's device: the ``n_runs`` perturbed copies go through the model ``batch_size``
-images at a time.
+and correlates the map's mass on each subset with the drop of the class score;
+:func:`monotonicity_correlation` (Nguyen & Martínez 2020) replaces the features in map
+order, a few at a time, and rank-correlates each group's mass with the variance it causes.
+Both follow Quantus 0.6 (same features, baselines and correlations), so the numbers agree
+on the same random draws (``tests/test_removal.py``), and run batched on the model's
+device: the perturbed copies go through the model ``batch_size`` images at a time.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from cnnlens.metrics._common import (
 )
 from cnnlens.metrics.registry import MetricInputs, register_metric
 
-__all__ = ["faithfulness_correlation", "random_subsets"]
+__all__ = ["faithfulness_correlation", "monotonicity_correlation", "random_subsets"]
 
 
 def random_subsets(n_runs: int, batch: int, n_features: int, size: int, seed: int = 0) -> Tensor:
@@ -130,6 +131,113 @@ def faithfulness_correlation(
     return _pearson(att.sum(2).T, drop.T).float()
 
 
+def _average_ranks(v: Tensor) -> Tensor:
+    """Ranks along the last axis (1-based), ties given their average rank (as scipy)."""
+    out = torch.empty_like(v, dtype=torch.float64)
+    for i, row in enumerate(v.reshape(-1, v.shape[-1])):
+        values, order = row.sort(stable=True)
+        _, counts = values.unique_consecutive(return_counts=True)
+        ends = counts.cumsum(0).double()
+        avg = ends - (counts.double() - 1) / 2  # average of the 1-based ranks of each group
+        out.view(-1, v.shape[-1])[i, order] = avg.repeat_interleave(counts)
+    return out
+
+
+def monotonicity_correlation(
+    model: nn.Module,
+    x: Tensor,
+    maps: Tensor,
+    target: object = None,
+    *,
+    n_samples: int = 100,
+    features_in_step: int = 1,
+    fills: Tensor | None = None,
+    seed: int = 0,
+    absolute: bool = True,
+    eps: float = 1e-5,
+    activation: Activation = "softmax",
+    batch_size: int = 64,
+) -> Tensor:
+    """Monotonicity correlation (Nguyen & Martínez, "On quantitative aspects of model
+    interpretability", 2020, arXiv:2007.07584).
+
+    The input values (channels and pixels; a pixel's channels share its map value) are
+    taken in ascending order of $|\\Phi|$, ``features_in_step`` at a time. Each group $G_k$
+    alone is replaced ``n_samples`` times by one uniform value $u \\sim U[0, 1)$ per image,
+    and the class score's mean squared change, relative to the score, is rank-correlated
+    with the group's mass ($f_c$: the softmax probability by default, as in Quantus):
+
+    $$\rho = \\operatorname{Spearman}_k\\Big(\\sum_{i \\in G_k} |\\Phi_i|,\\;
+    \frac{\\mathbb E_u\\,(f_c(x_{[x_{G_k} = u]}) - f_c(x))^2}{f_c(x)^2}\\Big)$$
+
+    (Quantus' defaults; $f_c(x)^2$ is replaced by 1 when $|f_c(x)| < \\epsilon$.)
+
+    Args:
+        model: the classifier (never changed).
+        x: images (B, C, H, W).
+        maps: (B, H, W) maps.
+        target: class per image (None: the top class).
+        n_samples: uniform fills per group.
+        features_in_step: group size (a multiple of C keeps each pixel's channels together).
+        fills: the fill values themselves, (n_groups, n_samples, B); default drawn from a
+            CPU generator seeded with ``seed``.
+        absolute: rank by $|\\Phi|$ (Quantus' ``abs=True``); False: by $\\Phi$.
+        eps: the $\\epsilon$ above.
+        activation: ``"softmax"`` (default, as Quantus), ``"sigmoid"`` or ``None``.
+        batch_size: most images per forward pass.
+
+    Returns:
+        float (B,) in [-1, 1], higher is better.
+    """
+    x = check_images(x)
+    b, c, h, w = x.shape
+    maps = fit_maps(check_maps(maps, b), (h, w)).double()
+    check_batch_size(batch_size)
+    check_activation(activation)
+    if isinstance(features_in_step, bool) or not isinstance(features_in_step, int):
+        raise InputError(f"features_in_step must be a positive integer, got {features_in_step!r}")
+    n_features = c * h * w
+    if not 1 <= features_in_step <= n_features:
+        raise InputError(f"features_in_step must be in 1..{n_features}, got {features_in_step}")
+    steps = -(-n_features // features_in_step)
+    if fills is None:
+        g = torch.Generator().manual_seed(int(seed))
+        fills = torch.rand(steps, n_samples, b, generator=g, dtype=torch.float64)
+    if not isinstance(fills, Tensor) or tuple(fills.shape[::2]) != (steps, b):
+        shape = tuple(fills.shape) if isinstance(fills, Tensor) else type(fills).__name__
+        raise InputError(f"fills must have shape ({steps}, n_samples, {b}), got {shape}")
+    fills = fills.to(x.device, x.dtype)
+    a = maps.flatten(1).repeat(1, c)
+    a = a.abs() if absolute else a
+    order = a.argsort(dim=1, stable=True)
+    flat = x.reshape(b, -1)
+    with frozen_eval(model):
+        out = probabilities(model(x), activation)
+        target = resolve_class_targets(target, out)
+        ref = out.gather(1, target.view(-1, 1)).squeeze(1).double()
+        inv = torch.where(ref.abs() >= eps, 1.0 / ref.abs().clamp(min=1e-300), 1.0) ** 2
+        group = torch.arange(n_features, device=x.device) // features_in_step  # by rank
+        rank_group = torch.empty_like(order)
+        rank_group.scatter_(1, order, group.expand(b, -1))  # each value's group
+        jobs = [(k, s) for k in range(steps) for s in range(fills.shape[1])]
+        per_call = max(1, batch_size // b)
+        sq = torch.zeros(steps, b, dtype=torch.float64, device=x.device)
+        for start in range(0, len(jobs), per_call):
+            chunk = jobs[start : start + per_call]
+            ks = torch.tensor([k for k, _ in chunk], device=x.device)
+            fill = torch.stack([fills[k, s] for k, s in chunk])  # (n, B)
+            hit = rank_group.unsqueeze(0) == ks.view(-1, 1, 1)  # (n, B, F)
+            xp = torch.where(hit, fill.unsqueeze(2), flat.unsqueeze(0))
+            probs = probabilities(model(xp.reshape(-1, c, h, w)), activation)
+            score = probs.gather(1, target.repeat(len(chunk)).view(-1, 1)).double()
+            sq.index_add_(0, ks, (score.view(len(chunk), b) - ref) ** 2)
+    var = (sq / fills.shape[1]) * inv  # (steps, B)
+    mass = torch.zeros(b, steps, dtype=torch.float64, device=x.device)
+    mass.scatter_add_(1, rank_group, a)
+    rho = _pearson(_average_ranks(mass), _average_ranks(var.T))
+    return rho.float()
+
+
 @register_metric(
     "faithfulness_correlation",
     family="faithfulness",
@@ -148,3 +256,23 @@ def _faithfulness_correlation(inputs: MetricInputs, **options: Any) -> Tensor:
         **options,
     }
     return faithfulness_correlation(inputs.model, inputs.x, inputs.maps, inputs.target, **settings)
+
+
+@register_metric(
+    "monotonicity_correlation",
+    family="faithfulness",
+    higher_is_better=True,
+    label="mono-corr",
+    summary="rank corr. of group mass with the score variance it causes",
+)
+def _monotonicity_correlation(inputs: MetricInputs, **options: Any) -> Tensor:
+    c, h, w = inputs.x.shape[1:]
+    settings = {
+        "n_samples": 5,
+        "features_in_step": c * max(1, (h * w) // 64),  # 64 groups of whole pixels
+        "seed": inputs.seed,
+        "activation": inputs.activation,
+        "batch_size": inputs.batch_size,
+        **options,
+    }
+    return monotonicity_correlation(inputs.model, inputs.x, inputs.maps, inputs.target, **settings)
