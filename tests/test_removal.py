@@ -11,7 +11,6 @@ import torch
 from cnnlens.errors import InputError
 from cnnlens.metrics.registry import MetricInputs, get_metric
 from cnnlens.metrics.removal import (
-    _average_ranks,
     faithfulness_correlation,
     monotonicity_correlation,
     random_subsets,
@@ -124,10 +123,3 @@ def test_monotonicity_correlation_equals_quantus_on_the_same_fills(
             device="cpu",
         )
     np.testing.assert_allclose(got.numpy(), np.asarray(want), rtol=1e-5, atol=1e-6)
-
-
-def test_average_ranks_match_scipy():
-    from scipy.stats import rankdata
-
-    v = torch.tensor([[3.0, 1.0, 3.0, 2.0, 1.0, 3.0]])
-    np.testing.assert_allclose(_average_ranks(v)[0].numpy(), rankdata(v[0].numpy()))

@@ -46,6 +46,11 @@ from cnnlens.metrics.localization import (
     pointing_game,
     relevance_rank_accuracy,
 )
+from cnnlens.metrics.mask_localization import (
+    attribution_localisation,
+    roc_auc,
+    top_k_intersection,
+)
 from cnnlens.metrics.removal import (
     faithfulness_correlation,
     monotonicity_correlation,
@@ -110,7 +115,8 @@ __all__ = [  # noqa: RUF022 (the trust-measurement names are kept together below
     "ssim",
     "summarize",
     "train_on_permuted_labels",
-    # issue 15: grid pointing game and robustness
+    # issue 15: grid pointing game, robustness, more faithfulness and localization
+    "attribution_localisation",
     "avg_sensitivity",
     "cell_masks",
     "draw_noise",
@@ -124,4 +130,6 @@ __all__ = [  # noqa: RUF022 (the trust-measurement names are kept together below
     "relative_input_stability",
     "relative_output_stability",
     "relative_representation_stability",
+    "roc_auc",
+    "top_k_intersection",
 ]

@@ -29,6 +29,7 @@ from cnnlens.metrics._common import (
     resolve_class_targets,
 )
 from cnnlens.metrics.registry import MetricInputs, register_metric
+from cnnlens.metrics.similarity import rank
 
 __all__ = ["faithfulness_correlation", "monotonicity_correlation", "random_subsets"]
 
@@ -131,18 +132,6 @@ def faithfulness_correlation(
     return _pearson(att.sum(2).T, drop.T).float()
 
 
-def _average_ranks(v: Tensor) -> Tensor:
-    """Ranks along the last axis (1-based), ties given their average rank (as scipy)."""
-    out = torch.empty_like(v, dtype=torch.float64)
-    for i, row in enumerate(v.reshape(-1, v.shape[-1])):
-        values, order = row.sort(stable=True)
-        _, counts = values.unique_consecutive(return_counts=True)
-        ends = counts.cumsum(0).double()
-        avg = ends - (counts.double() - 1) / 2  # average of the 1-based ranks of each group
-        out.view(-1, v.shape[-1])[i, order] = avg.repeat_interleave(counts)
-    return out
-
-
 def monotonicity_correlation(
     model: nn.Module,
     x: Tensor,
@@ -234,7 +223,7 @@ def monotonicity_correlation(
     var = (sq / fills.shape[1]) * inv  # (steps, B)
     mass = torch.zeros(b, steps, dtype=torch.float64, device=x.device)
     mass.scatter_add_(1, rank_group, a)
-    rho = _pearson(_average_ranks(mass), _average_ranks(var.T))
+    rho = _pearson(rank(mass), rank(var.T))
     return rho.float()
 
 
