@@ -176,6 +176,11 @@ def test_registry_scorer_runs_through_metric_inputs():
     got = info.scorer(inputs, n_samples=2)
     want = R.avg_sensitivity(model, x, inputs.maps, explain, y, n_samples=2, seed=5)
     torch.testing.assert_close(got, want)
+    rrs = get_metric("relative_representation_stability").scorer(inputs, n_samples=2)
+    want = R.relative_representation_stability(
+        model, x, inputs.maps, explain, y, layer="features", n_samples=2, seed=5
+    )
+    torch.testing.assert_close(rrs, want)  # the automatic layer: the last spatial one
 
 
 def test_errors_and_zero_maps():

@@ -627,3 +627,24 @@ def _ros(inputs: MetricInputs, **options: Any) -> Tensor:
         inputs.target,
         **_common(inputs, options),
     )
+
+
+@register_metric(
+    "relative_representation_stability",
+    label="RRS",
+    summary="max relative map change / relative change of the last spatial layer",
+    **_FACTS,
+)
+def _rrs(inputs: MetricInputs, layer: str | None = None, **options: Any) -> Tensor:
+    from cnnlens.core.layers import find_spatial_layer
+
+    layer = layer if layer is not None else find_spatial_layer(inputs.model, inputs.x)
+    return relative_representation_stability(
+        inputs.model,
+        inputs.x,
+        inputs.maps,
+        _explain_of(inputs),
+        inputs.target,
+        layer=layer,
+        **_common(inputs, options),
+    )
