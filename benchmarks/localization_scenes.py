@@ -34,9 +34,7 @@ METHODS = (
     "layercam",
     "guided_backprop",
     "saliency",
-    "smoothgrad",
     "inputxgradient",
-    "integrated_gradients",
     "deconvnet",
 )
 
@@ -54,7 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
     parser.add_argument("--n", type=int, default=500)
-    parser.add_argument("--n-grid", type=int, default=200)
+    parser.add_argument("--n-grid", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
