@@ -16,6 +16,7 @@ from __future__ import annotations
 from cnnlens.metrics.aggregate import Summary, aggregate
 from cnnlens.metrics.baselines import centre_maps, random_maps
 from cnnlens.metrics.complexity import entropy, sparseness
+from cnnlens.metrics.continuity import continuity, translate_x
 from cnnlens.metrics.evaluate import (
     BASELINES,
     METRICS,
@@ -119,6 +120,7 @@ __all__ = [  # noqa: RUF022 (the trust-measurement names are kept together below
     "attribution_localisation",
     "avg_sensitivity",
     "cell_masks",
+    "continuity",
     "draw_noise",
     "faithfulness_correlation",
     "grid_pointing_game",
@@ -132,4 +134,5 @@ __all__ = [  # noqa: RUF022 (the trust-measurement names are kept together below
     "relative_representation_stability",
     "roc_auc",
     "top_k_intersection",
+    "translate_x",
 ]

@@ -18,7 +18,7 @@ relative stabilities use uniform noise, the local Lipschitz estimate Gaussian no
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,9 +29,11 @@ from cnnlens.core.capture import capture
 from cnnlens.core.layers import resolve_layer
 from cnnlens.errors import InputError
 from cnnlens.metrics._common import (
+    ExplainFn,
     check_batch_size,
     check_images,
     check_maps,
+    explainer,
     frozen_eval,
     resolve_class_targets,
 )
@@ -47,7 +49,6 @@ __all__ = [
     "relative_representation_stability",
 ]
 
-ExplainFn = Callable[[Tensor, Tensor], Tensor]
 _LIPSCHITZ_EPS = 1e-10  # added to the input distance, as in Quantus
 
 
@@ -86,24 +87,6 @@ def draw_noise(
 def _check_samples(n_samples: int) -> None:
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise InputError(f"n_samples must be a positive integer, got {n_samples!r}")
-
-
-def _explainer(model: nn.Module, explain: str | ExplainFn, options: dict[str, Any]) -> ExplainFn:
-    if isinstance(explain, str):
-        from cnnlens.api import explain as run
-
-        return lambda x, t: run(model, x, method=explain, target=t, **options).maps
-    if callable(explain):
-        if options:
-            raise InputError(
-                f"options {sorted(options)} are for a registered method; an explain "
-                "function takes none (bind them with functools.partial)"
-            )
-        return explain
-    raise InputError(
-        f"explain must be a method name or a callable explain(x, target) -> maps, "
-        f"got {type(explain).__name__}"
-    )
 
 
 @dataclass
@@ -199,7 +182,7 @@ def _prepare(
         shape = tuple(noise.shape) if isinstance(noise, Tensor) else type(noise).__name__
         raise InputError(f"noise must have shape (n_samples, *x.shape), got {shape}")
     noise = noise.to(x.device, x.dtype)
-    fn = _explainer(model, explain, run.options)
+    fn = explainer(model, explain, run.options)
     return x, maps.flatten(1).double(), target, fn, noise, logits
 
 
