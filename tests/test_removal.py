@@ -14,6 +14,7 @@ from cnnlens.metrics.removal import (
     faithfulness_correlation,
     monotonicity_correlation,
     random_subsets,
+    selectivity,
 )
 from cnnlens.models.seeds import GapCNN
 from conftest import ReluNet
@@ -123,3 +124,29 @@ def test_monotonicity_correlation_equals_quantus_on_the_same_fills(
             device="cpu",
         )
     np.testing.assert_allclose(got.numpy(), np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("which,patch", [(0, 4), (1, 8)], ids=["gap-cnn-4", "relu-net-8"])
+def test_selectivity_equals_quantus(which, patch):
+    model = _models()[which]
+    g = torch.Generator().manual_seed(6)
+    x = torch.rand(3, 3, 16, 16, generator=g)
+    maps = torch.rand(3, 16, 16, generator=g)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    got = selectivity(model, x, maps, y, patch_size=patch, batch_size=10)
+    metric = quantus.Selectivity(patch_size=patch, disable_warnings=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        curves = metric(
+            model=model,
+            x_batch=x.numpy(),
+            y_batch=y.numpy(),
+            a_batch=maps.unsqueeze(1).numpy(),
+            device="cpu",
+        )
+    # Quantus' own get_auc_score calls np.trapz, gone in numpy 2: integrate its curves here
+    want = [np.trapezoid(np.asarray(c, dtype=np.float64)) for c in curves]
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
+    scorer = get_metric("selectivity").scorer
+    assert scorer(MetricInputs(model, x, maps, target=y)).shape == (3,)

@@ -56,6 +56,7 @@ from cnnlens.metrics.removal import (
     faithfulness_correlation,
     monotonicity_correlation,
     random_subsets,
+    selectivity,
 )
 from cnnlens.metrics.robustness import (
     avg_sensitivity,
@@ -133,6 +134,7 @@ __all__ = [  # noqa: RUF022 (the trust-measurement names are kept together below
     "relative_output_stability",
     "relative_representation_stability",
     "roc_auc",
+    "selectivity",
     "top_k_intersection",
     "translate_x",
 ]

@@ -31,7 +31,12 @@ from cnnlens.metrics._common import (
 from cnnlens.metrics.registry import MetricInputs, register_metric
 from cnnlens.metrics.similarity import rank
 
-__all__ = ["faithfulness_correlation", "monotonicity_correlation", "random_subsets"]
+__all__ = [
+    "faithfulness_correlation",
+    "monotonicity_correlation",
+    "random_subsets",
+    "selectivity",
+]
 
 
 def random_subsets(n_runs: int, batch: int, n_features: int, size: int, seed: int = 0) -> Tensor:
@@ -225,6 +230,94 @@ def monotonicity_correlation(
     mass.scatter_add_(1, rank_group, a)
     rho = _pearson(rank(mass), rank(var.T))
     return rho.float()
+
+
+def selectivity(
+    model: nn.Module,
+    x: Tensor,
+    maps: Tensor,
+    target: object = None,
+    *,
+    patch_size: int = 8,
+    activation: Activation = "softmax",
+    batch_size: int = 64,
+) -> Tensor:
+    """Selectivity (Montavon, Samek & Müller, "Methods for interpreting and understanding
+    deep neural networks", DSP 2018, arXiv:1706.07979).
+
+    The image is split into ``patch_size`` squares, ranked by their map mass (highest
+    first); patches are set, cumulatively, to the image's minimum value, and the class
+    score $f_c$ after each removal forms a curve whose area (trapezoid rule, unit steps,
+    as Quantus' ``get_auc_score``) is the score:
+
+    $$\\mathrm{Sel} = \\sum_{k=1}^{K-1} \\frac{f_c(x^{(k)}) + f_c(x^{(k+1)})}{2}$$
+
+    with $x^{(k)}$ the image with its $k$ first patches removed. A fast drop (small area)
+    means the map ranked the decisive regions first. Patches at the right and bottom edges
+    are smaller when the size is not a multiple of ``patch_size`` (Quantus pads instead,
+    and then crops the wrong axes; it equals cnnlens when the size is a multiple).
+
+    Args:
+        model: the classifier (never changed).
+        x: images (B, C, H, W).
+        maps: (B, H, W) maps.
+        target: class per image (None: the top class).
+        patch_size: side of the square patches.
+        activation: ``"softmax"`` (default, as Quantus), ``"sigmoid"`` or ``None``.
+        batch_size: most images per forward pass.
+
+    Returns:
+        float (B,), lower is better.
+    """
+    x = check_images(x)
+    b, c, h, w = x.shape
+    maps = fit_maps(check_maps(maps, b), (h, w)).double()
+    check_batch_size(batch_size)
+    check_activation(activation)
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
+        raise InputError(f"patch_size must be a positive integer, got {patch_size!r}")
+    ph, pw = -(-h // patch_size), -(-w // patch_size)
+    patch = (torch.arange(h, device=x.device) // patch_size).view(-1, 1) * pw + (
+        torch.arange(w, device=x.device) // patch_size
+    ).view(1, -1)  # patch index of each pixel, row-major
+    mass = torch.zeros(b, ph * pw, dtype=torch.float64, device=x.device)
+    mass.index_add_(1, patch.flatten(), maps.flatten(1) * c)  # a pixel counts once per channel
+    order = mass.argsort(dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(ph * pw, device=x.device).expand(b, -1))
+    pixel_rank = rank.gather(1, patch.flatten().expand(b, -1)).view(b, 1, h, w)
+    fill = x.flatten(1).min(dim=1).values.view(-1, 1, 1, 1)
+    per_call = max(1, batch_size // b)
+    curve = []
+    with frozen_eval(model):
+        target = resolve_class_targets(target, model(x))
+        for start in range(0, ph * pw, per_call):
+            ks = torch.arange(start, min(ph * pw, start + per_call), device=x.device)
+            gone = pixel_rank.unsqueeze(0) <= ks.view(-1, 1, 1, 1, 1)  # (k, B, 1, H, W)
+            xp = torch.where(gone, fill.unsqueeze(0), x.unsqueeze(0)).reshape(-1, c, h, w)
+            probs = probabilities(model(xp), activation)
+            score = probs.gather(1, target.repeat(len(ks)).view(-1, 1)).double()
+            curve.append(score.view(len(ks), b))
+    y = torch.cat(curve)  # (K, B)
+    return ((y[1:] + y[:-1]) / 2).sum(dim=0).float()
+
+
+@register_metric(
+    "selectivity",
+    family="faithfulness",
+    higher_is_better=False,
+    label="selectivity",
+    summary="area under the score as top patches are removed",
+)
+def _selectivity(inputs: MetricInputs, **options: Any) -> Tensor:
+    h, w = inputs.x.shape[-2:]
+    settings = {
+        "patch_size": max(1, min(h, w) // 8),  # an 8x8 grid of patches
+        "activation": inputs.activation,
+        "batch_size": inputs.batch_size,
+        **options,
+    }
+    return selectivity(inputs.model, inputs.x, inputs.maps, inputs.target, **settings)
 
 
 @register_metric(
