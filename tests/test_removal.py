@@ -14,6 +14,7 @@ from cnnlens.metrics.removal import (
     faithfulness_correlation,
     monotonicity_correlation,
     random_subsets,
+    region_perturbation,
     selectivity,
 )
 from cnnlens.models.seeds import GapCNN
@@ -150,3 +151,29 @@ def test_selectivity_equals_quantus(which, patch):
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
     scorer = get_metric("selectivity").scorer
     assert scorer(MetricInputs(model, x, maps, target=y)).shape == (3,)
+
+
+@pytest.mark.parametrize("order", ["morf", "lerf"])
+def test_region_perturbation_equals_quantus(order):
+    model = _models()[0]
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(3, 3, 16, 16, generator=g)
+    maps = torch.rand(3, 16, 16, generator=g)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    got = region_perturbation(model, x, maps, y, patch_size=4, order=order, regions=10)
+    metric = quantus.RegionPerturbation(
+        patch_size=4, order=order, regions_evaluation=10, disable_warnings=True
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = metric(
+            model=model,
+            x_batch=x.numpy(),
+            y_batch=y.numpy(),
+            a_batch=maps.unsqueeze(1).numpy(),
+            device="cpu",
+        )
+    np.testing.assert_allclose(got.numpy(), np.asarray(want), rtol=1e-5, atol=1e-7)
+    aopc = get_metric("region_perturbation").scorer(MetricInputs(model, x, maps, target=y))
+    assert aopc.shape == (3,)

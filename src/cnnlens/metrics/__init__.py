@@ -56,6 +56,7 @@ from cnnlens.metrics.removal import (
     faithfulness_correlation,
     monotonicity_correlation,
     random_subsets,
+    region_perturbation,
     selectivity,
 )
 from cnnlens.metrics.robustness import (
@@ -133,6 +134,7 @@ __all__ = [  # noqa: RUF022 (the trust-measurement names are kept together below
     "relative_input_stability",
     "relative_output_stability",
     "relative_representation_stability",
+    "region_perturbation",
     "roc_auc",
     "selectivity",
     "top_k_intersection",

@@ -35,6 +35,7 @@ __all__ = [
     "faithfulness_correlation",
     "monotonicity_correlation",
     "random_subsets",
+    "region_perturbation",
     "selectivity",
 ]
 
@@ -232,6 +233,89 @@ def monotonicity_correlation(
     return rho.float()
 
 
+def _patch_curve(
+    model: nn.Module,
+    x: Tensor,
+    maps: Tensor,
+    target: object,
+    patch_size: int,
+    descending: bool,
+    regions: int | None,
+    activation: Activation,
+    batch_size: int,
+) -> tuple[Tensor, Tensor]:
+    """The class score on the image (B,) and after removing 1, 2, ... patches (K, B), the
+    patches ranked by map mass, each set to the image's minimum (Quantus' "black")."""
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
+        raise InputError(f"patch_size must be a positive integer, got {patch_size!r}")
+    b, c, h, w = x.shape
+    ph, pw = -(-h // patch_size), -(-w // patch_size)
+    n = ph * pw if regions is None else min(ph * pw, regions)
+    patch = (torch.arange(h, device=x.device) // patch_size).view(-1, 1) * pw + (
+        torch.arange(w, device=x.device) // patch_size
+    ).view(1, -1)  # patch index of each pixel, row-major
+    mass = torch.zeros(b, ph * pw, dtype=torch.float64, device=x.device)
+    mass.index_add_(1, patch.flatten(), maps.flatten(1) * c)  # a pixel counts once per channel
+    order = mass.argsort(dim=1, descending=descending, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(ph * pw, device=x.device).expand(b, -1))
+    pixel_rank = rank.gather(1, patch.flatten().expand(b, -1)).view(b, 1, h, w)
+    fill = x.flatten(1).min(dim=1).values.view(-1, 1, 1, 1)
+    per_call = max(1, batch_size // b)
+    curve = []
+    with frozen_eval(model):
+        probs = probabilities(model(x), activation)
+        target = resolve_class_targets(target, probs)
+        ref = probs.gather(1, target.view(-1, 1)).squeeze(1).double()
+        for start in range(0, n, per_call):
+            ks = torch.arange(start, min(n, start + per_call), device=x.device)
+            gone = pixel_rank.unsqueeze(0) <= ks.view(-1, 1, 1, 1, 1)  # (k, B, 1, H, W)
+            xp = torch.where(gone, fill.unsqueeze(0), x.unsqueeze(0)).reshape(-1, c, h, w)
+            probs = probabilities(model(xp), activation)
+            score = probs.gather(1, target.repeat(len(ks)).view(-1, 1)).double()
+            curve.append(score.view(len(ks), b))
+    return ref, torch.cat(curve)
+
+
+def region_perturbation(
+    model: nn.Module,
+    x: Tensor,
+    maps: Tensor,
+    target: object = None,
+    *,
+    patch_size: int = 8,
+    order: str = "morf",
+    regions: int = 100,
+    activation: Activation = "softmax",
+    batch_size: int = 64,
+) -> Tensor:
+    """Region perturbation (Samek et al., "Evaluating the visualization of what a deep
+    neural network has learned", IEEE TNNLS 2017, arXiv:1509.06321): the drop of the class
+    score as the ``regions`` first patches are removed cumulatively, most relevant first
+    (``"morf"``) or least relevant first (``"lerf"``),
+
+    $$d_k = f_c(x) - f_c(x^{(k)}), \\qquad k = 1..K$$
+
+    The paper's AOPC is the mean of the curve (higher is better for MoRF). Patches and
+    removal as in :func:`selectivity`; the numbers equal Quantus' ``RegionPerturbation``.
+
+    Returns:
+        float (B, K): the curve per image, K = min(regions, number of patches).
+    """
+    x = check_images(x)
+    maps = fit_maps(check_maps(maps, x.shape[0]), tuple(x.shape[-2:])).double()
+    check_batch_size(batch_size)
+    check_activation(activation)
+    if order not in ("morf", "lerf"):
+        raise InputError(f"order must be 'morf' or 'lerf', got {order!r}")
+    if isinstance(regions, bool) or not isinstance(regions, int) or regions < 1:
+        raise InputError(f"regions must be a positive integer, got {regions!r}")
+    ref, y = _patch_curve(
+        model, x, maps, target, patch_size, order == "morf", regions, activation, batch_size
+    )
+    return (ref.unsqueeze(0) - y).T.float()
+
+
 def selectivity(
     model: nn.Module,
     x: Tensor,
@@ -270,35 +354,11 @@ def selectivity(
         float (B,), lower is better.
     """
     x = check_images(x)
-    b, c, h, w = x.shape
+    b, _, h, w = x.shape
     maps = fit_maps(check_maps(maps, b), (h, w)).double()
     check_batch_size(batch_size)
     check_activation(activation)
-    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
-        raise InputError(f"patch_size must be a positive integer, got {patch_size!r}")
-    ph, pw = -(-h // patch_size), -(-w // patch_size)
-    patch = (torch.arange(h, device=x.device) // patch_size).view(-1, 1) * pw + (
-        torch.arange(w, device=x.device) // patch_size
-    ).view(1, -1)  # patch index of each pixel, row-major
-    mass = torch.zeros(b, ph * pw, dtype=torch.float64, device=x.device)
-    mass.index_add_(1, patch.flatten(), maps.flatten(1) * c)  # a pixel counts once per channel
-    order = mass.argsort(dim=1, descending=True, stable=True)
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(ph * pw, device=x.device).expand(b, -1))
-    pixel_rank = rank.gather(1, patch.flatten().expand(b, -1)).view(b, 1, h, w)
-    fill = x.flatten(1).min(dim=1).values.view(-1, 1, 1, 1)
-    per_call = max(1, batch_size // b)
-    curve = []
-    with frozen_eval(model):
-        target = resolve_class_targets(target, model(x))
-        for start in range(0, ph * pw, per_call):
-            ks = torch.arange(start, min(ph * pw, start + per_call), device=x.device)
-            gone = pixel_rank.unsqueeze(0) <= ks.view(-1, 1, 1, 1, 1)  # (k, B, 1, H, W)
-            xp = torch.where(gone, fill.unsqueeze(0), x.unsqueeze(0)).reshape(-1, c, h, w)
-            probs = probabilities(model(xp), activation)
-            score = probs.gather(1, target.repeat(len(ks)).view(-1, 1)).double()
-            curve.append(score.view(len(ks), b))
-    y = torch.cat(curve)  # (K, B)
+    _, y = _patch_curve(model, x, maps, target, patch_size, True, None, activation, batch_size)
     return ((y[1:] + y[:-1]) / 2).sum(dim=0).float()
 
 
@@ -318,6 +378,26 @@ def _selectivity(inputs: MetricInputs, **options: Any) -> Tensor:
         **options,
     }
     return selectivity(inputs.model, inputs.x, inputs.maps, inputs.target, **settings)
+
+
+@register_metric(
+    "region_perturbation",
+    family="faithfulness",
+    higher_is_better=True,
+    label="AOPC",
+    summary="mean score drop as the top patches are removed (MoRF)",
+)
+def _region_perturbation(inputs: MetricInputs, **options: Any) -> Tensor:
+    h, w = inputs.x.shape[-2:]
+    settings = {
+        "patch_size": max(1, min(h, w) // 8),
+        "activation": inputs.activation,
+        "batch_size": inputs.batch_size,
+        **options,
+    }
+    return region_perturbation(inputs.model, inputs.x, inputs.maps, inputs.target, **settings).mean(
+        1
+    )
 
 
 @register_metric(
