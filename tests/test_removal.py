@@ -13,6 +13,7 @@ from cnnlens.metrics.registry import MetricInputs, get_metric
 from cnnlens.metrics.removal import (
     faithfulness_correlation,
     monotonicity_correlation,
+    pixel_flipping,
     random_subsets,
     region_perturbation,
     selectivity,
@@ -177,3 +178,40 @@ def test_region_perturbation_equals_quantus(order):
     np.testing.assert_allclose(got.numpy(), np.asarray(want), rtol=1e-5, atol=1e-7)
     aopc = get_metric("region_perturbation").scorer(MetricInputs(model, x, maps, target=y))
     assert aopc.shape == (3,)
+
+
+def test_pixel_flipping_by_hand_and_equal_to_quantus():
+    model = _models()[0]
+    g = torch.Generator().manual_seed(8)
+    x = torch.rand(2, 3, 12, 12, generator=g)
+    maps = torch.rand(2, 12, 12, generator=g)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    step = 3 * 16  # 16 whole pixels per step (Quantus needs H*W % step == 0)
+    got = pixel_flipping(model, x, maps, y, features_in_step=step, batch_size=5)
+    assert got.shape == (2, 9)
+    # by hand: one image at a time, the 16 k highest-map pixels set to the image's minimum
+    for i in range(2):
+        ranked = maps[i].flatten().argsort(descending=True, stable=True)
+        for k in range(9):
+            xi = x[i].clone().view(3, -1)
+            xi[:, ranked[: 16 * (k + 1)]] = x[i].min()
+            with torch.no_grad():
+                p = model(xi.view(1, 3, 12, 12)).softmax(1)[0, y[i]]
+            torch.testing.assert_close(got[i, k], p, rtol=1e-5, atol=1e-6)
+    metric = quantus.PixelFlipping(features_in_step=step, disable_warnings=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        curves = np.asarray(
+            metric(
+                model=model,
+                x_batch=x.numpy(),
+                y_batch=y.numpy(),
+                a_batch=maps.unsqueeze(1).numpy(),
+                device="cpu",
+            )
+        )
+    np.testing.assert_allclose(got.numpy(), curves, rtol=1e-5, atol=1e-7)
+    scorer = get_metric("pixel_flipping").scorer
+    mean = scorer(MetricInputs(model, x, maps, target=y), features_in_step=step)
+    torch.testing.assert_close(mean, got.mean(1))

@@ -55,6 +55,7 @@ from cnnlens.metrics.mask_localization import (
 from cnnlens.metrics.removal import (
     faithfulness_correlation,
     monotonicity_correlation,
+    pixel_flipping,
     random_subsets,
     region_perturbation,
     selectivity,
@@ -130,6 +131,7 @@ __all__ = [  # noqa: RUF022 (the trust-measurement names are kept together below
     "make_mosaics",
     "max_sensitivity",
     "monotonicity_correlation",
+    "pixel_flipping",
     "random_subsets",
     "relative_input_stability",
     "relative_output_stability",

@@ -34,6 +34,7 @@ from cnnlens.metrics.similarity import rank
 __all__ = [
     "faithfulness_correlation",
     "monotonicity_correlation",
+    "pixel_flipping",
     "random_subsets",
     "region_perturbation",
     "selectivity",
@@ -277,6 +278,61 @@ def _patch_curve(
     return ref, torch.cat(curve)
 
 
+def pixel_flipping(
+    model: nn.Module,
+    x: Tensor,
+    maps: Tensor,
+    target: object = None,
+    *,
+    features_in_step: int = 1,
+    activation: Activation = "softmax",
+    batch_size: int = 64,
+) -> Tensor:
+    """Pixel flipping (Bach et al., "On pixel-wise explanations for non-linear classifier
+    decisions by layer-wise relevance propagation", PLoS ONE 2015): the class score as the
+    input values are set to the image's minimum, cumulatively, ``features_in_step`` at a
+    time, in descending order of the map (a pixel's channels share its value):
+
+    $$p_k = f_c(x^{(k)}), \\qquad k = 1..\\lceil CHW / s \\rceil$$
+
+    A fast fall means the map put the decisive values first. Equal to Quantus 0.6's
+    ``PixelFlipping`` (ties in the map are taken in (channel, row, column) order).
+
+    Returns:
+        float (B, K): the curve per image.
+    """
+    x = check_images(x)
+    b, c, h, w = x.shape
+    maps = fit_maps(check_maps(maps, b), (h, w)).double()
+    check_batch_size(batch_size)
+    check_activation(activation)
+    n_features = c * h * w
+    if isinstance(features_in_step, bool) or not isinstance(features_in_step, int):
+        raise InputError(f"features_in_step must be a positive integer, got {features_in_step!r}")
+    if not 1 <= features_in_step <= n_features:
+        raise InputError(f"features_in_step must be in 1..{n_features}, got {features_in_step}")
+    steps = -(-n_features // features_in_step)
+    order = maps.flatten(1).repeat(1, c).argsort(dim=1, descending=True, stable=True)
+    step_of = torch.empty_like(order)  # the step at which each value is flipped
+    step_of.scatter_(
+        1, order, (torch.arange(n_features, device=x.device) // features_in_step).expand(b, -1)
+    )
+    flat = x.reshape(b, -1)
+    fill = flat.min(dim=1, keepdim=True).values
+    per_call = max(1, batch_size // b)
+    curve = []
+    with frozen_eval(model):
+        target = resolve_class_targets(target, model(x))
+        for start in range(0, steps, per_call):
+            ks = torch.arange(start, min(steps, start + per_call), device=x.device)
+            gone = step_of.unsqueeze(0) <= ks.view(-1, 1, 1)  # (k, B, F)
+            xp = torch.where(gone, fill.unsqueeze(0), flat.unsqueeze(0)).reshape(-1, c, h, w)
+            probs = probabilities(model(xp), activation)
+            score = probs.gather(1, target.repeat(len(ks)).view(-1, 1)).double()
+            curve.append(score.view(len(ks), b))
+    return torch.cat(curve).T.float()
+
+
 def region_perturbation(
     model: nn.Module,
     x: Tensor,
@@ -337,9 +393,9 @@ def selectivity(
     $$\\mathrm{Sel} = \\sum_{k=1}^{K-1} \\frac{f_c(x^{(k)}) + f_c(x^{(k+1)})}{2}$$
 
     with $x^{(k)}$ the image with its $k$ first patches removed. A fast drop (small area)
-    means the map ranked the decisive regions first. Patches at the right and bottom edges
-    are smaller when the size is not a multiple of ``patch_size`` (Quantus pads instead,
-    and then crops the wrong axes; it equals cnnlens when the size is a multiple).
+    means the map ranked the decisive regions first. When the size is not a multiple of
+    ``patch_size`` the last patches (right, bottom) are smaller; Quantus pads the image
+    instead, which can shift its grid, so the two agree when the size is a multiple.
 
     Args:
         model: the classifier (never changed).
@@ -378,6 +434,24 @@ def _selectivity(inputs: MetricInputs, **options: Any) -> Tensor:
         **options,
     }
     return selectivity(inputs.model, inputs.x, inputs.maps, inputs.target, **settings)
+
+
+@register_metric(
+    "pixel_flipping",
+    family="faithfulness",
+    higher_is_better=False,
+    label="pix-flip",
+    summary="mean class probability as the top pixels are flipped",
+)
+def _pixel_flipping(inputs: MetricInputs, **options: Any) -> Tensor:
+    c, h, w = inputs.x.shape[1:]
+    settings = {
+        "features_in_step": c * max(1, (h * w) // 64),  # 64 steps of whole pixels
+        "activation": inputs.activation,
+        "batch_size": inputs.batch_size,
+        **options,
+    }
+    return pixel_flipping(inputs.model, inputs.x, inputs.maps, inputs.target, **settings).mean(1)
 
 
 @register_metric(
