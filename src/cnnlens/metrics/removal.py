@@ -1,11 +1,15 @@
-"""Faithfulness by random feature removal: does removing what the map rates high cost score?
+"""Faithfulness by feature removal: does removing what the map rates high cost score?
 
-:func:`faithfulness_correlation` (Bhatt et al. 2020) removes random subsets of input values
-and correlates the map's mass on each subset with the drop of the class score;
-:func:`monotonicity_correlation` (Nguyen & Martínez 2020) replaces the features in map
-order, a few at a time, and rank-correlates each group's mass with the variance it causes.
-Both follow Quantus 0.6 (same features, baselines and correlations), so the numbers agree
-on the same random draws (``tests/test_removal.py``), and run batched on the model's
+* :func:`faithfulness_correlation` (Bhatt et al. 2020): random subsets removed; their map
+  mass correlated with the score drop.
+* :func:`monotonicity_correlation` (Nguyen & Martínez 2020): groups replaced in map order;
+  each group's mass rank-correlated with the variance it causes.
+* :func:`pixel_flipping` (Bach et al. 2015), :func:`region_perturbation` (Samek et al.
+  2017), :func:`selectivity` (Montavon et al. 2018): values or patches removed
+  cumulatively, most relevant first; the class score's curve.
+
+All follow Quantus 0.6 (same features, baselines, orders and correlations), so the numbers
+agree on the same random draws (``tests/test_removal.py``), and run batched on the model's
 device: the perturbed copies go through the model ``batch_size`` images at a time.
 """
 
