@@ -102,6 +102,14 @@ RECIPES: dict[tuple[str, str], dict[str, Any]] = {
         "optimizer": "adam",
         "schedule": "cosine",
     },
+    # one small object among distractors: more images and epochs, a higher lr
+    ("gap-cnn", "shapes-scenes"): {
+        "epochs": 8,
+        "lr": 2e-3,
+        "batch_size": 32,
+        "optimizer": "adam",
+        "schedule": "cosine",
+    },
     # the PyTorch CIFAR-10 tutorial's settings
     ("simplecnn", "cifar10"): {"epochs": 2, "lr": 1e-3, "batch_size": 4, "optimizer": "sgd"},
 }

@@ -14,6 +14,7 @@ from cnnlens.data.base import ImageTensorDataset
 from cnnlens.data.embedded import load_digits_dataset, load_mnist_embedded
 from cnnlens.data.files import load_cifar10, load_mnist
 from cnnlens.data.folder import load_folder
+from cnnlens.data.scenes import load_shapes_scenes
 from cnnlens.data.shapes import load_shapes, load_shapes_pair
 from cnnlens.errors import DataError, InputError
 
@@ -59,6 +60,12 @@ DATASETS: dict[str, DatasetInfo] = {
             load_shapes_pair,
             ("train", "test"),
             "generated: two different shapes per image, multi-hot targets, with masks",
+        ),
+        DatasetInfo(
+            "shapes-scenes",
+            load_shapes_scenes,
+            ("train", "test"),
+            "generated: one labelled shape among distractors and clutter, off-centre, with masks",
         ),
         DatasetInfo(
             "cifar10",

@@ -16,6 +16,7 @@ from __future__ import annotations
 from cnnlens.metrics.aggregate import Summary, aggregate
 from cnnlens.metrics.baselines import centre_maps, random_maps
 from cnnlens.metrics.complexity import entropy, sparseness
+from cnnlens.metrics.continuity import continuity, translate_x
 from cnnlens.metrics.evaluate import (
     BASELINES,
     evaluate_maps,
@@ -34,11 +35,17 @@ from cnnlens.metrics.faithfulness import (
     insertion,
     make_substrate,
 )
+from cnnlens.metrics.grid_pointing import cell_masks, grid_pointing_game, make_mosaics
 from cnnlens.metrics.localization import (
     energy_pointing_game,
     iou,
     pointing_game,
     relevance_rank_accuracy,
+)
+from cnnlens.metrics.mask_localization import (
+    attribution_localisation,
+    roc_auc,
+    top_k_intersection,
 )
 from cnnlens.metrics.registry import (
     MetricInfo,
@@ -48,7 +55,24 @@ from cnnlens.metrics.registry import (
     metric_infos,
     register_metric,
 )
+from cnnlens.metrics.removal import (
+    faithfulness_correlation,
+    monotonicity_correlation,
+    pixel_flipping,
+    random_subsets,
+    region_perturbation,
+    selectivity,
+)
 from cnnlens.metrics.road import noisy_linear_impute, road, road_combined
+from cnnlens.metrics.robustness import (
+    avg_sensitivity,
+    draw_noise,
+    local_lipschitz_estimate,
+    max_sensitivity,
+    relative_input_stability,
+    relative_output_stability,
+    relative_representation_stability,
+)
 from cnnlens.metrics.sanity import (
     PermutedLabels,
     SanityResult,
@@ -60,7 +84,7 @@ from cnnlens.metrics.sanity import (
 )
 from cnnlens.metrics.similarity import spearman, ssim
 
-__all__ = [
+__all__ = [  # noqa: RUF022 (the trust-measurement names are kept together below)
     "BASELINES",
     "ConfidenceResult",
     "CurveResult",
@@ -103,4 +127,26 @@ __all__ = [
     "ssim",
     "summarize",
     "train_on_permuted_labels",
+    # issue 15: grid pointing game, robustness, more faithfulness and localization
+    "attribution_localisation",
+    "avg_sensitivity",
+    "cell_masks",
+    "continuity",
+    "draw_noise",
+    "faithfulness_correlation",
+    "grid_pointing_game",
+    "local_lipschitz_estimate",
+    "make_mosaics",
+    "max_sensitivity",
+    "monotonicity_correlation",
+    "pixel_flipping",
+    "random_subsets",
+    "relative_input_stability",
+    "relative_output_stability",
+    "relative_representation_stability",
+    "region_perturbation",
+    "roc_auc",
+    "selectivity",
+    "top_k_intersection",
+    "translate_x",
 ]

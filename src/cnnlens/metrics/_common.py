@@ -9,9 +9,9 @@ is done, so nothing is half-computed.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -203,3 +203,36 @@ def order_ranks(maps: Tensor, descending: bool = True) -> Tensor:
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
     return ranks
+
+
+# --- re-explaining perturbed inputs (robustness, continuity)
+
+ExplainFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def explainer(
+    model: nn.Module, explain: str | ExplainFn, options: Mapping[str, Any] | None = None
+) -> ExplainFn:
+    """``explain`` as a function ``(x, target) -> maps``: a registry name runs
+    :func:`cnnlens.explain` with ``options``; a callable is used as is (without options)."""
+    if isinstance(explain, str):
+        from cnnlens.api import explain as run
+
+        def maps_of(x: Tensor, target: Tensor) -> Tensor:
+            maps = run(model, x, method=explain, target=target, **(options or {})).maps
+            if maps.dim() == 4:  # one class per row was asked; be lenient with (B, 1, H, W)
+                maps = maps[:, 0]
+            return maps.detach().float()
+
+        return maps_of
+    if callable(explain):
+        if options:
+            raise InputError(
+                f"options {sorted(options)} are for a registered method; an explain "
+                "function takes none (bind them with functools.partial)"
+            )
+        return explain
+    raise InputError(
+        f"explain must be a method name or a callable explain(x, target) -> maps, "
+        f"got {type(explain).__name__}"
+    )

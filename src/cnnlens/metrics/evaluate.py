@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -23,7 +23,9 @@ from torch import Tensor, nn
 from cnnlens.errors import InputError
 from cnnlens.metrics._common import (
     Activation,
+    ExplainFn,
     check_images,
+    explainer,
     frozen_eval,
     model_device,
     resolve_class_targets,
@@ -53,8 +55,6 @@ __all__ = [
 ]
 
 BASELINES: tuple[str, ...] = ("random", "centre")
-
-Explain = Callable[[Tensor, Tensor], Tensor]
 
 
 def choose_metrics(
@@ -148,7 +148,7 @@ def evaluate_maps(
     activation: Activation = "softmax",
     batch_size: int = 64,
     options: Mapping[str, Mapping[str, Any]] | None = None,
-    explain: Explain | None = None,
+    explain: ExplainFn | None = None,
     method: str | None = None,
     seed: int = 0,
 ) -> dict[str, Tensor]:
@@ -231,7 +231,7 @@ def score_methods(
     if clash:
         raise InputError(f"method name(s) {', '.join(clash)} are reserved for the baselines")
     margs = {k: dict(v) for k, v in (method_options or {}).items()}
-    explainers: dict[str, Explain | None] = {
+    explainers: dict[str, ExplainFn | None] = {
         m: explainer(model, m, margs.get(m, {})) for m in methods
     }
     all_maps: dict[str, Tensor] = {m: fn(x, targets) for m, fn in explainers.items() if fn}
@@ -256,22 +256,6 @@ def score_methods(
         )
         for name, maps in all_maps.items()
     }
-
-
-def explainer(model: nn.Module, method: str, options: Mapping[str, Any] | None = None) -> Explain:
-    """``explain(x, target) -> maps``: the (B, H, W) maps of ``method`` for one class per
-    image, what the metrics registered with ``needs_explain`` call on perturbed inputs."""
-    from cnnlens.api import explain
-
-    kwargs = dict(options or {})
-
-    def run(x: Tensor, target: Tensor) -> Tensor:
-        maps = explain(model, x, method=method, target=target, **kwargs).maps
-        if maps.dim() == 4:  # one class per row was asked; be lenient with a (B, 1, H, W)
-            maps = maps[:, 0]
-        return maps.detach().float()
-
-    return run
 
 
 def summarize(

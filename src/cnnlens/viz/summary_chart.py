@@ -1,0 +1,133 @@
+"""One picture to compare methods on every trust metric: a radar or grouped bar chart.
+
+Metrics differ in scale and direction (deletion AUC: lower is better, pointing game: higher),
+so each metric is rescaled across the methods shown: 1 for the best method, 0 for the worst,
+direction taken from the metric registry (:func:`cnnlens.metrics.registry.get_metric`) or
+given. The chart says which method wins where; the tables keep the raw numbers.
+
+Example:
+    >>> means = {"gradcam": {"pointing_game": 0.89, "deletion": 0.12},
+    ...          "saliency": {"pointing_game": 0.58, "deletion": 0.20}}
+    >>> fig = summary_chart(means, kind="radar")            # doctest: +SKIP
+    >>> save_png(fig, "summary.png")                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from matplotlib.figure import Figure
+
+from cnnlens.errors import InputError
+
+__all__ = ["relative_scores", "summary_chart"]
+
+
+def _direction(metric: str, higher_is_better: Mapping[str, bool] | None) -> bool:
+    if higher_is_better is not None and metric in higher_is_better:
+        return bool(higher_is_better[metric])
+    from cnnlens.metrics.registry import get_metric
+
+    try:
+        return get_metric(metric).higher_is_better
+    except InputError:
+        raise InputError(
+            f"metric {metric!r} is not registered; give its direction in higher_is_better"
+        ) from None
+
+
+def _label(metric: str) -> str:
+    from cnnlens.metrics.registry import _METRICS
+
+    info = _METRICS.get(metric)
+    return info.label if info is not None else metric
+
+
+def relative_scores(
+    means: Mapping[str, Mapping[str, float]],
+    higher_is_better: Mapping[str, bool] | None = None,
+) -> tuple[list[str], list[str], list[list[float]]]:
+    """Per-metric scores rescaled across methods: 1 = best method, 0 = worst.
+
+    $$s'_{m,k} = \\frac{s_{m,k} - \\mathrm{worst}_k}{\\mathrm{best}_k - \\mathrm{worst}_k}$$
+
+    A metric on which every method scores the same gets 1 for all; a missing or NaN score
+    stays NaN (drawn as a gap).
+
+    Args:
+        means: method -> metric -> mean score.
+        higher_is_better: metric -> direction, for metrics the registry does not know.
+
+    Returns:
+        methods, metrics (in first-seen order), and the rescaled scores [method][metric].
+    """
+    if not means:
+        raise InputError("means must map at least one method to its metric means, got none")
+    methods = list(means)
+    metrics: list[str] = []
+    for row in means.values():
+        metrics += [k for k in row if k not in metrics]
+    table = [[float(means[m].get(k, math.nan)) for k in metrics] for m in methods]
+    for j, metric in enumerate(metrics):
+        col = [row[j] for row in table if not math.isnan(row[j])]
+        if not col:
+            continue
+        best_high = _direction(metric, higher_is_better)
+        best, worst = (max(col), min(col)) if best_high else (min(col), max(col))
+        for row in table:
+            if not math.isnan(row[j]):
+                row[j] = 1.0 if best == worst else (row[j] - worst) / (best - worst)
+    return methods, metrics, table
+
+
+def summary_chart(
+    means: Mapping[str, Mapping[str, float]],
+    *,
+    kind: str = "radar",
+    higher_is_better: Mapping[str, bool] | None = None,
+    title: str | None = None,
+    size: float = 5.0,
+) -> Figure:
+    """A radar (one polygon per method) or grouped bar chart of :func:`relative_scores`.
+
+    Args:
+        means: method -> metric -> mean score (baselines such as ``random`` may be rows).
+        kind: ``"radar"`` (needs at least 3 metrics) or ``"bars"``.
+        higher_is_better: directions of metrics the registry does not know.
+        title: the figure's title.
+        size: height in inches.
+
+    Returns:
+        A matplotlib Figure (no pyplot, no window).
+    """
+    if kind not in ("radar", "bars"):
+        raise InputError(f"kind must be 'radar' or 'bars', got {kind!r}")
+    methods, metrics, table = relative_scores(means, higher_is_better)
+    labels = [_label(k) for k in metrics]
+    if kind == "radar" and len(metrics) < 3:
+        raise InputError(f"a radar chart needs at least 3 metrics, got {len(metrics)}; use bars")
+    width = size * (1.3 if kind == "radar" else max(1.2, 0.35 * len(metrics) * len(methods) / 3))
+    fig = Figure(figsize=(width, size), dpi=100, layout="constrained")
+    if kind == "radar":
+        ax = fig.add_subplot(projection="polar")
+        angles = [2 * math.pi * i / len(metrics) for i in range(len(metrics))]
+        for name, row in zip(methods, table, strict=True):
+            ax.plot([*angles, angles[0]], [*row, row[0]], label=name, linewidth=1.5)
+            ax.fill([*angles, angles[0]], [*row, row[0]], alpha=0.08)
+        ax.set_xticks(angles, labels)
+        ax.set_ylim(0, 1.05)
+        ax.set_yticks([0.25, 0.5, 0.75, 1.0], ["", "", "", "best"], fontsize=7)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.05, 1.0), fontsize=8, frameon=False)
+    else:
+        ax = fig.add_subplot()
+        step = 0.8 / len(methods)
+        for i, (name, row) in enumerate(zip(methods, table, strict=True)):
+            xs = [j - 0.4 + step * (i + 0.5) for j in range(len(metrics))]
+            ax.bar(xs, row, width=step, label=name)
+        ax.set_xticks(range(len(metrics)), labels, rotation=30, ha="right")
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("relative score (1 = best shown)")
+        ax.legend(fontsize=8, frameon=False, ncols=min(4, len(methods)))
+    ax.set_title(title or "methods compared on each metric (1 = best, 0 = worst)", fontsize=10)
+    return fig
