@@ -19,12 +19,14 @@ from cnnlens.methods.gradients import (
     IntegratedGradients,
     Saliency,
 )
+from cnnlens.methods.lrp import LRP
 from cnnlens.methods.noise import SmoothGrad
 from cnnlens.methods.perturbation import RISE, Occlusion, PerturbationMethod
 from cnnlens.methods.score_cam import AblationCAM, ScoreCAM
 
 __all__ = [
     "CAM",
+    "LRP",
     "RISE",
     "AblationCAM",
     "BaseCAM",
