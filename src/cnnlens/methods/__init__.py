@@ -10,6 +10,7 @@ from cnnlens.methods.cam import (
     LayerCAM,
     XGradCAM,
 )
+from cnnlens.methods.deeplift import DeepLift, DeepLiftShap, GradientShap
 from cnnlens.methods.gradients import (
     Deconvnet,
     GradientMethod,
@@ -31,11 +32,14 @@ __all__ = [
     "AblationCAM",
     "BaseCAM",
     "Deconvnet",
+    "DeepLift",
+    "DeepLiftShap",
     "EigenCAM",
     "Explainer",
     "GradCAM",
     "GradCAMPlusPlus",
     "GradientMethod",
+    "GradientShap",
     "GuidedBackprop",
     "GuidedGradCAM",
     "HiResCAM",
