@@ -165,3 +165,12 @@ def test_default_references_and_bad_options() -> None:
     with pytest.raises(InputError, match="n_baselines"):
         DeepLiftShap(model, n_baselines=0)
     assert torch.overrides._get_current_function_mode_stack() == []
+
+
+def test_deeplift_in_chunks_equals_one_paired_forward() -> None:
+    model = make_model("inplace")
+    x, base = inputs(3, 32), refs(3)
+    one = cnnlens.explain(model, x, "deeplift", baselines=base, topk=2)
+    chunked = cnnlens.explain(model, x, "deeplift", baselines=base, topk=2, internal_batch_size=1)
+    torch.testing.assert_close(chunked.raw, one.raw, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(chunked.extras["delta"], one.extras["delta"], atol=1e-5, rtol=0)

@@ -247,10 +247,13 @@ class _ReferenceMethod(Explainer):
         return outputs, resolve_targets(target, outputs, topk, batch=x.shape[0])
 
     def _gradients(
-        self, points: Tensor, sub: Targets, mode: TorchFunctionMode | None
+        self,
+        points: Tensor,
+        sub: Targets | Callable[[Any], Targets],
+        mode: TorchFunctionMode | None,
     ) -> tuple[Tensor, Tensor]:
         """Gradients (n, K, C, H, W) of the target scores at ``points`` and the scores
-        (n, K); under ``mode`` when given."""
+        (n, K); under ``mode`` when given. ``sub`` may be a function of the outputs."""
         with grad_enabled():
             leaf = points.detach().requires_grad_(True)
             if mode is None:
@@ -258,6 +261,8 @@ class _ReferenceMethod(Explainer):
             else:
                 with mode:
                     out = self.model(leaf)
+            if callable(sub) and not isinstance(sub, Targets):
+                sub = sub(out)
             scores = sub.scores(out)
             if not scores.requires_grad:
                 raise ModelError(
@@ -349,14 +354,34 @@ class DeepLift(_ReferenceMethod):
         )
 
     def explain_batch(self, x: Tensor, target: TargetLike, topk: int | None) -> Explanation:
-        outputs, targets = self._targets(x, target, topk)
         refs = self.references(x)
         if refs.shape[0] not in (1, x.shape[0]):
             raise InputError(
                 f"baselines holds {refs.shape[0]} references for {x.shape[0]} images; give one "
                 "for all or one per image (deeplift_shap averages over a set)"
             )
-        attr, fx, fr = self.deeplift_rows(x, refs.expand_as(x), targets)
+        refs = refs.expand_as(x)
+        b = x.shape[0]
+        if b <= self.internal_batch_size:
+            # one paired forward: the targets are read from its first half
+            seen: dict[str, Any] = {}
+
+            def resolve(out: Any) -> Targets:
+                if not isinstance(out, Tensor):
+                    with torch.no_grad():
+                        seen["outputs"] = self.model(x)
+                else:
+                    seen["outputs"] = out[:b].detach()
+                seen["targets"] = resolve_targets(target, seen["outputs"], topk, batch=b)
+                rows = torch.arange(b, device=seen["targets"].indices.device)
+                return rows_targets(seen["targets"], torch.cat([rows, rows]))
+
+            grads, scores = self._gradients(torch.cat([x, refs]), resolve, DeepLiftMode())
+            attr = (x - refs).float().unsqueeze(1) * grads[:b]
+            outputs, targets, fx, fr = seen["outputs"], seen["targets"], scores[:b], scores[b:]
+        else:
+            outputs, targets = self._targets(x, target, topk)
+            attr, fx, fr = self.deeplift_rows(x, refs, targets)
         delta = attr.flatten(2).sum(2) - (fx - fr)
         return self._finish(attr, targets, outputs, {"delta": delta})
 

@@ -126,23 +126,26 @@ def _epsilon(call: LayerCall, x: Tensor, r: Tensor) -> Tensor:
 
 
 def _two_sided(call: LayerCall, x: Tensor, r: Tensor, alpha: float, beta: float) -> Tensor:
-    """The positive part (``zplus``) times alpha minus the negative part times beta."""
-    wp, wn = call.param("w:pos"), call.param("w:neg")
+    """The positive part (``zplus``) times alpha minus the negative part times beta. For a
+    non-negative input (after a ReLU) the terms of $x^-$ vanish and are skipped."""
     signed = bool((x < 0).any())
     xp = x.clamp(min=0) if signed else x
-    xn = x.clamp(max=0)
+    xn = x.clamp(max=0) if signed else None
     out = 0.0
-    for coef, (w1, b1, w2) in (
-        (alpha, (wp, call.param("b:pos"), wn)),
-        (-beta, (wn, call.param("b:neg"), wp)),
+    for coef, (k1, kb, k2) in (
+        (alpha, ("w:pos", "b:pos", "w:neg")),
+        (-beta, ("w:neg", "b:neg", "w:pos")),
     ):
         if coef == 0:
             continue
-        z = call.f(xp, w1, b1) + (call.f(xn, w2, None) if signed else 0)
+        w1 = call.param(k1)
+        z = call.f(xp, w1, call.param(kb))
+        if xn is not None:
+            z = z + call.f(xn, call.param(k2), None)
         s = r / stabilize(z, STABILIZER)
         part = xp * call.back(s, w1, x)
-        if signed:
-            part = part + xn * call.back(s, w2, x)
+        if xn is not None:
+            part = part + xn * call.back(s, call.param(k2), x)
         out = out + coef * part
     return out
 
