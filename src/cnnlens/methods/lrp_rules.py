@@ -42,8 +42,9 @@ STABILIZER = 1e-6
 
 
 def stabilize(z: Tensor, eps: float) -> Tensor:
-    """$z + \\varepsilon\\,\\mathrm{sign}(z)$, with sign 1 at zero."""
-    return z + eps * ((z == 0).to(z.dtype) + z.sign())
+    """$z + \\varepsilon\\,\\mathrm{sign}(z)$, with sign 1 at zero (two allocations: large
+    temporaries are costly where the allocator maps fresh pages)."""
+    return (z >= 0).to(z.dtype).mul_(2 * eps).sub_(eps).add_(z)
 
 
 class LayerCall:
@@ -122,7 +123,7 @@ class LayerCall:
 
 def _epsilon(call: LayerCall, x: Tensor, r: Tensor) -> Tensor:
     s = r / stabilize(call.z, call.options["epsilon"])
-    return x * call.back(s, call.weight, x)
+    return call.back(s, call.weight, x).mul_(x)
 
 
 def _two_sided(call: LayerCall, x: Tensor, r: Tensor, alpha: float, beta: float) -> Tensor:
@@ -143,10 +144,12 @@ def _two_sided(call: LayerCall, x: Tensor, r: Tensor, alpha: float, beta: float)
         if xn is not None:
             z = z + call.f(xn, call.param(k2), None)
         s = r / stabilize(z, STABILIZER)
-        part = xp * call.back(s, w1, x)
+        part = call.back(s, w1, x).mul_(xp)
         if xn is not None:
-            part = part + xn * call.back(s, call.param(k2), x)
-        out = out + coef * part
+            part = part.add_(call.back(s, call.param(k2), x).mul_(xn))
+        if coef != 1.0:
+            part = part.mul_(coef)
+        out = part if isinstance(out, float) else out.add_(part)
     return out
 
 
