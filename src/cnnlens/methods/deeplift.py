@@ -491,13 +491,16 @@ class GradientShap(_ReferenceMethod):
         self.n_samples = check_int("n_samples", n_samples)
         self.stdevs = check_float("stdevs", stdevs, minimum=0.0)
 
-    def draws(self, x: Tensor, refs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Reference indices (B * n_samples,), path points alpha and input noise, drawn
-        from a generator seeded with ``seed``; row ``i * n_samples + s`` is image i's draw s."""
+    def draws(self, x: Tensor, refs: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Reference indices (B * n_samples,), path points alpha and input noise (None for
+        ``stdevs=0``), drawn from a generator seeded with ``seed``; row ``i * n_samples + s``
+        is image i's draw s."""
         gen = torch.Generator(device=x.device).manual_seed(self.seed)
         n = x.shape[0] * self.n_samples
         idx = torch.randint(refs.shape[0], (n,), generator=gen, device=x.device)
         alphas = torch.rand(n, generator=gen, device=x.device, dtype=torch.float32)
+        if self.stdevs == 0:
+            return idx, alphas, None
         noise = torch.randn((n, *x.shape[1:]), generator=gen, device=x.device, dtype=torch.float32)
         return idx, alphas, noise * self.stdevs
 
