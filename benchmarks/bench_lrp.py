@@ -5,7 +5,7 @@ composites EpsilonPlusFlat and EpsilonGammaBox (bounds -3, 3); zennit with its
 VGG/ResNet canonizer (BatchNorm merged), the explained logit as the output relevance for
 both. The floor is one forward and one plain backward to the input.
 
-    python benchmarks/bench_lrp.py [--repeats 3] [--size 224] [--quick]
+    python benchmarks/bench_lrp.py [--repeats 3] [--size 224] [--quick] [--arch vgg16_bn ...]
 """
 
 from __future__ import annotations
@@ -72,12 +72,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--quick", action="store_true", help="112x112, one repeat")
+    parser.add_argument("--arch", nargs="*", default=["vgg16_bn", "resnet50"])
     args = parser.parse_args()
     if args.quick:
         args.size, args.repeats = 112, 1
     setup_threads()
     print(f"machine: {machine()}")
-    for arch in ("vgg16_bn", "resnet50"):
+    for arch in args.arch:
         bench(arch, args.size, args.repeats)
 
 
