@@ -13,7 +13,15 @@ import cnnlens
 from cnnlens.core.targets import resolve_targets
 from cnnlens.errors import InputError
 from cnnlens.methods import DeepLift, DeepLiftShap, GradientShap
-from conftest import assert_unchanged, close, inputs, make_model, snapshot, torchvision_net
+from conftest import (
+    assert_unchanged,
+    close,
+    inputs,
+    make_model,
+    pearson,
+    snapshot,
+    torchvision_net,
+)
 
 pytestmark = [
     pytest.mark.usefixtures("one_torch_thread"),
@@ -174,3 +182,21 @@ def test_deeplift_in_chunks_equals_one_paired_forward() -> None:
     chunked = cnnlens.explain(model, x, "deeplift", baselines=base, topk=2, internal_batch_size=1)
     torch.testing.assert_close(chunked.raw, one.raw, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(chunked.extras["delta"], one.extras["delta"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["lrp", "deeplift", "deeplift_shap", "gradient_shap"])
+def test_inference_mode_no_grad_low_precision_and_zero_warning(method: str) -> None:
+    model = make_model("gap")
+    x = inputs(2, 32)
+    ref = cnnlens.explain(model, x, method, target=1)
+    with torch.inference_mode():
+        inf = cnnlens.explain(model, x.clone(), method, target=1)
+    with torch.no_grad():
+        ng = cnnlens.explain(model, x, method, target=1)
+    torch.testing.assert_close(inf.raw, ref.raw)
+    torch.testing.assert_close(ng.raw, ref.raw)
+    low = cnnlens.explain(make_model("gap").to(torch.bfloat16), x, method, target=1)
+    assert torch.isfinite(low.maps).all() and pearson(low.maps, ref.maps) > 0.95
+    if method != "lrp":  # the input as its own reference: nothing changes, nothing to show
+        with pytest.warns(RuntimeWarning, match="zero everywhere"):
+            cnnlens.explain(model, x[:1], method, target=1, baselines=x[:1])

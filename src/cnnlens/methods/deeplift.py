@@ -13,6 +13,7 @@ the process is changed.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -170,6 +171,19 @@ class DeepLiftMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def warn_if_zero(method: str, attr: Tensor) -> None:
+    """A RuntimeWarning when some maps (B, K, ...) are zero everywhere: nothing to read."""
+    dead = int((attr.flatten(2).abs().amax(2) == 0).sum())
+    if dead:
+        warnings.warn(
+            f"{method}: the attribution is zero everywhere for {dead} of "
+            f"{attr.shape[0] * attr.shape[1]} maps (the score does not change between the "
+            "input and its references)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
 def reduce_attr(attr: Tensor, how: str) -> Tensor:
     """Channel reduction (-3): signed sum, sum of absolute values, largest absolute value,
     or sum of squares."""
@@ -255,7 +269,8 @@ class _ReferenceMethod(Explainer):
         """Gradients (n, K, C, H, W) of the target scores at ``points`` and the scores
         (n, K); under ``mode`` when given. ``sub`` may be a function of the outputs."""
         with grad_enabled():
-            leaf = points.detach().requires_grad_(True)
+            # inside the caller's inference_mode the points are inference tensors: a copy
+            leaf = (points.clone() if points.is_inference() else points.detach()).requires_grad_()
             if mode is None:
                 out = self.model(leaf)
             else:
@@ -263,6 +278,8 @@ class _ReferenceMethod(Explainer):
                     out = self.model(leaf)
             if callable(sub) and not isinstance(sub, Targets):
                 sub = sub(out)
+            if sub.indices.is_inference():
+                sub = Targets(sub.indices.clone(), sub.fn, sub.per_image)
             scores = sub.scores(out)
             if not scores.requires_grad:
                 raise ModelError(
@@ -299,6 +316,7 @@ class _ReferenceMethod(Explainer):
     def _finish(
         self, attr: Tensor, targets: Targets, outputs: Any, extras: dict[str, Any]
     ) -> Explanation:
+        warn_if_zero(self.name, attr)
         maps = reduce_attr(attr, self.reduce)
         return pixel_explanation(attr, maps, targets, outputs, self.name, extras)
 

@@ -17,6 +17,7 @@ then gives the input relevance $R$.
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any
 
 import torch
@@ -206,6 +207,19 @@ class LRPMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def warn_if_zero(method: str, attr: Tensor) -> None:
+    """A RuntimeWarning when some maps (B, K, ...) are zero everywhere: nothing to read."""
+    dead = int((attr.flatten(2).abs().amax(2) == 0).sum())
+    if dead:
+        warnings.warn(
+            f"{method}: the attribution is zero everywhere for {dead} of "
+            f"{attr.shape[0] * attr.shape[1]} maps (the explained score is zero or does not "
+            "depend on the input)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
 def reduce_relevance(attr: Tensor, how: str) -> Tensor:
     """Channel reduction (-3) of relevance (..., C, H, W): signed sum (default), sum of
     absolute values, largest absolute value, or sum of squares."""
@@ -309,7 +323,7 @@ class LRP(Explainer):
         and one rule backward per explained class."""
         options = {"epsilon": self.epsilon, "gamma": self.gamma, **self._bounds(x)}
         with grad_enabled():
-            leaf = x.detach().requires_grad_(True)
+            leaf = (x.clone() if x.is_inference() else x.detach()).requires_grad_(True)
             with LRPMode(self.rules, options):
                 outputs = self.model(leaf)
             targets = resolve_targets(target, outputs, topk, batch=x.shape[0])
@@ -332,6 +346,7 @@ class LRP(Explainer):
         outputs, targets, attr, scores = self.relevance(x, target, topk)
         attr = torch.nan_to_num(attr, nan=0.0, posinf=0.0, neginf=0.0)
         delta = attr.flatten(2).sum(2) - scores
+        warn_if_zero(self.name, attr)
         maps = reduce_relevance(attr, self.reduce)
         extras = {"delta": delta, "composite": self.composite}
         return pixel_explanation(attr, maps, targets, outputs, self.name, extras)
