@@ -49,7 +49,12 @@ def get_method(name: str) -> type[Any]:
         MethodNotFoundError: when no method has that name; the message lists close names.
     """
     key = name.lower().replace("-", "_") if name not in _METHODS else name
-    aliases = {"grad_cam": "gradcam", "gradcampp": "gradcam++", "grad_cam++": "gradcam++"}
+    aliases = {
+        "grad_cam": "gradcam",
+        "gradcampp": "gradcam++",
+        "grad_cam++": "gradcam++",
+        "expected_gradients": "gradient_shap",  # gradient_shap with stdevs=0 (the default)
+    }
     key = aliases.get(key, key)
     if key in _METHODS:
         return _METHODS[key]

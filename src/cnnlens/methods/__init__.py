@@ -10,6 +10,7 @@ from cnnlens.methods.cam import (
     LayerCAM,
     XGradCAM,
 )
+from cnnlens.methods.deeplift import DeepLift, DeepLiftShap, GradientShap
 from cnnlens.methods.gradients import (
     Deconvnet,
     GuidedBackprop,
@@ -18,22 +19,27 @@ from cnnlens.methods.gradients import (
     IntegratedGradients,
     Saliency,
 )
+from cnnlens.methods.lrp import LRP
 from cnnlens.methods.noise import SmoothGrad
 from cnnlens.methods.perturbation import RISE, Occlusion, PerturbationMethod
 from cnnlens.methods.score_cam import AblationCAM, ScoreCAM
 
 __all__ = [
     "CAM",
+    "LRP",
     "RISE",
     "AblationCAM",
     "BaseCAM",
     "CAMContext",
     "Deconvnet",
+    "DeepLift",
+    "DeepLiftShap",
     "EigenCAM",
     "Explainer",
     "GradCAM",
     "GradCAMPlusPlus",
     "GradientMethod",
+    "GradientShap",
     "GuidedBackprop",
     "GuidedGradCAM",
     "HiResCAM",

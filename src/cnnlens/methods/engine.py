@@ -49,6 +49,7 @@ __all__ = [
     "row_scores",
     "rows_targets",
     "wants_optimize",
+    "warn_if_zero",
     "warn_nonfinite",
 ]
 
@@ -323,6 +324,19 @@ def reduce_channels(attr: Tensor, how: str) -> Tensor:
     if how == "sum":
         return attr.sum(dim=-3)
     raise InputError(f"reduce must be one of {', '.join(REDUCTIONS)}; got {how!r}")
+
+
+def warn_if_zero(method: str, attr: Tensor, why: str) -> None:
+    """A RuntimeWarning when some maps (B, K, ...) are zero everywhere (nothing to read);
+    ``why`` says what that means for the method."""
+    dead = int((attr.flatten(2).abs().amax(2) == 0).sum())
+    if dead:
+        warnings.warn(
+            f"{method}: the attribution is zero everywhere for {dead} of "
+            f"{attr.shape[0] * attr.shape[1]} maps ({why})",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
 def detach_outputs(outputs: Any) -> Any:
