@@ -173,6 +173,17 @@ def _grid_pointing_game(inputs: MetricInputs, grid: int = 2, **options: Any) -> 
     if inputs.explain is None or inputs.target is None:
         raise InputError("grid_pointing_game explains mosaics; it needs an explain fn and targets")
     target = inputs.target.cpu()
+    classes = int(target.unique().numel())
+    if classes < grid * grid:
+        # a mosaic needs grid * grid images of different classes: this batch cannot be scored
+        warnings.warn(
+            f"grid_pointing_game: a {grid}x{grid} mosaic needs images of {grid * grid} "
+            f"different classes; the batch has {classes}, so its images score NaN "
+            "(use larger batches)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return torch.full((target.numel(),), float("nan"), device=inputs.x.device)
     first = torch.arange(target.numel())
     mosaics, cells, labels, _ = make_mosaics(
         inputs.x, target, grid=grid, first=first, seed=inputs.seed, **options

@@ -2,13 +2,15 @@
 
 Metrics differ in scale and direction (deletion AUC: lower is better, pointing game: higher),
 so each metric is rescaled across the methods shown: 1 for the best method, 0 for the worst,
-direction taken from the metric registry (:func:`cnnlens.metrics.registry.get_metric`) or
-given. The chart says which method wins where; the tables keep the raw numbers.
+direction given by the caller (the metric registry knows it:
+``cnnlens.metrics.get_metric(name).higher_is_better``). The chart says which method wins
+where; the tables keep the raw numbers.
 
 Example:
     >>> means = {"gradcam": {"pointing_game": 0.89, "deletion": 0.12},
     ...          "saliency": {"pointing_game": 0.58, "deletion": 0.20}}
-    >>> fig = summary_chart(means, kind="radar")            # doctest: +SKIP
+    >>> up = {"pointing_game": True, "deletion": False}
+    >>> fig = summary_chart(means, kind="bars", higher_is_better=up)  # doctest: +SKIP
     >>> save_png(fig, "summary.png")                        # doctest: +SKIP
 """
 
@@ -24,29 +26,18 @@ from cnnlens.errors import InputError
 __all__ = ["relative_scores", "summary_chart"]
 
 
-def _direction(metric: str, higher_is_better: Mapping[str, bool] | None) -> bool:
-    if higher_is_better is not None and metric in higher_is_better:
-        return bool(higher_is_better[metric])
-    from cnnlens.metrics.registry import get_metric
-
-    try:
-        return get_metric(metric).higher_is_better
-    except InputError:
+def _direction(metric: str, higher_is_better: Mapping[str, bool]) -> bool:
+    if metric not in higher_is_better:
         raise InputError(
-            f"metric {metric!r} is not registered; give its direction in higher_is_better"
-        ) from None
-
-
-def _label(metric: str) -> str:
-    from cnnlens.metrics.registry import _METRICS
-
-    info = _METRICS.get(metric)
-    return info.label if info is not None else metric
+            f"metric {metric!r} has no direction; give it in higher_is_better "
+            "(cnnlens.metrics.get_metric(name).higher_is_better)"
+        )
+    return bool(higher_is_better[metric])
 
 
 def relative_scores(
     means: Mapping[str, Mapping[str, float]],
-    higher_is_better: Mapping[str, bool] | None = None,
+    higher_is_better: Mapping[str, bool],
 ) -> tuple[list[str], list[str], list[list[float]]]:
     """Per-metric scores rescaled across methods: 1 = best method, 0 = worst.
 
@@ -57,7 +48,7 @@ def relative_scores(
 
     Args:
         means: method -> metric -> mean score.
-        higher_is_better: metric -> direction, for metrics the registry does not know.
+        higher_is_better: metric -> True when higher is better, for every metric shown.
 
     Returns:
         methods, metrics (in first-seen order), and the rescaled scores [method][metric].
@@ -85,7 +76,8 @@ def summary_chart(
     means: Mapping[str, Mapping[str, float]],
     *,
     kind: str = "radar",
-    higher_is_better: Mapping[str, bool] | None = None,
+    higher_is_better: Mapping[str, bool],
+    short_labels: Mapping[str, str] | None = None,
     title: str | None = None,
     size: float = 5.0,
 ) -> Figure:
@@ -94,7 +86,8 @@ def summary_chart(
     Args:
         means: method -> metric -> mean score (baselines such as ``random`` may be rows).
         kind: ``"radar"`` (needs at least 3 metrics) or ``"bars"``.
-        higher_is_better: directions of metrics the registry does not know.
+        short_labels: metric -> axis label (default the metric's name).
+        higher_is_better: metric -> True when higher is better, for every metric shown.
         title: the figure's title.
         size: height in inches.
 
@@ -104,7 +97,7 @@ def summary_chart(
     if kind not in ("radar", "bars"):
         raise InputError(f"kind must be 'radar' or 'bars', got {kind!r}")
     methods, metrics, table = relative_scores(means, higher_is_better)
-    labels = [_label(k) for k in metrics]
+    labels = [(short_labels or {}).get(k, k) for k in metrics]
     if kind == "radar" and len(metrics) < 3:
         raise InputError(f"a radar chart needs at least 3 metrics, got {len(metrics)}; use bars")
     width = size * (1.3 if kind == "radar" else max(1.2, 0.35 * len(metrics) * len(methods) / 3))
