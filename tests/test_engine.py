@@ -18,13 +18,15 @@ SLOW_METHODS = {"scorecam", "ablationcam", "occlusion", "rise", "smoothgrad"}
 
 
 def _quick_options(method: str) -> dict:
-    """Small settings so every registered method runs fast on 32x32 inputs."""
+    """Small settings so every registered method runs fast on 32x32 inputs (else the
+    method's ``tiny`` preset)."""
+    tiny = cnnlens.core.registry.preset_options([method], "tiny").get(method, {})
     return {
         "integrated_gradients": {"n_steps": 8},
         "smoothgrad": {"n_samples": 4},
         "rise": {"n_masks": 64},
         "occlusion": {"window": 8, "stride": 8},
-    }.get(method, {})
+    }.get(method, tiny)
 
 
 def _run(model: nn.Module, x: torch.Tensor, method: str, **kw):

@@ -10,6 +10,14 @@ from cnnlens.methods.cam import (
     LayerCAM,
     XGradCAM,
 )
+from cnnlens.methods.cam_extra import (
+    KPCACAM,
+    EigenGradCAM,
+    FinerCAM,
+    FullGrad,
+    GradCAMElementWise,
+    ShapleyCAM,
+)
 from cnnlens.methods.gradients import (
     Deconvnet,
     GradientMethod,
@@ -22,16 +30,24 @@ from cnnlens.methods.gradients import (
 from cnnlens.methods.noise import SmoothGrad
 from cnnlens.methods.perturbation import RISE, Occlusion, PerturbationMethod
 from cnnlens.methods.score_cam import AblationCAM, ScoreCAM
+from cnnlens.methods.score_cam_smooth import ISCAM, SSCAM
 
 __all__ = [
     "CAM",
+    "ISCAM",
+    "KPCACAM",
     "RISE",
+    "SSCAM",
     "AblationCAM",
     "BaseCAM",
     "Deconvnet",
     "EigenCAM",
+    "EigenGradCAM",
     "Explainer",
+    "FinerCAM",
+    "FullGrad",
     "GradCAM",
+    "GradCAMElementWise",
     "GradCAMPlusPlus",
     "GradientMethod",
     "GuidedBackprop",
@@ -44,6 +60,7 @@ __all__ = [
     "PerturbationMethod",
     "Saliency",
     "ScoreCAM",
+    "ShapleyCAM",
     "SmoothGrad",
     "XGradCAM",
 ]

@@ -65,12 +65,13 @@ class _ChannelWeights:
         acts: Tensor,
         ctx: dict[str, Any],
         compute: Callable[[Tensor, dict[str, Any]], Tensor],
+        reduce: Callable[[Tensor], Tensor] = lambda t: t.sum(dim=1),
     ) -> Tensor:
         name = ctx["layer"]
         if ctx["k"] == 0 or name not in self.store:
             self.store[name] = compute(acts, ctx)
         w = self.store[name][:, :, ctx["k"]]
-        return torch.einsum("bc,bchw->bhw", w.to(acts.dtype), acts)
+        return reduce(w.to(acts.dtype)[:, :, None, None] * acts)
 
 
 @register("scorecam")
@@ -137,7 +138,7 @@ class ScoreCAM(BaseCAM):
         self._runner: Runner | None = None
 
     def cam(self, acts: Tensor, grads: Tensor | None, ctx: dict[str, Any]) -> Tensor:
-        return self._weights.cam(acts, ctx, self.channel_scores)
+        return self._weights.cam(acts, ctx, self.channel_scores, self.reduce_channels)
 
     def explain_batch(self, x: Tensor, target: TargetLike, topk: int | None) -> Explanation:
         # The runner (and its BatchNorm-folded copy) is made before the capture hooks exist.
@@ -256,7 +257,7 @@ class AblationCAM(BaseCAM):
         self._weights = _ChannelWeights()
 
     def cam(self, acts: Tensor, grads: Tensor | None, ctx: dict[str, Any]) -> Tensor:
-        return self._weights.cam(acts, ctx, self.channel_scores)
+        return self._weights.cam(acts, ctx, self.channel_scores, self.reduce_channels)
 
     def explain_batch(self, x: Tensor, target: TargetLike, topk: int | None) -> Explanation:
         try:
