@@ -31,13 +31,16 @@ from cnnlens.methods.noise import SmoothGrad
 from cnnlens.methods.perturbation import RISE, Occlusion, PerturbationMethod
 from cnnlens.methods.score_cam import AblationCAM, ScoreCAM
 from cnnlens.methods.score_cam_smooth import ISCAM, SSCAM
+from cnnlens.methods.superpixel import LIME, XRAI, KernelSHAP
 
 __all__ = [
     "CAM",
     "ISCAM",
     "KPCACAM",
+    "LIME",
     "RISE",
     "SSCAM",
+    "XRAI",
     "AblationCAM",
     "BaseCAM",
     "Deconvnet",
@@ -55,6 +58,7 @@ __all__ = [
     "HiResCAM",
     "InputXGradient",
     "IntegratedGradients",
+    "KernelSHAP",
     "LayerCAM",
     "Occlusion",
     "PerturbationMethod",
