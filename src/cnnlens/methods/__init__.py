@@ -18,6 +18,7 @@ from cnnlens.methods.cam_extra import (
     GradCAMElementWise,
     ShapleyCAM,
 )
+from cnnlens.methods.extremal import ExtremalPerturbation
 from cnnlens.methods.gradients import (
     Deconvnet,
     GradientMethod,
@@ -47,6 +48,7 @@ __all__ = [
     "EigenCAM",
     "EigenGradCAM",
     "Explainer",
+    "ExtremalPerturbation",
     "FinerCAM",
     "FullGrad",
     "GradCAM",
