@@ -2,7 +2,7 @@
 
     python benchmarks/run_all.py [--quick] [NAME ...]
 
-NAME: gradcam, methods, ig, scorecam, occlusion (default: all, in that order).
+NAME: gradcam, methods, ig, scorecam, occlusion, cam_extra (default: all, in that order).
 
 Each script runs in its own process (so one's memory and threads cannot affect the next);
 the output is markdown, ready for docs/benchmarks.md. ``--quick`` passes ``--quick`` to the
@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-NAMES = ("gradcam", "methods", "ig", "scorecam", "occlusion")
+NAMES = ("gradcam", "methods", "ig", "scorecam", "occlusion", "cam_extra")
 QUICK = {"gradcam": ["--repeats", "1", "--size", "112"], "ig": ["--quick"],
          "methods": ["--repeats", "1", "--size", "112", "--batch", "2"],
-         "scorecam": ["--quick"], "occlusion": ["--quick"]}  # fmt: skip
+         "scorecam": ["--quick"], "occlusion": ["--quick"], "cam_extra": ["--quick"]}  # fmt: skip
 
 
 def main() -> int:
