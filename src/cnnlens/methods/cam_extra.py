@@ -16,14 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cnnlens.core.capture import grad_enabled
+from cnnlens.core.capture import frozen, grad_enabled
 from cnnlens.core.checks import check_choice, check_float, check_int
 from cnnlens.core.explanation import Explanation
 from cnnlens.core.layers import LayersLike
 from cnnlens.core.registry import register
 from cnnlens.core.targets import TargetLike, Targets, logits_of, resolve_targets
 from cnnlens.errors import LayerNotFoundError, ModelError, TargetError
-from cnnlens.methods.base import BaseCAM, Explainer, normalize_maps, upsample
+from cnnlens.methods.base import BaseCAM, Explainer, normalize_maps, prepare_input, upsample
 from cnnlens.methods.cam_smoothing import first_component
 
 __all__ = [
@@ -361,9 +361,6 @@ class FullGrad(Explainer):
         ``x * grad_x`` (B, C, H, W), the bias terms ``b * grad_z`` (B, C[, h, w]) of every
         layer run (in forward order), and the resolved targets. Their sum is ``f(x)``
         for a piecewise-linear network."""
-        from cnnlens.core.capture import frozen
-        from cnnlens.methods.base import prepare_input
-
         xb = prepare_input(x, self.model)
         with frozen(self.model, eval_mode=self.eval_mode):
             leaf, terms, targets, _ = self._terms(xb, target, None, k_only=0, spatial=False)
