@@ -2,8 +2,8 @@
 
     python benchmarks/run_all.py [--quick] [NAME ...]
 
-NAME: gradcam, methods, ig, scorecam, occlusion, metrics, lrp, deeplift (default: all, in that
-order).
+NAME: gradcam, methods, ig, scorecam, occlusion, metrics, lrp, deeplift, cam_extra (default:
+all, in that order).
 
 Each script runs in its own process (so one's memory and threads cannot affect the next);
 the output is markdown, ready for docs/benchmarks.md. ``--quick`` passes ``--quick`` to the
@@ -19,11 +19,21 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-NAMES = ("gradcam", "methods", "ig", "scorecam", "occlusion", "metrics", "lrp", "deeplift")
+NAMES = (
+    "gradcam",
+    "methods",
+    "ig",
+    "scorecam",
+    "occlusion",
+    "metrics",
+    "lrp",
+    "deeplift",
+    "cam_extra",
+)
 QUICK = {"gradcam": ["--repeats", "1", "--size", "112"], "ig": ["--quick"],
          "methods": ["--repeats", "1", "--size", "112", "--batch", "2"],
          "scorecam": ["--quick"], "occlusion": ["--quick"], "metrics": ["--quick"],
-         "lrp": ["--quick"], "deeplift": ["--quick"]}  # fmt: skip
+         "lrp": ["--quick"], "deeplift": ["--quick"], "cam_extra": ["--quick"]}  # fmt: skip
 
 
 def main() -> int:

@@ -27,7 +27,7 @@ LAYERS: dict[str, set[str]] = {
     "core": {"core"},
     "methods": {"core", "methods"},
     "summary": {"core"},
-    "api": {"core"},
+    "api": {"core", "methods"},
     "data": {"core", "data"},
     "models": {"core", "models"},
     "training": {"core", "models", "data"},

@@ -33,7 +33,9 @@ def explain(
             callable ``f(outputs) -> (B,)`` scores.
         layer: for CAM methods: None (automatic), a dotted name, a module, or a list.
         topk: explain each image's K top classes (maps (B, K, H, W)).
-        **options: the method's own options (e.g. ``n_steps`` for integrated gradients).
+        **options: the method's own options (e.g. ``n_steps`` for integrated gradients);
+            CAM methods also take ``aug_smooth`` and ``eigen_smooth`` (see
+            :mod:`cnnlens.methods.cam_smoothing`).
 
     Returns:
         The :class:`Explanation`.
@@ -46,4 +48,8 @@ def explain(
         if not cls.takes_layer(options):
             raise InputError(f"method {cls.name!r} works on the input and takes no layer argument")
         options["layer"] = layer
-    return cls(model, **options)(x, target, topk=topk)
+    from cnnlens.methods.cam_smoothing import SMOOTHING_OPTIONS, smooth_cam
+
+    smoothing = {k: options.pop(k) for k in SMOOTHING_OPTIONS if k in options}
+    explainer = cls(model, **options)
+    return (smooth_cam(explainer, **smoothing) if smoothing else explainer)(x, target, topk=topk)

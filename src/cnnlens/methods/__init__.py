@@ -10,7 +10,16 @@ from cnnlens.methods.cam import (
     LayerCAM,
     XGradCAM,
 )
+from cnnlens.methods.cam_extra import (
+    KPCACAM,
+    EigenGradCAM,
+    FinerCAM,
+    FullGrad,
+    GradCAMElementWise,
+    ShapleyCAM,
+)
 from cnnlens.methods.deeplift import DeepLift, DeepLiftShap, GradientShap
+from cnnlens.methods.extremal import ExtremalPerturbation
 from cnnlens.methods.gradients import (
     Deconvnet,
     GuidedBackprop,
@@ -22,12 +31,18 @@ from cnnlens.methods.gradients import (
 from cnnlens.methods.lrp import LRP
 from cnnlens.methods.noise import SmoothGrad
 from cnnlens.methods.perturbation import RISE, Occlusion, PerturbationMethod
-from cnnlens.methods.score_cam import AblationCAM, ScoreCAM
+from cnnlens.methods.score_cam import ISCAM, SSCAM, AblationCAM, ScoreCAM
+from cnnlens.methods.superpixel import LIME, XRAI, KernelSHAP
 
 __all__ = [
     "CAM",
+    "ISCAM",
+    "KPCACAM",
+    "LIME",
     "LRP",
     "RISE",
+    "SSCAM",
+    "XRAI",
     "AblationCAM",
     "BaseCAM",
     "CAMContext",
@@ -35,8 +50,13 @@ __all__ = [
     "DeepLift",
     "DeepLiftShap",
     "EigenCAM",
+    "EigenGradCAM",
     "Explainer",
+    "ExtremalPerturbation",
+    "FinerCAM",
+    "FullGrad",
     "GradCAM",
+    "GradCAMElementWise",
     "GradCAMPlusPlus",
     "GradientMethod",
     "GradientShap",
@@ -45,11 +65,13 @@ __all__ = [
     "HiResCAM",
     "InputXGradient",
     "IntegratedGradients",
+    "KernelSHAP",
     "LayerCAM",
     "Occlusion",
     "PerturbationMethod",
     "Saliency",
     "ScoreCAM",
+    "ShapleyCAM",
     "SmoothGrad",
     "XGradCAM",
 ]

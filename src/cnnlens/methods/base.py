@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar
 
@@ -141,6 +141,10 @@ class BaseCAM(Explainer):
 
     uses_layer: ClassVar[bool] = True
     needs_grad: ClassVar[bool] = True
+    #: turns the per-channel contributions (B, C, h, w) into a map (B, h, w): their sum
+    #: (``eigen_smooth``, see :mod:`cnnlens.methods.cam_smoothing`, swaps in their first
+    #: principal component)
+    reduce_channels: Callable[[Tensor], Tensor] = staticmethod(lambda t: t.sum(dim=1))
 
     def __init__(
         self,
@@ -170,7 +174,7 @@ class BaseCAM(Explainer):
 
     def cam(self, acts: Tensor, grads: Tensor | None, ctx: CAMContext) -> Tensor:
         """The unnormalized map (B, h, w) of one layer for one target."""
-        return (self.channel_weights(acts, grads) * acts).sum(dim=1)
+        return self.reduce_channels(self.channel_weights(acts, grads) * acts)
 
     def layers_for(self, x: Tensor) -> list[tuple[str, nn.Module]]:
         if self._resolved is not None:

@@ -75,7 +75,7 @@ class CAM(BaseCAM):
         if self.top_channels is not None and self.top_channels < acts.shape[1]:
             keep = acts.mean(dim=(2, 3)).topk(self.top_channels, dim=1).indices
             w = torch.zeros_like(w).scatter(1, keep, w.gather(1, keep))
-        return torch.einsum("bc,bchw->bhw", w, acts)
+        return self.reduce_channels(w[:, :, None, None] * acts)
 
     def _head_weight(self, acts: Tensor, ctx: CAMContext) -> Tensor:
         """The weight of the linear layer that takes the spatial mean of ``acts``: of the
@@ -155,7 +155,7 @@ class HiResCAM(BaseCAM):
     """
 
     def cam(self, acts: Tensor, grads: Tensor | None, ctx: CAMContext) -> Tensor:
-        return (grads * acts).sum(dim=1)
+        return self.reduce_channels(grads * acts)
 
 
 @register("layercam")
@@ -168,7 +168,7 @@ class LayerCAM(BaseCAM):
     """
 
     def cam(self, acts: Tensor, grads: Tensor | None, ctx: CAMContext) -> Tensor:
-        return (grads.clamp(min=0) * acts).sum(dim=1)
+        return self.reduce_channels(grads.clamp(min=0) * acts)
 
 
 @register("eigencam")
