@@ -10,6 +10,7 @@ from __future__ import annotations
 from cnnlens.data.base import ImageTensorDataset
 from cnnlens.data.datasets import DATASETS, get_dataset, list_datasets
 from cnnlens.data.files import RestrictedUnpickler, read_idx, safe_unpickle
+from cnnlens.data.geometry import Geometry, geometry
 from cnnlens.data.io import IMAGE_EXTENSIONS, MAX_PIXELS, convert_mode, load_image
 from cnnlens.data.presets import PRESETS, Preset, get_preset, list_presets, to_image, to_tensor
 from cnnlens.data.shapes import SHAPE_CLASSES
@@ -20,10 +21,12 @@ __all__ = [
     "MAX_PIXELS",
     "PRESETS",
     "SHAPE_CLASSES",
+    "Geometry",
     "ImageTensorDataset",
     "Preset",
     "RestrictedUnpickler",
     "convert_mode",
+    "geometry",
     "get_dataset",
     "get_preset",
     "list_datasets",

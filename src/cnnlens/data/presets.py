@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from cnnlens.data.geometry import crop_plan
 from cnnlens.data.io import convert_mode, load_image
 from cnnlens.errors import DataError, InputError
 
@@ -138,18 +139,6 @@ def _from_stats(obj: Any) -> Preset:
     return Preset(str(getattr(obj, "name", "custom")), mean, std)
 
 
-def _pair(size: int | tuple[int, int] | list[int], arg: str) -> tuple[int, int]:
-    if isinstance(size, int):
-        h = w = size
-    else:
-        if len(size) != 2:
-            raise InputError(f"{arg} must be an int or an (H, W) pair, got {size!r}")
-        h, w = (int(s) for s in size)
-    if h < 1 or w < 1:
-        raise InputError(f"{arg} must be positive, got {size!r}")
-    return h, w
-
-
 def to_tensor(
     img: Image.Image | str | os.PathLike[str],
     *,
@@ -202,19 +191,11 @@ def to_tensor(
             f"preset {p.name!r} needs {p.channels}-channel images, got a {img.mode} image; "
             f"pass channels={p.channels} or another preset"
         )
-    if crop:
-        h, w = _pair(size if size is not None else 224, "size")
-        short = round(min(h, w) * 256 / 224)
-        iw, ih = img.size
-        scale = short / min(iw, ih)
-        nw, nh = max(w, round(iw * scale)), max(h, round(ih * scale))
-        img = img.resize((nw, nh), Image.Resampling.BILINEAR)
-        left, top = (nw - w) // 2, (nh - h) // 2
-        img = img.crop((left, top, left + w, top + h))
-    elif size is not None:
-        h, w = _pair(size, "size")
-        if (w, h) != img.size:
-            img = img.resize((w, h), Image.Resampling.BILINEAR)
+    resize, box = crop_plan(img.size, size, crop=crop)
+    if resize is not None:
+        img = img.resize(resize, Image.Resampling.BILINEAR)
+    if box is not None:
+        img = img.crop(box)
     arr = np.asarray(img, dtype=np.uint8)
     if arr.ndim == 2:
         arr = arr[:, :, None]

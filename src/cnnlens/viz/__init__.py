@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+from cnnlens.viz._convert import GeometryWarning
 from cnnlens.viz.figures import (
     Colorbar,
     Panel,
@@ -35,6 +36,7 @@ from cnnlens.viz.overlay import (
     colorize,
     get_cmap,
     heatmap,
+    map_on_image,
     masked,
     overlay,
     show_image,
@@ -44,6 +46,7 @@ __all__ = [
     "DEFAULT_VIEW_CMAPS",
     "VIEWS",
     "Colorbar",
+    "GeometryWarning",
     "Panel",
     "atomic_write",
     "attribution",
@@ -57,6 +60,7 @@ __all__ = [
     "heatmap",
     "label_with_prob",
     "layers_grid",
+    "map_on_image",
     "masked",
     "methods_grid",
     "overlay",
