@@ -46,4 +46,6 @@ def explain(
         if not cls.takes_layer(options):
             raise InputError(f"method {cls.name!r} works on the input and takes no layer argument")
         options["layer"] = layer
-    return cls(model, **options)(x, target, topk=topk)
+    exp = cls(model, **options)(x, target, topk=topk)
+    exp.inputs = x.detach()  # a reference (no copy), so the result can draw itself
+    return exp

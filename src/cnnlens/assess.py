@@ -55,6 +55,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cnnlens.core.display import Displayable
 from cnnlens.errors import CnnlensError, DataError, InputError, ModelError, TargetError
 
 logger = logging.getLogger(__name__)
@@ -561,7 +562,7 @@ def _check_metric_options(options: Mapping[str, Mapping[str, Any]]) -> None:
 
 
 @dataclass
-class AssessResult:
+class AssessResult(Displayable):  # drawn by cnnlens.viz.assessment_figure
     """What :func:`assess` wrote and measured.
 
     Attributes:

@@ -41,6 +41,16 @@ from cnnlens.viz.overlay import (
     overlay,
     show_image,
 )
+from cnnlens.viz.results import (
+    assessment_figure,
+    compare,
+    explanation_grid,
+    overlay_batch,
+    plot_into,
+    register_figure,
+    result_figure,
+    show_figure,
+)
 
 __all__ = [
     "DEFAULT_VIEW_CMAPS",
@@ -48,13 +58,16 @@ __all__ = [
     "Colorbar",
     "GeometryWarning",
     "Panel",
+    "assessment_figure",
     "atomic_write",
     "attribution",
     "attribution_figure",
     "attribution_values",
     "classes_grid",
     "colorize",
+    "compare",
     "explanation_figure",
+    "explanation_grid",
     "get_cmap",
     "grid",
     "heatmap",
@@ -64,7 +77,12 @@ __all__ = [
     "masked",
     "methods_grid",
     "overlay",
+    "overlay_batch",
+    "plot_into",
+    "register_figure",
+    "result_figure",
     "save_png",
+    "show_figure",
     "show_image",
     "to_png_bytes",
 ]
