@@ -41,6 +41,13 @@ __all__ = ["ModelInfo", "load", "read_checkpoint_info", "save_checkpoint"]
 logger = logging.getLogger(__name__)
 
 METADATA_KEY = "cnnlens"
+#: How a model built without weights is labelled, in the report and on the terminal.
+RANDOM_WEIGHTS = "random weights: predictions mean nothing"
+#: The note on class names that come with an architecture but not from training.
+UNTRAINED_CLASS_NAMES = (
+    "the class names are the dataset's categories, but the model is untrained: its labels are "
+    "arbitrary"
+)
 FORMAT_VERSION = 1
 
 
@@ -61,6 +68,8 @@ class ModelInfo:
         num_classes: Number of outputs.
         dtype: Floating dtype of the stored weights (``"float32"``, ...).
         source: The checkpoint path, or the weights file / torchvision weights name.
+        pretrained: False when the model was built from a name without weights (random
+            initialization: its predictions mean nothing), True when weights were loaded.
     """
 
     arch: str
@@ -75,6 +84,14 @@ class ModelInfo:
     num_classes: int | None = None
     dtype: str = "float32"
     source: str | None = None
+    pretrained: bool | None = None
+
+    @property
+    def weights_label(self) -> str:
+        """What the weights are, for a report or a terminal: never a bare architecture name."""
+        if self.pretrained is False:
+            return RANDOM_WEIGHTS
+        return self.source or "unknown"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict of every field."""
@@ -366,6 +383,7 @@ def load(
         if isinstance(dtype, torch.dtype) and dtype.is_floating_point and dtype != torch.float32:
             model = model.to(dtype)
         load_weights(model, state, source=f"weights in checkpoint {text!r}")
+        info.pretrained = True
     else:
         arch = resolve_name(text)
         model = create(arch, weights=weights)
@@ -387,7 +405,17 @@ def _info_for_name(arch: str, weights: Any) -> ModelInfo:
         num_classes=spec.num_classes,
     )
     if weights is None:
+        info.pretrained = False
+        info.extra = {"weights": RANDOM_WEIGHTS}
+        if spec.class_names:
+            info.extra["class_names"] = UNTRAINED_CLASS_NAMES
+        logger.warning(
+            "model %s has %s (give weights, e.g. --weights DEFAULT or a checkpoint)",
+            arch,
+            RANDOM_WEIGHTS,
+        )
         return info
+    info.pretrained = True
     if looks_like_path(weights):
         info.source = os.fspath(weights)
         return info
