@@ -23,9 +23,10 @@ def cat() -> Image.Image:
 
 def test_geometry_matches_to_tensor_crop(cat: Image.Image) -> None:
     geo = geometry(cat, size=224, crop=True)
-    # short side 300 -> 256, long side 451 -> 385; centre 224 crop at (80, 16) of 385 x 256
+    # short side 300 -> 256, long side 451 -> int(384.85) = 384 (torchvision's rule);
+    # centre 224 crop at (80, 16) of 384 x 256
     assert geo.image_size == (300, 451) and geo.input_size == (224, 224) and geo.cropped
-    sx, sy = 451 / 385, 300 / 256
+    sx, sy = 451 / 384, 300 / 256
     assert geo.box == pytest.approx((80 * sx, 16 * sy, 304 * sx, 240 * sy))
     # the crop's content is the photo's content at the mapped place: sample the photo there
     x = to_tensor(cat, size=224, crop=True)  # values in [0, 1]
@@ -95,3 +96,63 @@ def test_plain_resize_geometry(cat: Image.Image) -> None:
     assert to_tensor(cat, size=(64, 96)).shape[1:] == geo.input_size
     y, x = cnnlens.data.geometry(cat, size=(64, 96)).to_image(0, 0)
     assert (y, x) == pytest.approx((0.5 * 300 / 64, 0.5 * 451 / 96))
+
+
+def test_readme_library_example_runs_and_places_the_map(
+    cat: Image.Image, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    assert "geometry=geo" in code
+    # offline: random weights instead of the download, scikit-image's cat as the photo
+    code = code.replace('weights="DEFAULT"', "weights=None")
+    cat.save(tmp_path / "cat_and_dog.jpg")
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", viz.GeometryWarning)
+        exec(compile(code, "README.md", "exec"), {})
+    assert Image.open(tmp_path / "cat.png").size == (451, 300)
+    assert (tmp_path / "cat_and_dog.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("weights", "size", "resize", "interpolation"),
+    [
+        ("ResNet50_Weights.IMAGENET1K_V1", 224, None, "bilinear"),
+        ("ResNet50_Weights.IMAGENET1K_V2", 224, 232, "bilinear"),
+        ("EfficientNet_B3_Weights.IMAGENET1K_V1", 300, 320, "bicubic"),
+    ],
+)
+def test_crop_matches_torchvision_transforms(
+    cat: Image.Image, weights: str, size: int, resize: int | None, interpolation: str
+) -> None:
+    import torchvision
+
+    cls, name = weights.split(".")
+    entry = getattr(torchvision.models, cls)[name]  # transforms only: nothing downloads
+    expected = entry.transforms()(cat)
+    got = to_tensor(
+        cat, size=size, preset="imagenet", crop=True, resize=resize, interpolation=interpolation
+    )
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_explain_cli_preprocesses_as_the_weights_declare(cat: Image.Image, tmp_path) -> None:
+    import torchvision
+
+    from cnnlens.cli.explain import _load_batch
+    from cnnlens.models.checkpoint import _info_for_name
+
+    info = _info_for_name("efficientnet_b3", "DEFAULT")  # metadata only: nothing downloads
+    assert (info.resize, info.interpolation, tuple(info.input_size)) == (320, "bicubic", (300, 300))
+    path = tmp_path / "cat.png"
+    cat.save(path)
+    ok, tensors, bad = _load_batch([path], info, True)
+    expected = torchvision.models.EfficientNet_B3_Weights.DEFAULT.transforms()(cat)
+    assert ok == [0] and not bad
+    torch.testing.assert_close(tensors[0], expected, atol=1e-5, rtol=0)
+    assert info.preprocessing().geometry(cat).input_size == (300, 300)

@@ -193,20 +193,15 @@ def _model_card(
 def _load_batch(
     files: Sequence[Path], info: Any, crop: bool
 ) -> tuple[list[int], list[Tensor], list[dict[str, str]]]:
-    from cnnlens.data import load_image, to_tensor
+    from cnnlens.data import load_image
 
     mode = {1: "L", 3: "RGB"}.get(int(info.in_channels))
     ok, tensors, bad = [], [], []
     for i, f in enumerate(files):
         try:
             img = load_image(f, mode=mode)
-            x = to_tensor(
-                img,
-                size=tuple(info.input_size),
-                preset=info.preset,
-                channels=info.in_channels if info.in_channels in (1, 3) else None,
-                crop=crop,
-            )
+            # sizes, crop and interpolation as the model's weights declare (issue 18)
+            x = info.preprocessing()(img)
         except ImageError as err:
             logger.warning("skipped %s: %s", f, err)
             bad.append({"file": str(f), "reason": str(err)})

@@ -12,6 +12,7 @@ from cnnlens.data.datasets import DATASETS, get_dataset, list_datasets
 from cnnlens.data.files import RestrictedUnpickler, read_idx, safe_unpickle
 from cnnlens.data.geometry import Geometry, geometry
 from cnnlens.data.io import IMAGE_EXTENSIONS, MAX_PIXELS, convert_mode, load_image
+from cnnlens.data.preprocess import Preprocessing
 from cnnlens.data.presets import PRESETS, Preset, get_preset, list_presets, to_image, to_tensor
 from cnnlens.data.shapes import SHAPE_CLASSES
 
@@ -23,6 +24,7 @@ __all__ = [
     "SHAPE_CLASSES",
     "Geometry",
     "ImageTensorDataset",
+    "Preprocessing",
     "Preset",
     "RestrictedUnpickler",
     "convert_mode",

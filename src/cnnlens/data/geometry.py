@@ -68,20 +68,32 @@ def _pair(size: int | tuple[int, int] | list[int], arg: str) -> tuple[int, int]:
 
 
 def crop_plan(
-    image_wh: tuple[int, int], size: int | tuple[int, int] | None, *, crop: bool
+    image_wh: tuple[int, int],
+    size: int | tuple[int, int] | None,
+    *,
+    crop: bool,
+    resize: int | None = None,
 ) -> tuple[tuple[int, int] | None, tuple[int, int, int, int] | None]:
     """The resize (W, H) and crop box (left, top, right, bottom) that ``to_tensor`` applies.
 
-    ``None`` for a step that is not taken. Shared by :func:`cnnlens.data.to_tensor` and
+    ``None`` for a step that is not taken. With ``crop``, torchvision's evaluation transform
+    (``ImageClassification``): the short side becomes ``resize`` (default
+    ``round(S * 256 / 224)``), the long side ``int(resize * long / short)``, and the centre
+    crop starts at ``int(round((n - S) / 2))``. Shared by :func:`cnnlens.data.to_tensor` and
     :func:`geometry`, so the two never disagree.
     """
     iw, ih = image_wh
     if crop:
         h, w = _pair(size if size is not None else 224, "size")
-        short = round(min(h, w) * 256 / 224)
-        scale = short / min(iw, ih)
-        nw, nh = max(w, round(iw * scale)), max(h, round(ih * scale))
-        left, top = (nw - w) // 2, (nh - h) // 2
+        short = int(resize) if resize is not None else round(min(h, w) * 256 / 224)
+        if short < 1:
+            raise InputError(f"resize must be a positive side length, got {resize!r}")
+        if iw <= ih:
+            nw, nh = short, int(short * ih / iw)
+        else:
+            nw, nh = int(short * iw / ih), short
+        nw, nh = max(w, nw), max(h, nh)
+        left, top = round((nw - w) / 2.0), round((nh - h) / 2.0)
         return (nw, nh), (left, top, left + w, top + h)
     if size is not None:
         h, w = _pair(size, "size")
@@ -94,6 +106,7 @@ def geometry(
     *,
     size: int | tuple[int, int] | None = None,
     crop: bool = False,
+    resize: int | None = None,
 ) -> Geometry:
     """The geometry :func:`cnnlens.data.to_tensor` applies with the same ``size`` and ``crop``.
 
@@ -101,6 +114,7 @@ def geometry(
         img: the photo (PIL image or a path), or its ``(H, W)``.
         size: as for ``to_tensor``.
         crop: as for ``to_tensor`` (resize the short side to ``S * 256 / 224``, centre crop).
+        resize: as for ``to_tensor`` (the short side before the crop).
 
     Returns:
         A :class:`Geometry` for ``viz.overlay(img, map, geometry=...)``.
@@ -117,8 +131,8 @@ def geometry(
         iw, ih = load_image(img).size
     else:
         ih, iw = _pair(img, "img")
-    resize, box = crop_plan((iw, ih), size, crop=crop)
-    nw, nh = resize if resize is not None else (iw, ih)
+    resize_wh, box = crop_plan((iw, ih), size, crop=crop, resize=resize)
+    nw, nh = resize_wh if resize_wh is not None else (iw, ih)
     sx, sy = iw / nw, ih / nh
     if box is None:
         return Geometry((ih, iw), (nh, nw), (0.0, 0.0, float(iw), float(ih)))

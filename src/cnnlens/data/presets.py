@@ -139,6 +139,13 @@ def _from_stats(obj: Any) -> Preset:
     return Preset(str(getattr(obj, "name", "custom")), mean, std)
 
 
+_RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
+
+
 def to_tensor(
     img: Image.Image | str | os.PathLike[str],
     *,
@@ -146,6 +153,8 @@ def to_tensor(
     preset: str | Preset | None = None,
     channels: int | None = None,
     crop: bool = False,
+    resize: int | None = None,
+    interpolation: str = "bilinear",
 ) -> Tensor:
     """Turn an image into a normalized float32 tensor (C, H, W) ready for a model.
 
@@ -153,8 +162,10 @@ def to_tensor(
     resize (bilinear with antialiasing), scale to [0, 1], normalize with ``preset``.
 
     With ``crop=True`` the usual ImageNet evaluation transform is applied instead of a plain
-    resize: the shorter side is resized to ``round(S * 256 / 224)`` and the centre
-    ``S x S`` (or ``H x W``) is cut out, where ``S`` defaults to 224.
+    resize: the shorter side is resized to ``resize`` (default ``round(S * 256 / 224)``) and
+    the centre ``S x S`` (or ``H x W``) is cut out, where ``S`` defaults to 224 — the same
+    sizes and offsets as torchvision's ``ImageClassification`` transform.
+    :func:`cnnlens.data.geometry` tells where the result lies on the photo.
 
     Args:
         img: a PIL image or a path (read with :func:`load_image`).
@@ -163,6 +174,8 @@ def to_tensor(
         preset: normalization preset name or :class:`Preset`; ``None`` leaves [0, 1] values.
         channels: 1 or 3; ``None`` keeps greyscale images greyscale and makes others RGB.
         crop: resize-256 + centre-crop-224 style preprocessing.
+        resize: with ``crop``, the short side before the crop (a weights' ``resize_size``).
+        interpolation: ``"bilinear"``, ``"bicubic"`` or ``"nearest"`` (a weights' choice).
 
     Returns:
         A float32 tensor (C, H, W).
@@ -191,9 +204,13 @@ def to_tensor(
             f"preset {p.name!r} needs {p.channels}-channel images, got a {img.mode} image; "
             f"pass channels={p.channels} or another preset"
         )
-    resize, box = crop_plan(img.size, size, crop=crop)
-    if resize is not None:
-        img = img.resize(resize, Image.Resampling.BILINEAR)
+    if interpolation not in _RESAMPLE:
+        raise InputError(
+            f"interpolation must be one of {', '.join(_RESAMPLE)}, got {interpolation!r}"
+        )
+    resize_wh, box = crop_plan(img.size, size, crop=crop, resize=resize)
+    if resize_wh is not None:
+        img = img.resize(resize_wh, _RESAMPLE[interpolation])
     if box is not None:
         img = img.crop(box)
     arr = np.asarray(img, dtype=np.uint8)

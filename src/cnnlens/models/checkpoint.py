@@ -70,6 +70,9 @@ class ModelInfo:
         source: The checkpoint path, or the weights file / torchvision weights name.
         pretrained: False when the model was built from a name without weights (random
             initialization: its predictions mean nothing), True when weights were loaded.
+        resize: the short side before the centre crop, from the weights' metadata (None:
+            ``round(S * 256 / 224)``).
+        interpolation: resampling of the resize, from the weights' metadata.
     """
 
     arch: str
@@ -85,6 +88,25 @@ class ModelInfo:
     dtype: str = "float32"
     source: str | None = None
     pretrained: bool | None = None
+    resize: int | None = None
+    interpolation: str = "bilinear"
+
+    def preprocessing(self) -> Any:
+        """The :class:`cnnlens.data.Preprocessing` the model's inputs are made with.
+
+        ImageNet-normalized models get the resize + centre-crop transform (with the sizes
+        and interpolation their torchvision weights declare); others a plain resize.
+        """
+        from cnnlens.data import Preprocessing
+
+        return Preprocessing(
+            size=(int(self.input_size[0]), int(self.input_size[1])),
+            preset=self.preset,
+            crop=self.preset == "imagenet",
+            resize=self.resize,
+            interpolation=self.interpolation,
+            channels=int(self.in_channels) if self.in_channels in (1, 3) else None,
+        )
 
     @property
     def weights_label(self) -> str:
@@ -324,6 +346,7 @@ def read_checkpoint_info(path: str | os.PathLike[str]) -> ModelInfo:
         num_classes=meta.get("num_classes"),
         dtype=meta.get("dtype", "float32"),
         source=str(p),
+        pretrained=True,  # a checkpoint holds its weights
     )
 
 
@@ -383,7 +406,6 @@ def load(
         if isinstance(dtype, torch.dtype) and dtype.is_floating_point and dtype != torch.float32:
             model = model.to(dtype)
         load_weights(model, state, source=f"weights in checkpoint {text!r}")
-        info.pretrained = True
     else:
         arch = resolve_name(text)
         model = create(arch, weights=weights)
@@ -420,6 +442,12 @@ def _info_for_name(arch: str, weights: Any) -> ModelInfo:
         info.source = os.fspath(weights)
         return info
     entry = torchvision_weights(arch, weights)
+    keywords = getattr(entry.transforms, "keywords", {})
+    if keywords.get("resize_size") is not None:
+        info.resize = int(keywords["resize_size"])
+    mode = keywords.get("interpolation")
+    if mode is not None:
+        info.interpolation = str(getattr(mode, "value", mode))
     info.source = str(entry)
     info.extra = {"weights": str(entry), "weights_url": entry.url}
     metrics = entry.meta.get("_metrics", {})

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 import cnnlens
 from cnnlens.core.layers import layer_names
-from cnnlens.data import IMAGE_EXTENSIONS, Geometry, convert_mode, geometry, load_image, to_tensor
+from cnnlens.data import IMAGE_EXTENSIONS, Geometry, convert_mode, load_image
 from cnnlens.errors import CnnlensError, ImageError, InputError, TargetError
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -169,12 +169,8 @@ class Explorer:
 
     def _input(self, key: str) -> tuple[Image.Image, Tensor, Geometry]:
         _, img = self._image(key)
-        info = self.info
-        crop = info.preset == "imagenet"
-        size = tuple(int(v) for v in info.input_size)
-        channels = int(info.in_channels)
-        x = to_tensor(img, size=size, preset=info.preset, channels=channels, crop=crop)
-        return img, x[None], geometry(img, size=size, crop=crop)
+        prep = self.info.preprocessing()  # as the weights declare (resize, crop, interpolation)
+        return img, prep(img)[None], prep.geometry(img)
 
     # ------------------------------------------------------------------ operations
     def _run(self, fn: Any) -> Any:
