@@ -42,8 +42,11 @@ def _url(srv, path: str) -> str:
     return f"http://127.0.0.1:{srv.server_port}{path}"
 
 
-def _post(srv, path: str, body: bytes, ctype: str = "application/json") -> tuple[int, dict]:
-    req = urllib.request.Request(_url(srv, path), data=body, headers={"Content-Type": ctype})
+def _post(
+    srv, path: str, body: bytes, ctype: str = "application/json", host: str | None = None
+) -> tuple[int, dict]:
+    headers = {"Content-Type": ctype, **({"Host": host} if host else {})}
+    req = urllib.request.Request(_url(srv, path), data=body, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, json.loads(r.read())
@@ -71,6 +74,13 @@ def test_http_bounds_and_errors(server, tmp_path: Path) -> None:
     assert code == 413 and "limit" in body["error"]
     code, body = _post(srv, "/api/explain", json.dumps({"image": "nope"}).encode())
     assert code == 400 and "not loaded" in body["error"]
+    # what a page on another site could send without a preflight, or via DNS rebinding
+    code, body = _post(srv, "/api/model", b'{"model": "resnet18"}', "text/plain")
+    assert code == 403 and "application/json" in body["error"]
+    code, body = _post(srv, "/api/info", b"{}", host="evil.example:80")
+    assert code == 403 and "127.0.0.1" in body["error"]
+    code, body = _post(srv, "/api/model", json.dumps({"model": "/etc/passwd"}).encode())
+    assert code == 400 and "registry name" in body["error"]
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(_url(srv, "/out/../../etc/passwd"), timeout=10)
     assert err.value.code == 404

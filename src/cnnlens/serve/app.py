@@ -124,6 +124,16 @@ class Explorer:
             ] or layer_names(net)
         return self.describe()
 
+    def load_model_by_name(self, name: str) -> dict[str, Any]:
+        """Switch to a registry model (random weights unless given on the command line)."""
+        if name not in cnnlens.models.list_models() and name != self.model_name:
+            raise InputError(
+                f"model {name!r} is not a registry name; a checkpoint is given with --model"
+            )
+        if name == self.model_name:
+            return self.describe()
+        return self.load_model(name)
+
     def describe(self) -> dict[str, Any]:
         """What the page needs: model, weights, methods, layers, classes, images."""
         return {
@@ -246,12 +256,16 @@ class Explorer:
 
         return self._run(work)
 
-    def compare(self, image: str, methods: list[str], target: Any = None) -> dict[str, Any]:
+    def compare(
+        self, image: str, methods: list[str], target: Any = None, class_name: str | None = None
+    ) -> dict[str, Any]:
         """Overlays of several methods side by side for the same class."""
         from cnnlens.viz import overlay
 
+        if not methods or len(methods) > 8:
+            raise InputError(f"compare takes 1 to 8 methods, got {len(methods)}")
         img, x, geo = self._input(image)
-        t = self.resolve_target(target)
+        t = self.resolve_target(target, class_name)
 
         def work() -> dict[str, Any]:
             panels = []
@@ -264,13 +278,19 @@ class Explorer:
 
         return self._run(work)
 
-    def trust(self, image: str, method: str = "gradcam", target: Any = None) -> dict[str, Any]:
+    def trust(
+        self,
+        image: str,
+        method: str = "gradcam",
+        target: Any = None,
+        class_name: str | None = None,
+    ) -> dict[str, Any]:
         """Deletion curve (against a random map) and a one-step sanity check (output layer
         randomized: a faithful map changes)."""
         from cnnlens import metrics
 
         _, x, _ = self._input(image)
-        t = self.resolve_target(target)
+        t = self.resolve_target(target, class_name)
 
         def work() -> dict[str, Any]:
             exp = self._explain(x, method, None, t)
@@ -302,6 +322,8 @@ class Explorer:
         from cnnlens.viz import overlay
 
         name, _ = self._image(image)
+        if not methods or len(methods) > 8:
+            raise InputError(f"a report takes 1 to 8 methods, got {len(methods)}")
         img, x, geo = self._input(image)
 
         def work() -> Path:

@@ -101,8 +101,30 @@ class _Handler(BaseHTTPRequestHandler):
         ctype = "text/html; charset=utf-8" if target.suffix == ".html" else "image/png"
         self._send(200, target.read_bytes(), ctype)
 
+    def _foreign(self) -> str | None:
+        """Why a request is refused as not coming from the explorer's own page, or None.
+
+        The Host must be the loopback address (DNS rebinding), and the body's Content-Type
+        one a cross-site form cannot send without a CORS preflight, which this server never
+        grants (a page on another site cannot make the explorer work or load a model).
+        """
+        host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]")
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            return f"requests must be addressed to 127.0.0.1, not {host or 'no host'}"
+        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        path = urlparse(self.path).path
+        wanted = "application/octet-stream" if path == "/api/upload" else "application/json"
+        if ctype != wanted:
+            return f"{path} takes Content-Type {wanted}, got {ctype or 'none'}"
+        return None
+
     def do_POST(self) -> None:
         path = urlparse(self.path).path
+        refused = self._foreign()
+        if refused:
+            self._error(HTTPStatus.FORBIDDEN, refused)
+            self.close_connection = True
+            return
         try:
             if path == "/api/upload":
                 data = self._body(MAX_UPLOAD_BYTES)
@@ -137,14 +159,16 @@ class _Handler(BaseHTTPRequestHandler):
                 a.get("class_name") or None,
             )
         if path == "/api/compare":
-            return ex.compare(str(a["image"]), [str(m) for m in a["methods"]], a.get("target"))
+            methods = [str(m) for m in a["methods"]]
+            return ex.compare(str(a["image"]), methods, a.get("target"), a.get("class_name"))
         if path == "/api/trust":
-            return ex.trust(str(a["image"]), str(a.get("method") or "gradcam"), a.get("target"))
+            method = str(a.get("method") or "gradcam")
+            return ex.trust(str(a["image"]), method, a.get("target"), a.get("class_name"))
         if path == "/api/report":
             written = ex.report(str(a["image"]), [str(m) for m in a["methods"]])
             return {"url": "/out/" + written.relative_to(ex.out_dir).as_posix()}
-        if path == "/api/model":
-            return ex.load_model(str(a["model"]), a.get("weights") or None)
+        if path == "/api/model":  # registry names only: the page never names a file to read
+            return ex.load_model_by_name(str(a["model"]))
         raise KeyError(f"no such endpoint: {path}")
 
 
