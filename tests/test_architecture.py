@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "cnnlens"
 BASE = {"errors", "_version"}  # what every layer may import
 LIBRARY = {"core", "methods", "models", "data", "metrics", "prototypes", "viz", "report"}
 # what sits on top: command line, end-to-end pipelines and the package's public face
-TOP = {"cli", "pipelines", "assess", "dataset", "cnnlens"}
+TOP = {"cli", "pipelines", "assess", "dataset", "serve", "cnnlens"}
 
 LAYERS: dict[str, set[str]] = {
     "errors": set(),
@@ -29,7 +29,7 @@ LAYERS: dict[str, set[str]] = {
     "summary": {"core"},
     "api": {"core", "methods"},
     "data": {"core", "data"},
-    "models": {"core", "models"},
+    "models": {"core", "models", "data"},  # checkpoints name their preprocessing
     "training": {"core", "models", "data"},
     "metrics": {"core", "methods", "data", "metrics", "api", "training"},
     "viz": {"core", "data", "viz"},
@@ -38,9 +38,9 @@ LAYERS: dict[str, set[str]] = {
     # the top may use every layer
     "assess": LIBRARY | {"api", "summary", "training", "assess"},
     "pipelines": LIBRARY | {"api", "summary", "training", "pipelines", "assess", "cnnlens"},
+    "serve": LIBRARY | {"api", "summary", "pipelines", "serve", "cnnlens"},
     "dataset": LIBRARY | {"api", "summary", "pipelines", "dataset", "cnnlens"},
-    "cli": LIBRARY
-    | {"api", "summary", "training", "cli", "pipelines", "assess", "dataset", "cnnlens"},
+    "cli": LIBRARY | TOP | {"api", "summary", "training"},
     "cnnlens": {"api", "core", "methods", "summary"},
 }
 
@@ -49,6 +49,9 @@ METHOD_SHARED = {"cnnlens.methods.base", "cnnlens.methods.engine"}
 
 #: (importing module, imported module): reason. Each entry is a known violation to remove.
 EXCEPTIONS: dict[tuple[str, str], str] = {
+    ("cnnlens.viz.results", "cnnlens"): (
+        "viz.compare explains (methods x images in one call); move it to the package face"
+    ),
     ("cnnlens.report.render", "cnnlens"): (
         "report reads the package face (version/methods) through `import cnnlens`; "
         "import cnnlens._version / cnnlens.core.registry instead"

@@ -52,4 +52,6 @@ def explain(
 
     smoothing = {k: options.pop(k) for k in SMOOTHING_OPTIONS if k in options}
     explainer = cls(model, **options)
-    return (smooth_cam(explainer, **smoothing) if smoothing else explainer)(x, target, topk=topk)
+    exp = (smooth_cam(explainer, **smoothing) if smoothing else explainer)(x, target, topk=topk)
+    exp.inputs = x.detach()  # a reference (no copy), so the result can draw itself
+    return exp

@@ -16,13 +16,14 @@ from typing import Any
 from torch import Tensor
 
 from cnnlens.assess.protocol import SANITY_METRIC, metric_direction
+from cnnlens.core.display import Displayable
 from cnnlens.errors import InputError
 
 __all__ = ["AssessResult", "csv_table", "markdown_table", "summary_rows"]
 
 
 @dataclass
-class AssessResult:
+class AssessResult(Displayable):  # drawn by cnnlens.viz.assessment_figure
     """What :func:`cnnlens.assess.assess` wrote and measured.
 
     Attributes:

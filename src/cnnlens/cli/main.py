@@ -15,7 +15,16 @@ import typer
 from cnnlens.errors import CnnlensError
 
 # The one list of sub-command modules (cnnlens/cli/<name>.py, each with register(app)).
-COMMANDS: tuple[str, ...] = ("assess", "demo", "explain", "prototype", "report", "summary", "train")
+COMMANDS: tuple[str, ...] = (
+    "assess",
+    "demo",
+    "explain",
+    "prototype",
+    "report",
+    "serve",
+    "summary",
+    "train",
+)
 
 app = typer.Typer(
     name="cnnlens",

@@ -8,9 +8,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from cnnlens.core.display import Displayable
 
-@dataclass
-class Explanation:
+
+@dataclass(repr=False)
+class Explanation(Displayable):
     """Maps that explain a batch of predictions.
 
     Attributes:
@@ -26,10 +28,21 @@ class Explanation:
             pixel methods.
         per_layer: maps of each layer when several layers were fused.
         extras: method-specific results (e.g. ``delta`` for integrated gradients).
+        inputs: the explained input (set by :func:`cnnlens.explain`), for pictures.
+        class_names: names of the model's classes, for pictures (``None``: indices).
+        preset: the input's normalization (a preset name or mean/std object), for pictures.
+
+    An explanation draws itself (see :class:`cnnlens.core.display.Displayable`): in Jupyter
+    it shows each input with every map overlaid, the class names and probabilities, the
+    method and the layer; ``exp.show()``, ``exp.plot(ax=ax)``, ``exp.save("out.png")`` do
+    the same in matplotlib and on disk, and take the options of
+    :func:`cnnlens.viz.explanation_grid` (``image=``/``geometry=`` to draw on the photo).
 
     Example:
         >>> exp = cnnlens.explain(model, x, method="gradcam", topk=2)   # doctest: +SKIP
         >>> exp.maps.shape                                              # (B, 2, H, W)
+        >>> exp.class_names, exp.preset = weights.meta["categories"], "imagenet"  # doctest: +SKIP
+        >>> exp.save("cat_gradcam.png")                                 # doctest: +SKIP
     """
 
     maps: Tensor
@@ -40,6 +53,9 @@ class Explanation:
     layer: str | None = None
     per_layer: dict[str, Tensor] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+    inputs: Tensor | None = None
+    class_names: list[str] | None = None
+    preset: Any = None
 
     @property
     def batch_size(self) -> int:
@@ -60,7 +76,25 @@ class Explanation:
             layer=self.layer,
             per_layer={k: move(v) for k, v in self.per_layer.items()},
             extras={k: move(v) for k, v in self.extras.items()},
+            inputs=move(self.inputs),
+            class_names=self.class_names,
+            preset=self.preset,
         )
+
+    def facts(self) -> list[tuple[str, str]]:
+        """Method, layer, map shape and explained classes, for the notebook view."""
+        out = [("method", self.method)]
+        if self.layer:
+            out.append(("layer", self.layer))
+        out.append(("maps", " x ".join(str(v) for v in self.maps.shape)))
+        t = self.targets.reshape(self.targets.shape[0], -1).tolist()
+        names = self.class_names
+        shown = [
+            ", ".join(names[c] if names and 0 <= c < len(names) else str(c) for c in row)
+            for row in t[:8]
+        ]
+        out.append(("classes", "; ".join(shown) + ("; ..." if len(t) > 8 else "")))
+        return out
 
     def __repr__(self) -> str:
         layer = f", layer={self.layer!r}" if self.layer else ""

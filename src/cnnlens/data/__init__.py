@@ -10,8 +10,10 @@ from __future__ import annotations
 from cnnlens.data.base import ImageTensorDataset
 from cnnlens.data.datasets import DATASETS, get_dataset, list_datasets
 from cnnlens.data.files import RestrictedUnpickler, read_idx, safe_unpickle
+from cnnlens.data.geometry import Geometry, geometry
 from cnnlens.data.io import IMAGE_EXTENSIONS, MAX_PIXELS, convert_mode, load_image
 from cnnlens.data.masked import MaskedImages, load_masked_folder
+from cnnlens.data.preprocess import Preprocessing
 from cnnlens.data.presets import PRESETS, Preset, get_preset, list_presets, to_image, to_tensor
 from cnnlens.data.shapes import SHAPE_CLASSES
 
@@ -21,11 +23,14 @@ __all__ = [
     "MAX_PIXELS",
     "PRESETS",
     "SHAPE_CLASSES",
+    "Geometry",
     "ImageTensorDataset",
     "MaskedImages",
+    "Preprocessing",
     "Preset",
     "RestrictedUnpickler",
     "convert_mode",
+    "geometry",
     "get_dataset",
     "get_preset",
     "list_datasets",

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from cnnlens.data.geometry import crop_plan
 from cnnlens.data.io import convert_mode, load_image
 from cnnlens.errors import DataError, InputError
 
@@ -138,16 +139,11 @@ def _from_stats(obj: Any) -> Preset:
     return Preset(str(getattr(obj, "name", "custom")), mean, std)
 
 
-def _pair(size: int | tuple[int, int] | list[int], arg: str) -> tuple[int, int]:
-    if isinstance(size, int):
-        h = w = size
-    else:
-        if len(size) != 2:
-            raise InputError(f"{arg} must be an int or an (H, W) pair, got {size!r}")
-        h, w = (int(s) for s in size)
-    if h < 1 or w < 1:
-        raise InputError(f"{arg} must be positive, got {size!r}")
-    return h, w
+_RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
 
 
 def to_tensor(
@@ -157,6 +153,8 @@ def to_tensor(
     preset: str | Preset | None = None,
     channels: int | None = None,
     crop: bool = False,
+    resize: int | None = None,
+    interpolation: str = "bilinear",
 ) -> Tensor:
     """Turn an image into a normalized float32 tensor (C, H, W) ready for a model.
 
@@ -164,8 +162,10 @@ def to_tensor(
     resize (bilinear with antialiasing), scale to [0, 1], normalize with ``preset``.
 
     With ``crop=True`` the usual ImageNet evaluation transform is applied instead of a plain
-    resize: the shorter side is resized to ``round(S * 256 / 224)`` and the centre
-    ``S x S`` (or ``H x W``) is cut out, where ``S`` defaults to 224.
+    resize: the shorter side is resized to ``resize`` (default ``round(S * 256 / 224)``) and
+    the centre ``S x S`` (or ``H x W``) is cut out, where ``S`` defaults to 224 — the same
+    sizes and offsets as torchvision's ``ImageClassification`` transform.
+    :func:`cnnlens.data.geometry` tells where the result lies on the photo.
 
     Args:
         img: a PIL image or a path (read with :func:`load_image`).
@@ -174,6 +174,8 @@ def to_tensor(
         preset: normalization preset name or :class:`Preset`; ``None`` leaves [0, 1] values.
         channels: 1 or 3; ``None`` keeps greyscale images greyscale and makes others RGB.
         crop: resize-256 + centre-crop-224 style preprocessing.
+        resize: with ``crop``, the short side before the crop (a weights' ``resize_size``).
+        interpolation: ``"bilinear"``, ``"bicubic"`` or ``"nearest"`` (a weights' choice).
 
     Returns:
         A float32 tensor (C, H, W).
@@ -202,19 +204,15 @@ def to_tensor(
             f"preset {p.name!r} needs {p.channels}-channel images, got a {img.mode} image; "
             f"pass channels={p.channels} or another preset"
         )
-    if crop:
-        h, w = _pair(size if size is not None else 224, "size")
-        short = round(min(h, w) * 256 / 224)
-        iw, ih = img.size
-        scale = short / min(iw, ih)
-        nw, nh = max(w, round(iw * scale)), max(h, round(ih * scale))
-        img = img.resize((nw, nh), Image.Resampling.BILINEAR)
-        left, top = (nw - w) // 2, (nh - h) // 2
-        img = img.crop((left, top, left + w, top + h))
-    elif size is not None:
-        h, w = _pair(size, "size")
-        if (w, h) != img.size:
-            img = img.resize((w, h), Image.Resampling.BILINEAR)
+    if interpolation not in _RESAMPLE:
+        raise InputError(
+            f"interpolation must be one of {', '.join(_RESAMPLE)}, got {interpolation!r}"
+        )
+    resize_wh, box = crop_plan(img.size, size, crop=crop, resize=resize)
+    if resize_wh is not None:
+        img = img.resize(resize_wh, _RESAMPLE[interpolation])
+    if box is not None:
+        img = img.crop(box)
     arr = np.asarray(img, dtype=np.uint8)
     if arr.ndim == 2:
         arr = arr[:, :, None]

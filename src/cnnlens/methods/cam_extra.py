@@ -8,6 +8,7 @@ on :class:`~cnnlens.methods.base.Explainer`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -24,8 +25,7 @@ from cnnlens.core.registry import register
 from cnnlens.core.targets import TargetLike, Targets, logits_of, resolve_targets
 from cnnlens.errors import LayerNotFoundError, ModelError, TargetError
 from cnnlens.methods.base import BaseCAM, CAMContext, Explainer, normalize_maps, upsample
-from cnnlens.methods.cam_smoothing import first_component
-from cnnlens.methods.engine import prepare_input
+from cnnlens.methods.engine import first_component, prepare_input
 
 __all__ = [
     "KPCACAM",
@@ -198,10 +198,9 @@ class ShapleyCAM(BaseCAM):
         logits = logits_of(outputs)
         return y + logits.log_softmax(dim=1).gather(1, targets.indices.to(logits.device))
 
-    def _layer_maps(
-        self, acts: list[Tensor], targets: Targets, ctx: CAMContext, names: list[str]
-    ) -> list[Tensor]:
+    def _layer_maps(self, acts: list[Tensor], ctx: CAMContext, names: list[str]) -> list[Tensor]:
         per_layer: list[list[Tensor]] = [[] for _ in acts]
+        targets = ctx.targets
         scores = self._scores(targets, ctx.outputs)
         for k in range(targets.k):
             grads = torch.autograd.grad(
@@ -288,13 +287,12 @@ class FinerCAM(BaseCAM):
     def channel_weights(self, acts: Tensor, grads: Tensor) -> Tensor:
         return grads.mean(dim=(2, 3), keepdim=True)
 
-    def _layer_maps(
-        self, acts: list[Tensor], targets: Targets, ctx: CAMContext, names: list[str]
-    ) -> list[Tensor]:
+    def _layer_maps(self, acts: list[Tensor], ctx: CAMContext, names: list[str]) -> list[Tensor]:
+        targets = ctx.targets
         if targets.fn is not None:
             raise TargetError("finercam compares class scores: give class indices as target")
         finer = _FinerTargets(targets.indices, None, targets.per_image, self.alpha, self.ranks)
-        return super()._layer_maps(acts, finer, ctx, names)
+        return super()._layer_maps(acts, dataclasses.replace(ctx, targets=finer), names)
 
 
 def _bias_of(module: nn.Module) -> Tensor | None:

@@ -37,25 +37,12 @@ from cnnlens.core.explanation import Explanation
 from cnnlens.core.targets import TargetLike
 from cnnlens.errors import InputError
 from cnnlens.methods.base import BaseCAM, Explainer, normalize_maps, upsample
+from cnnlens.methods.engine import first_component
 
 __all__ = ["SMOOTHING_OPTIONS", "SmoothedCAM", "first_component", "smooth_cam"]
 
 #: the option names :func:`cnnlens.explain` hands to :func:`smooth_cam`
 SMOOTHING_OPTIONS = ("aug_smooth", "eigen_smooth", "aug_factors", "aug_flips", "aug_scales")
-
-
-def first_component(contrib: Tensor, *, sign_correction: bool = True) -> Tensor:
-    """Projection (B, h, w) of (B, C, h, w) ``contrib`` on its first principal component
-    over the h*w positions (centered per channel), in float64; NaNs count as zero."""
-    b, c, h, w = contrib.shape
-    flat = torch.nan_to_num(contrib.detach()).reshape(b, c, h * w).transpose(1, 2).double()
-    flat = flat - flat.mean(dim=1, keepdim=True)
-    _, _, vh = torch.linalg.svd(flat, full_matrices=False)
-    proj = (flat @ vh[:, 0, :].unsqueeze(-1)).squeeze(-1)
-    if sign_correction:
-        flip = proj.amin(dim=1).abs() > proj.amax(dim=1).abs()
-        proj = torch.where(flip[:, None], -proj, proj)
-    return proj.reshape(b, h, w).to(contrib.dtype)
 
 
 class SmoothedCAM(Explainer):

@@ -41,6 +41,7 @@ __all__ = [
     "channels_last_forward",
     "check_reduce",
     "detach_outputs",
+    "first_component",
     "first_pass",
     "folded_copy",
     "pixel_explanation",
@@ -324,6 +325,20 @@ def reduce_channels(attr: Tensor, how: str) -> Tensor:
     if how == "sum":
         return attr.sum(dim=-3)
     raise InputError(f"reduce must be one of {', '.join(REDUCTIONS)}; got {how!r}")
+
+
+def first_component(contrib: Tensor, *, sign_correction: bool = True) -> Tensor:
+    """Projection (B, h, w) of (B, C, h, w) ``contrib`` on its first principal component
+    over the h*w positions (centered per channel), in float64; NaNs count as zero."""
+    b, c, h, w = contrib.shape
+    flat = torch.nan_to_num(contrib.detach()).reshape(b, c, h * w).transpose(1, 2).double()
+    flat = flat - flat.mean(dim=1, keepdim=True)
+    _, _, vh = torch.linalg.svd(flat, full_matrices=False)
+    proj = (flat @ vh[:, 0, :].unsqueeze(-1)).squeeze(-1)
+    if sign_correction:
+        flip = proj.amin(dim=1).abs() > proj.amax(dim=1).abs()
+        proj = torch.where(flip[:, None], -proj, proj)
+    return proj.reshape(b, h, w).to(contrib.dtype)
 
 
 def warn_if_zero(method: str, attr: Tensor, why: str) -> None:

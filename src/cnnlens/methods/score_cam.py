@@ -386,7 +386,7 @@ class _SampledScoreCAM(ScoreCAM):
         n_s = self.n_samples
         total = torch.zeros(b, c, targets.k, device=x.device)
         valid = torch.zeros(b, c, targets.k, device=x.device)
-        runner = self._runner or BatchedForward(self.model, x, self.optimize)
+        runner = self._forward_batches or BatchedForward(self.model, x, self.optimize)
         runner.check(x, ctx.outputs)
         n_rows, bad, bs = len(todo) * n_s, 0, batch_for(x, self.batch_size)
         with (

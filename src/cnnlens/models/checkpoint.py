@@ -42,6 +42,13 @@ __all__ = ["ModelInfo", "load", "read_checkpoint_info", "save_checkpoint"]
 logger = logging.getLogger(__name__)
 
 METADATA_KEY = "cnnlens"
+#: How a model built without weights is labelled, in the report and on the terminal.
+RANDOM_WEIGHTS = "random weights: predictions mean nothing"
+#: The note on class names that come with an architecture but not from training.
+UNTRAINED_CLASS_NAMES = (
+    "the class names are the dataset's categories, but the model is untrained: its labels are "
+    "arbitrary"
+)
 FORMAT_VERSION = 1
 
 
@@ -62,6 +69,11 @@ class ModelInfo:
         num_classes: Number of outputs.
         dtype: Floating dtype of the stored weights (``"float32"``, ...).
         source: The checkpoint path, or the weights file / torchvision weights name.
+        pretrained: False when the model was built from a name without weights (random
+            initialization: its predictions mean nothing), True when weights were loaded.
+        resize: the short side before the centre crop, from the weights' metadata (None:
+            ``round(S * 256 / 224)``).
+        interpolation: resampling of the resize, from the weights' metadata.
     """
 
     arch: str
@@ -76,6 +88,33 @@ class ModelInfo:
     num_classes: int | None = None
     dtype: str = "float32"
     source: str | None = None
+    pretrained: bool | None = None
+    resize: int | None = None
+    interpolation: str = "bilinear"
+
+    def preprocessing(self) -> Any:
+        """The :class:`cnnlens.data.Preprocessing` the model's inputs are made with.
+
+        ImageNet-normalized models get the resize + centre-crop transform (with the sizes
+        and interpolation their torchvision weights declare); others a plain resize.
+        """
+        from cnnlens.data import Preprocessing
+
+        return Preprocessing(
+            size=(int(self.input_size[0]), int(self.input_size[1])),
+            preset=self.preset,
+            crop=self.preset == "imagenet",
+            resize=self.resize,
+            interpolation=self.interpolation,
+            channels=int(self.in_channels) if self.in_channels in (1, 3) else None,
+        )
+
+    @property
+    def weights_label(self) -> str:
+        """What the weights are, for a report or a terminal: never a bare architecture name."""
+        if self.pretrained is False:
+            return RANDOM_WEIGHTS
+        return self.source or "unknown"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict of every field."""
@@ -306,6 +345,7 @@ def read_checkpoint_info(path: str | os.PathLike[str]) -> ModelInfo:
         num_classes=meta.get("num_classes"),
         dtype=meta.get("dtype", "float32"),
         source=str(p),
+        pretrained=True,  # a checkpoint holds its weights
     )
 
 
@@ -386,11 +426,27 @@ def _info_for_name(arch: str, weights: Any) -> ModelInfo:
         num_classes=spec.num_classes,
     )
     if weights is None:
+        info.pretrained = False
+        info.extra = {"weights": RANDOM_WEIGHTS}
+        if spec.class_names:
+            info.extra["class_names"] = UNTRAINED_CLASS_NAMES
+        logger.warning(
+            "model %s has %s (give weights, e.g. --weights DEFAULT or a checkpoint)",
+            arch,
+            RANDOM_WEIGHTS,
+        )
         return info
+    info.pretrained = True
     if looks_like_path(weights):
         info.source = os.fspath(weights)
         return info
     entry = torchvision_weights(arch, weights)
+    keywords = getattr(entry.transforms, "keywords", {})
+    if keywords.get("resize_size") is not None:
+        info.resize = int(keywords["resize_size"])
+    mode = keywords.get("interpolation")
+    if mode is not None:
+        info.interpolation = str(getattr(mode, "value", mode))
     info.source = str(entry)
     info.extra = {"weights": str(entry), "weights_url": entry.url}
     metrics = entry.meta.get("_metrics", {})

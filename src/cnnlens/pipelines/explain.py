@@ -11,7 +11,7 @@ leaving out those that do not apply) and :func:`image_entry` (the PNGs and numbe
 image); last :func:`model_card`, ``results.json`` and the report.
 
 Images are preprocessed the way the model expects (its input size, channels and
-normalization preset; resize-and-centre-crop for ImageNet-preset models) and processed in
+normalization preset; the resize and crop the model's weights declare) and processed in
 batches. Files that cannot be read are skipped with a warning and listed in results.json;
 the run fails only when nothing could be explained.
 """
@@ -34,7 +34,7 @@ from cnnlens.core.checks import check_int
 from cnnlens.core.layers import resolve_layer
 from cnnlens.core.progress import progress_bar
 from cnnlens.core.registry import get_method, list_methods
-from cnnlens.data import IMAGE_EXTENSIONS, load_image, to_tensor
+from cnnlens.data import IMAGE_EXTENSIONS, load_image
 from cnnlens.errors import CnnlensError, ImageError, InputError, ModelError, TargetError
 from cnnlens.metrics.describe import map_stats, probabilities, scalar_extras, top_predictions
 from cnnlens.pipelines.options import (
@@ -221,7 +221,7 @@ def model_card(
 
 
 def load_batch(
-    files: Sequence[Path], info: Any, crop: bool
+    files: Sequence[Path], info: Any
 ) -> tuple[list[int], list[Tensor], list[dict[str, str]]]:
     """The images of ``files`` as the model expects them: ``(positions read, tensors,
     {"file", "reason"} for each file that could not be read)``."""
@@ -230,13 +230,8 @@ def load_batch(
     for i, f in enumerate(files):
         try:
             img = load_image(f, mode=mode)
-            x = to_tensor(
-                img,
-                size=tuple(info.input_size),
-                preset=info.preset,
-                channels=info.in_channels if info.in_channels in (1, 3) else None,
-                crop=crop,
-            )
+            # sizes, crop and interpolation as the model's weights declare
+            x = info.preprocessing()(img)
         except ImageError as err:
             logger.warning("skipped %s: %s", f, err)
             bad.append({"file": str(f), "reason": str(err)})
@@ -258,7 +253,6 @@ class Prepared:
         num_classes: its number of outputs.
         names: a name per class (``"0"``, ``"1"``, ... when it has none).
         multilabel: sigmoid probabilities (a multi-label model) rather than softmax.
-        crop: resize-and-centre-crop the inputs (ImageNet-preset models).
     """
 
     net: nn.Module
@@ -268,7 +262,6 @@ class Prepared:
     num_classes: int
     names: list[str]
     multilabel: bool
-    crop: bool
 
 
 def prepare_model(model: str, weights: str | None, device: str) -> Prepared:
@@ -300,7 +293,6 @@ def prepare_model(model: str, weights: str | None, device: str) -> Prepared:
         # sigmoid probabilities for multi-label models (cnnlens's multi-label dataset, or a
         # checkpoint that says so in its extra metadata), softmax otherwise
         multilabel=bool((info.extra or {}).get("multilabel")) or info.dataset == "shapes-pair",
-        crop=info.preset == "imagenet",
     )
 
 
@@ -582,7 +574,7 @@ def run_explain(
     with progress_bar(progress, len(files), "explaining") as bar:
         for start in range(0, len(files), batch_size):
             chunk = files[start : start + batch_size]
-            ok, tensors, bad = load_batch(chunk, prep.info, prep.crop)
+            ok, tensors, bad = load_batch(chunk, prep.info)
             skipped.extend(bad)
             if not ok:
                 bar.advance(len(chunk))

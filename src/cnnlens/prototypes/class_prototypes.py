@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cnnlens.core.capture import frozen
 from cnnlens.core.checks import check_float, check_int
+from cnnlens.core.display import Displayable
 from cnnlens.core.progress import progress_bar
 from cnnlens.errors import DataError, InputError, TargetError
 from cnnlens.prototypes._util import device_dtype, preset_for, with_grad
@@ -43,7 +44,7 @@ INITS = ("zeros", "noise")
 
 
 @dataclass
-class PrototypeResult:
+class PrototypeResult(Displayable):
     """Class prototypes and how they were reached.
 
     All image tensors are float32 on the CPU, (K, C, H, W) for the K requested classes.
@@ -81,6 +82,12 @@ class PrototypeResult:
     target_prob: float
     max_steps: int
     history: list[float] = field(default_factory=list)
+
+    def figure(self, **options: Any) -> Any:
+        """What ``show``, ``save`` and Jupyter draw: :func:`~.figures.prototype_figure`."""
+        from cnnlens.prototypes.figures import prototype_figure
+
+        return prototype_figure(self, **options)
 
     @property
     def predicted(self) -> list[int]:

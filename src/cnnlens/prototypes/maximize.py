@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from cnnlens.core.capture import frozen
 from cnnlens.core.checks import check_int
+from cnnlens.core.display import Displayable
 from cnnlens.core.layers import resolve_layer
 from cnnlens.core.progress import progress_bar
 from cnnlens.errors import InputError
@@ -47,7 +48,7 @@ log = logging.getLogger("cnnlens")
 
 
 @dataclass
-class VisualizationResult:
+class VisualizationResult(Displayable):
     """Images found by activation maximization.
 
     Attributes:
@@ -74,6 +75,12 @@ class VisualizationResult:
     probs: Tensor | None = None
     options: dict[str, Any] = field(default_factory=dict)
     classes: list[int] | None = None
+
+    def figure(self, **options: Any) -> Any:
+        """What ``show``, ``save`` and Jupyter draw: :func:`~.figures.visualization_figure`."""
+        from cnnlens.prototypes.figures import visualization_figure
+
+        return visualization_figure(self, **options)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (no pixels)."""

@@ -220,11 +220,20 @@ def _card_view(card: ModelCard) -> dict[str, Any]:
         facts.append(("Classes", _fmt(n_classes)))
     if card.preset:
         facts.append(("Normalization", card.preset))
-    if card.checkpoint:
+    extra = {str(k): v for k, v in card.extra.items()}
+    weights_note = next((str(v) for k, v in extra.items() if k.lower() == "weights"), None)
+    if card.checkpoint and weights_note is None:
         facts.append(("Weights", card.checkpoint))
-    facts.extend((str(k), _fmt(v)) for k, v in card.extra.items())
+    facts.extend((k, _fmt(v)) for k, v in extra.items())
+    warnings = []
+    if weights_note and weights_note.lower().startswith("random weights"):
+        warnings.append(f"This model has {weights_note}.")
+        names = next((str(v) for k, v in extra.items() if k.lower() == "class names"), None)
+        if names:
+            warnings.append(f"Note: {names}.")
     cols = _columns(card.summary)
     return {
+        "warnings": warnings,
         "facts": facts,
         "class_names": list(card.class_names or []),
         "summary_cols": cols,

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+from cnnlens.viz._convert import GeometryWarning
 from cnnlens.viz.figures import (
     Colorbar,
     Panel,
@@ -36,35 +37,56 @@ from cnnlens.viz.overlay import (
     colorize,
     get_cmap,
     heatmap,
+    map_on_image,
     masked,
     overlay,
     show_image,
 )
 from cnnlens.viz.render import render_map, show_input, signed_view, slug
+from cnnlens.viz.results import (
+    assessment_figure,
+    compare,
+    explanation_grid,
+    overlay_batch,
+    plot_into,
+    register_figure,
+    result_figure,
+    show_figure,
+)
 
 __all__ = [
     "DEFAULT_VIEW_CMAPS",
     "VIEWS",
     "Colorbar",
+    "GeometryWarning",
     "Panel",
+    "assessment_figure",
     "atomic_write",
     "attribution",
     "attribution_figure",
     "attribution_values",
     "classes_grid",
     "colorize",
+    "compare",
     "explanation_figure",
+    "explanation_grid",
     "get_cmap",
     "grid",
     "heatmap",
     "label_with_prob",
     "layers_grid",
+    "map_on_image",
     "maps_grid",
     "masked",
     "methods_grid",
     "overlay",
+    "overlay_batch",
+    "plot_into",
+    "register_figure",
     "render_map",
+    "result_figure",
     "save_png",
+    "show_figure",
     "show_image",
     "show_input",
     "signed_view",

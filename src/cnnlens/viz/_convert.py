@@ -7,6 +7,7 @@ Everything here is private to :mod:`cnnlens.viz`; the public functions live in
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -192,3 +193,66 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
 def to_pil(arr: np.ndarray) -> Image.Image:
     """Float [0, 1] ``(H, W)`` or ``(H, W, 3)`` array to a PIL image (mode L or RGB)."""
     return Image.fromarray(to_uint8(arr))
+
+
+def place_map(
+    m: np.ndarray, geometry: Any, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Put a map made at the model input's size back onto the photo it was cut from.
+
+    Every photo pixel centre is mapped into the input's pixel grid with ``geometry`` (a
+    :class:`cnnlens.data.Geometry`) and the map is sampled there bilinearly
+    (``grid_sample``, ``align_corners=False``: the same pixel-centre convention as the
+    resize that made the input).
+
+    Returns:
+        ``(values, inside)``: ``(H, W)`` map values on the photo, and a boolean mask of the
+        photo pixels that lie in the model's input (outside it the model saw nothing).
+    """
+    h0, w0 = (int(v) for v in geometry.image_size)
+    if (h0, w0) != tuple(shape):
+        raise InputError(
+            f"geometry is for a {h0}x{w0} photo but the image is {shape[0]}x{shape[1]}; "
+            "pass the photo the input was made from"
+        )
+    if tuple(int(v) for v in geometry.input_size) != tuple(m.shape):
+        h, w = geometry.input_size
+        raise InputError(
+            f"geometry is for a {h}x{w} model input but the map is {m.shape[0]}x{m.shape[1]}; "
+            "pass a map at the input's size"
+        )
+    left, top, right, bottom = (float(v) for v in geometry.box)
+    xs = (torch.arange(w0, dtype=torch.float64) + 0.5 - left) / (right - left) * 2.0 - 1.0
+    ys = (torch.arange(h0, dtype=torch.float64) + 0.5 - top) / (bottom - top) * 2.0 - 1.0
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    grid = torch.stack([gx, gy], dim=-1)[None]
+    t = torch.from_numpy(np.asarray(m, dtype=np.float64))[None, None]
+    values = F.grid_sample(t, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    inside = (gx.abs() <= 1.0) & (gy.abs() <= 1.0)
+    return values[0, 0].clamp(0.0, 1.0).numpy(), inside.numpy()
+
+
+def check_geometry(image_shape: tuple[int, int], map_shape: tuple[int, int], what: str) -> None:
+    """Warn when a map is stretched over an image of another aspect ratio.
+
+    A map of the model input's size stretched over a photo of another shape lands beside
+    where the model looked (a centre crop, or a non-uniform resize); the warning says how to
+    place it.
+    """
+    (h, w), (mh, mw) = image_shape, map_shape
+    if (h, w) == (mh, mw) or mh < 2 or mw < 2:
+        return
+    ratio = (w / h) / (mw / mh)
+    if abs(ratio - 1.0) > 0.02:
+        warnings.warn(
+            f"{what}: the map is {mh}x{mw} but the image is {h}x{w} (another aspect ratio), so "
+            "stretching it would draw it beside where the model looked; pass "
+            "geometry=cnnlens.data.geometry(img, size=..., crop=...) or overlay on the model "
+            "input",
+            GeometryWarning,
+            stacklevel=4,
+        )
+
+
+class GeometryWarning(UserWarning):
+    """A map is drawn over an image whose shape does not match the model input's."""

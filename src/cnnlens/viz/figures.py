@@ -33,8 +33,11 @@ from cnnlens.viz.overlay import (
     DEFAULT_VIEW_CMAPS,
     View,
     attribution_values,
+    blend,
+    colorize,
     get_cmap,
     heatmap,
+    map_on_image,
     masked,
     overlay,
     show_image,
@@ -218,8 +221,13 @@ def explanation_figure(
     class_name: str | None = None,
     prob: float | None = None,
     dpi: int = DPI,
+    geometry: Any = None,
 ) -> Figure:
     """Original | heatmap | overlay for one image, with a colorbar and a title.
+
+    Pass the model input (with its ``preset``), or the original photo with the ``geometry``
+    the input was made with, so the map lands where the model looked (see
+    :func:`cnnlens.viz.overlay`).
 
     Args:
         image: the input image (PIL, tensor or array; tensors un-normalized with ``preset``).
@@ -231,17 +239,21 @@ def explanation_figure(
         class_name: explained class for the title.
         prob: its probability for the title.
         dpi: figure resolution.
+        geometry: where the model input lies on ``image`` (:class:`cnnlens.data.Geometry`).
 
     Returns:
         A 1 x 3 figure.
     """
     img = show_image(image, preset=preset)
-    size = (img.height, img.width)
+    values, inside = map_on_image(map, (img.height, img.width), geometry, what="explanation")
+    colored = colorize(values, cmap)
+    if inside is not None:
+        colored[~inside] = 0.5
     cells = [
         [
             img,
-            heatmap(map, cmap=cmap, size=size),
-            overlay(image, map, cmap=cmap, alpha=alpha, preset=preset),
+            colored,
+            blend(to_display(img), values, inside, cmap=cmap, alpha=alpha),
         ]
     ]
     return grid(

@@ -19,7 +19,14 @@ from PIL import Image
 
 from cnnlens.core.checks import check_choice, check_float
 from cnnlens.errors import InputError
-from cnnlens.viz._convert import to_display, to_map, to_pil, to_rgb
+from cnnlens.viz._convert import (
+    check_geometry,
+    place_map,
+    to_display,
+    to_map,
+    to_pil,
+    to_rgb,
+)
 
 View = Literal["all", "positive", "negative", "absolute"]
 VIEWS: tuple[str, ...] = ("all", "positive", "negative", "absolute")
@@ -61,6 +68,44 @@ def _check_alpha(alpha: float) -> float:
     return check_float("alpha", alpha, minimum=0.0, maximum=1.0)
 
 
+def map_on_image(
+    map: Any, shape: tuple[int, int], geometry: Any = None, *, what: str = "overlay"
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A map as ``(H, W)`` values on an image of ``shape``, and where the model looked.
+
+    With ``geometry`` (a :class:`cnnlens.data.Geometry`), the map (at the model input's size)
+    is put back on the part of the photo the input was cut from; the second value is the
+    mask of photo pixels inside that part. Without it the map is resized to the image (a
+    :class:`GeometryWarning` when the aspect ratios differ) and the mask is None.
+    """
+    m = to_map(map)
+    if geometry is not None:
+        return place_map(m, geometry, shape)
+    check_geometry(tuple(shape), m.shape, what)
+    return to_map(m, tuple(shape)), None
+
+
+def blend(
+    img: np.ndarray,
+    values: np.ndarray,
+    inside: np.ndarray | None,
+    *,
+    cmap: str | Colormap = "jet",
+    alpha: float = 0.5,
+) -> Image.Image:
+    """``(1 - alpha) * img + alpha * cmap(values)``; pixels outside ``inside`` faded to grey.
+
+    Photo pixels the model never saw (outside a centre crop) show the image faded half-way
+    to grey, with no map.
+    """
+    a = _check_alpha(alpha)
+    img = to_rgb(img)
+    out = (1.0 - a) * img + a * colorize(values, cmap)
+    if inside is not None:
+        out = np.where(inside[..., None], out, 0.5 * img + 0.25)
+    return to_pil(out)
+
+
 def heatmap(
     map: Any, *, cmap: str | Colormap = "jet", size: tuple[int, int] | None = None
 ) -> Image.Image:
@@ -84,12 +129,18 @@ def overlay(
     cmap: str | Colormap = "jet",
     alpha: float = 0.5,
     preset: Any = None,
+    geometry: Any = None,
 ) -> Image.Image:
     """Blend a colored map over its image.
 
     $$O = (1 - \\alpha)\\, I + \\alpha\\, \\mathrm{cmap}(M)$$
 
-    Grey images are shown as grey RGB under the colored map.
+    Grey images are shown as grey RGB under the colored map. The map must land where the
+    model looked: overlay it on the model's input (``x[0]`` with its ``preset``), or on the
+    original photo with the ``geometry`` the input was made with
+    (``cnnlens.data.geometry(img, size=224, crop=True)``); photo pixels outside a centre crop
+    are faded to grey. A map stretched over an image of another aspect ratio without
+    ``geometry`` gives a :class:`GeometryWarning`.
 
     Args:
         image: the input image (PIL, tensor ``(C, H, W)``/``(H, W)`` or array).
@@ -97,29 +148,37 @@ def overlay(
         cmap: matplotlib colormap name (``"jet"`` by default) or object.
         alpha: weight of the colored map, in [0, 1] (0 gives the image, 1 the heatmap).
         preset: normalization the image tensor carries (name or object with mean/std).
+        geometry: where the model input lies on ``image`` (:class:`cnnlens.data.Geometry`).
 
     Returns:
         An RGB PIL image of the image's size.
 
     Example:
         >>> overlay(x[0], exp.maps[0], preset="imagenet").save("cat_gradcam.png")  # doctest: +SKIP
+        >>> geo = cnnlens.data.geometry(img, size=224, crop=True)                  # doctest: +SKIP
+        >>> overlay(img, exp.maps[0], geometry=geo).save("cat_on_photo.png")       # doctest: +SKIP
     """
-    a = _check_alpha(alpha)
+    _check_alpha(alpha)
     img = to_rgb(to_display(image, preset))
-    m = to_map(map, img.shape[:2])
-    return to_pil((1.0 - a) * img + a * colorize(m, cmap))
+    m, inside = map_on_image(map, img.shape[:2], geometry)
+    return blend(img, m, inside, cmap=cmap, alpha=alpha)
 
 
-def masked(image: Any, map: Any, *, preset: Any = None) -> Image.Image:
+def masked(image: Any, map: Any, *, preset: Any = None, geometry: Any = None) -> Image.Image:
     """The image multiplied by the map: what the explanation keeps, on a black background.
 
     $$O_{ij} = I_{ij} \\cdot M_{ij}$$
+
+    ``geometry`` places a map of the model input's size on the photo (see :func:`overlay`);
+    outside the model's input the result is black.
 
     Returns:
         A PIL image in the image's mode (L for grey, RGB for color).
     """
     img = to_display(image, preset)
-    m = to_map(map, img.shape[:2])
+    m, inside = map_on_image(map, img.shape[:2], geometry, what="masked")
+    if inside is not None:
+        m = np.where(inside, m, 0.0)
     return to_pil(img * (m[..., None] if img.ndim == 3 else m))
 
 
