@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Iterator
 
@@ -143,12 +142,27 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a @ b) / (a.norm() * b.norm() + 1e-12))
 
 
-@functools.cache
+_SHARED_NETS: dict[str, nn.Module] = {}
+
+
 def torchvision_net(name: str) -> nn.Module:
     """A seeded torchvision net with 10 classes, built once per session (explanations never
     change it)."""
-    torch.manual_seed(0)
-    return getattr(torchvision.models, name)(weights=None, num_classes=10).eval()
+    if name not in _SHARED_NETS:
+        torch.manual_seed(0)
+        _SHARED_NETS[name] = getattr(torchvision.models, name)(weights=None, num_classes=10)
+        _SHARED_NETS[name].eval()
+    return _SHARED_NETS[name]
+
+
+@pytest.fixture(autouse=True)
+def _shared_nets_keep_no_grad() -> Iterator[None]:
+    """Peer libraries (pytorch-grad-cam, torchcam) backpropagate into the parameters of the
+    nets they explain; cnnlens never does (tests assert it), so after each test the
+    session-shared nets are reset for the next one."""
+    yield
+    for net in _SHARED_NETS.values():
+        net.zero_grad(set_to_none=True)
 
 
 def simplecnn() -> nn.Module:

@@ -72,8 +72,11 @@ def net(request):
 
 
 def _peer(cls, model, layer, x, targets, **kw):
-    with cls(model=model, target_layers=[model.get_submodule(layer)], **kw) as peer:
-        return torch.from_numpy(peer(input_tensor=x, targets=targets))
+    try:
+        with cls(model=model, target_layers=[model.get_submodule(layer)], **kw) as peer:
+            return torch.from_numpy(peer(input_tensor=x, targets=targets))
+    finally:  # the peer backpropagates into the parameters of the session-shared nets
+        model.zero_grad(set_to_none=True)
 
 
 def _maps_from_raw(raw: torch.Tensor, size: int) -> torch.Tensor:
@@ -278,7 +281,10 @@ def _torchcam(cls, model, layer, x, targets, noise=None, **kw):
             cam._distrib = noise
         with torch.no_grad():
             out = model(x)
-        return cam(class_idx=targets, scores=out)[0]
+        try:
+            return cam(class_idx=targets, scores=out)[0]
+        finally:
+            model.zero_grad(set_to_none=True)
 
 
 class _SharedNoise:

@@ -144,14 +144,14 @@ def test_crop_matches_torchvision_transforms(
 def test_explain_cli_preprocesses_as_the_weights_declare(cat: Image.Image, tmp_path) -> None:
     import torchvision
 
-    from cnnlens.cli.explain import _load_batch
     from cnnlens.models.checkpoint import _info_for_name
+    from cnnlens.pipelines.explain import load_batch as _load_batch
 
     info = _info_for_name("efficientnet_b3", "DEFAULT")  # metadata only: nothing downloads
     assert (info.resize, info.interpolation, tuple(info.input_size)) == (320, "bicubic", (300, 300))
     path = tmp_path / "cat.png"
     cat.save(path)
-    ok, tensors, bad = _load_batch([path], info, True)
+    ok, tensors, bad = _load_batch([path], info)
     expected = torchvision.models.EfficientNet_B3_Weights.DEFAULT.transforms()(cat)
     assert ok == [0] and not bad
     torch.testing.assert_close(tensors[0], expected, atol=1e-5, rtol=0)
