@@ -13,6 +13,7 @@ from PIL import Image
 from torch import Tensor
 
 from cnnlens.data.io import convert_mode, load_image
+from cnnlens.core.checks import check_pair
 from cnnlens.errors import DataError, InputError
 
 __all__ = ["PRESETS", "Preset", "get_preset", "list_presets", "to_image", "to_tensor"]
@@ -138,16 +139,36 @@ def _from_stats(obj: Any) -> Preset:
     return Preset(str(getattr(obj, "name", "custom")), mean, std)
 
 
+#: Largest output side :func:`to_tensor` produces (``size``, and each side after the
+#: resize of ``crop=True``): 16,384 pixels.
+MAX_SIDE = 16384
+
+#: Largest aspect ratio (long side / short side) :func:`to_tensor` accepts when it resizes:
+#: 64. A 1 x 40,000 strip resized so its short side is 256 would be 256 x 10,240,000.
+MAX_ASPECT = 64
+
+
 def _pair(size: int | tuple[int, int] | list[int], arg: str) -> tuple[int, int]:
-    if isinstance(size, int):
-        h = w = size
-    else:
-        if len(size) != 2:
-            raise InputError(f"{arg} must be an int or an (H, W) pair, got {size!r}")
-        h, w = (int(s) for s in size)
-    if h < 1 or w < 1:
-        raise InputError(f"{arg} must be positive, got {size!r}")
+    h, w = check_pair(arg, size)
+    if max(h, w) > MAX_SIDE:
+        raise InputError(f"{arg} must be at most {MAX_SIDE} pixels a side, got {size!r}")
     return h, w
+
+
+def _check_resize(img: Image.Image, new_size: tuple[int, int]) -> None:
+    """Refuse a resize of ``img`` (w, h) to ``new_size`` (w, h) beyond the bounds."""
+    iw, ih = img.size
+    ratio = max(iw, ih) / max(1, min(iw, ih))
+    if ratio > MAX_ASPECT:
+        raise InputError(
+            f"img is {iw}x{ih}, an aspect ratio of {ratio:.0f}:1, beyond the limit of "
+            f"{MAX_ASPECT}:1 for resizing; crop it first"
+        )
+    if max(new_size) > MAX_SIDE:
+        raise InputError(
+            f"img ({iw}x{ih}) would be resized to {new_size[0]}x{new_size[1]}, beyond "
+            f"{MAX_SIDE} pixels a side"
+        )
 
 
 def to_tensor(
@@ -179,7 +200,9 @@ def to_tensor(
         A float32 tensor (C, H, W).
 
     Raises:
-        InputError: ``channels`` not 1, 3 or None; bad ``size``; preset/channel mismatch.
+        InputError: ``channels`` not 1, 3 or None; bad ``size`` (not a positive int or pair,
+            or over :data:`MAX_SIDE`); preset/channel mismatch; an image whose aspect ratio
+            is over :data:`MAX_ASPECT` or whose resized side would exceed :data:`MAX_SIDE`.
         ImageError: ``img`` is a path that cannot be read.
 
     Example:
@@ -208,12 +231,14 @@ def to_tensor(
         iw, ih = img.size
         scale = short / min(iw, ih)
         nw, nh = max(w, round(iw * scale)), max(h, round(ih * scale))
+        _check_resize(img, (nw, nh))
         img = img.resize((nw, nh), Image.Resampling.BILINEAR)
         left, top = (nw - w) // 2, (nh - h) // 2
         img = img.crop((left, top, left + w, top + h))
     elif size is not None:
         h, w = _pair(size, "size")
         if (w, h) != img.size:
+            _check_resize(img, (w, h))
             img = img.resize((w, h), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
     if arr.ndim == 2:
