@@ -60,7 +60,7 @@ def load_image(
 
     Raises:
         ImageError: the file is missing, not an image, truncated or corrupt, or too large.
-        InputError: ``path`` is not a str or path; ``mode`` is not one of ``"RGB"``, ``"L"``, ``None``.
+        InputError: ``path`` is not a str or path; ``mode`` is not ``"RGB"``, ``"L"``, ``None``.
 
     Example:
         >>> img = load_image("cat.jpg")                    # doctest: +SKIP

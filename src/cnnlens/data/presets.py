@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from cnnlens.data.io import convert_mode, load_image
 from cnnlens.core.checks import check_pair
+from cnnlens.data.io import convert_mode, load_image
 from cnnlens.errors import DataError, InputError
 
 __all__ = ["PRESETS", "Preset", "get_preset", "list_presets", "to_image", "to_tensor"]
