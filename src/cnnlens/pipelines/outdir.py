@@ -25,7 +25,7 @@ from typing import Any
 
 from cnnlens.errors import InputError
 
-__all__ = ["MARKER", "RunFolder", "check_writable_dir", "check_writable_file"]
+__all__ = ["MARKER", "RunFolder", "check_writable_dir", "check_writable_file", "probe_writable"]
 
 #: The file that says which run an output folder belongs to.
 MARKER = ".cnnlens-run.json"
@@ -36,6 +36,31 @@ def _nearest_existing(path: Path) -> Path:
     while not p.exists() and p != p.parent:
         p = p.parent
     return p
+
+
+def probe_writable(out: str | Path, option: str = "--out") -> Path:
+    """Check that the folder ``out`` exists or could be created, and could be written,
+    without creating anything: a probe file is written in its nearest existing ancestor
+    and removed.
+
+    Raises:
+        InputError: ``out`` or an ancestor is a file, or the location cannot be written.
+    """
+    path = Path(out).expanduser()
+    base = _nearest_existing(path.absolute())
+    if not base.is_dir():
+        where = (
+            "exists and is not a folder" if base == path.absolute() else f"{str(base)!r} is a file"
+        )
+        raise InputError(f"{option} {str(path)!r} cannot be used: {where}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".cnnlens-probe.", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise InputError(f"{option} {str(path)!r} cannot be written ({reason})") from None
+    return path
 
 
 def check_writable_dir(
@@ -80,8 +105,7 @@ def check_writable_file(out: str | Path, option: str = "--out") -> Path:
     path = Path(out).expanduser()
     if path.is_dir():
         raise InputError(f"{option} {str(path)!r} is a folder; give a file name (report.html)")
-    parent = path.absolute().parent
-    check_writable_dir(parent, option)
+    probe_writable(path.absolute().parent, option)
     return path
 
 
