@@ -98,8 +98,11 @@ def _size_hw(value: Any) -> tuple[int, int]:
         dims = tuple(int(v) for v in value)
     except (TypeError, ValueError) as err:
         raise InputError(f"input_size must be (H, W) or (C, H, W), got {value!r}") from err
-    if len(dims) not in (2, 3) or min(dims) < 1:
-        raise InputError(f"input_size must be (H, W) or (C, H, W) of positive ints, got {value!r}")
+    if len(dims) not in (2, 3) or min(dims) < 1 or max(dims[-2:]) > MAX_INPUT_SIDE:
+        raise InputError(
+            f"input_size must be (H, W) or (C, H, W) of positive ints, H and W at most "
+            f"{MAX_INPUT_SIDE}, got {value!r}"
+        )
     return dims[-2], dims[-1]
 
 
@@ -220,8 +223,8 @@ def save_checkpoint(
             )
     if accuracy is not None:
         accuracy = float(accuracy)
-        if not math.isfinite(accuracy):
-            raise InputError(f"accuracy must be a finite number, got {accuracy!r}")
+        if not math.isfinite(accuracy) or not 0.0 <= accuracy <= 1.0:
+            raise InputError(f"accuracy must be a fraction in [0, 1], got {accuracy!r}")
     hw = _size_hw(input_size) if input_size is not None else spec.input_size
     _verify_rebuild(model, arch, kwargs)
     tensors = _tensors_for_saving(model)
