@@ -206,6 +206,11 @@ def test_a_folder_belongs_to_one_run(tmp_path: Path) -> None:
     _raises(lambda: RunFolder(out, {"command": "explain", "model": "b"}), "another run", "'b'")
     RunFolder(out, {"command": "explain", "model": "b"}, overwrite=True).begin()
     assert json.loads((out / MARKER).read_text())["model"] == "b"
+    # a results.json without a marker (an older run) is another run too
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "results.json").write_text("{}")
+    _raises(lambda: RunFolder(old, {"model": "a"}), "names no model", "--overwrite")
 
 
 def test_a_failed_run_leaves_nothing(tmp_path: Path) -> None:

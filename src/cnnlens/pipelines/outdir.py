@@ -151,14 +151,17 @@ class RunFolder:
             except (OSError, ValueError):
                 held = {"unreadable": str(marker)}
         elif (self.path / "results.json").exists():
-            held = {"results.json": "written by another run"}
+            held = {}
         if held is None or held == self.identity or overwrite:
             return
-        keys = sorted(set(held) | set(self.identity))
-        diff = [f"{k} {held.get(k)!r} (asked {self.identity.get(k)!r})" for k in keys]
-        diff = [d for k, d in zip(keys, diff) if held.get(k) != self.identity.get(k)]
+        keys = sorted(
+            k for k in set(held) | set(self.identity) if held.get(k) != self.identity.get(k)
+        )
+        what = "; ".join(f"{k} {held.get(k)!r}, asked {self.identity.get(k)!r}" for k in keys)
+        if not held:
+            what = "a results.json of a run that names no model"
         raise InputError(
-            f"{self.option} {str(self.path)!r} holds another run ({'; '.join(diff)}); "
+            f"{self.option} {str(self.path)!r} holds another run ({what}); "
             f"use another folder or pass --overwrite to replace it"
         )
 
