@@ -66,7 +66,7 @@ def explain_command(
     map_size: int = typer.Option(64, "--map-size", help="Longer side of the stored maps."),
     split: str = typer.Option("test", "--split", help="Split of a dataset name."),
     overwrite: bool = typer.Option(
-        False, "--overwrite", help="Replace a store written with other settings."
+        False, "--overwrite", help="Replace a folder or store written by another run."
     ),
     workers: int = typer.Option(2, "--workers", help="Loader threads (local engine)."),
 ) -> None:
@@ -103,6 +103,7 @@ def explain_command(
         batch_size=batch_size,
         progress=progress,
         title=title,
+        overwrite=overwrite,
     )
     typer.echo(
         f"explained {len(run.explained)} image(s) with {len(run.methods)} method(s): "

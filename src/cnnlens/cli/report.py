@@ -21,8 +21,11 @@ def report(
     """Rebuild the self-contained HTML report from RESULTS_DIR/results.json, or write the
     report of a Parquet store written by `cnnlens explain --format parquet`."""
     from cnnlens.cli import _dataset  # dataset store mode (cnnlens.dataset)
+    from cnnlens.pipelines.outdir import check_writable_file
     from cnnlens.report.results import build_report
 
+    if out is not None:  # checked before any work
+        check_writable_file(out)
     if _dataset.is_store(results_dir):
         typer.echo(str(_dataset.report_store(results_dir, out, title)))
         return

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from cnnlens.core.checks import check_pair
 from cnnlens.errors import InputError
 
 __all__ = ["Geometry", "geometry"]
@@ -55,15 +56,19 @@ class Geometry:
         return top + (row + 0.5) * (bottom - top) / h, left + (col + 0.5) * (right - left) / w
 
 
+#: Largest output side :func:`cnnlens.data.to_tensor` produces (``size``, and each side after
+#: the resize of ``crop=True``): 16,384 pixels.
+MAX_SIDE = 16384
+
+#: Largest aspect ratio (long side / short side) :func:`cnnlens.data.to_tensor` accepts when
+#: it resizes: 64. A 1 x 40,000 strip resized so its short side is 256 would be 256 x 10,240,000.
+MAX_ASPECT = 64
+
+
 def _pair(size: int | tuple[int, int] | list[int], arg: str) -> tuple[int, int]:
-    if isinstance(size, int) and not isinstance(size, bool):
-        h = w = size
-    else:
-        if not isinstance(size, (tuple, list)) or len(size) != 2:
-            raise InputError(f"{arg} must be an int or an (H, W) pair, got {size!r}")
-        h, w = (int(s) for s in size)
-    if h < 1 or w < 1:
-        raise InputError(f"{arg} must be positive, got {size!r}")
+    h, w = check_pair(arg, size)
+    if max(h, w) > MAX_SIDE:
+        raise InputError(f"{arg} must be at most {MAX_SIDE} pixels a side, got {size!r}")
     return h, w
 
 

@@ -60,7 +60,7 @@ def load_image(
 
     Raises:
         ImageError: the file is missing, not an image, truncated or corrupt, or too large.
-        InputError: ``mode`` is not one of ``"RGB"``, ``"L"``, ``None``.
+        InputError: ``path`` is not a str or path; ``mode`` is not ``"RGB"``, ``"L"``, ``None``.
 
     Example:
         >>> img = load_image("cat.jpg")                    # doctest: +SKIP
@@ -69,6 +69,8 @@ def load_image(
     """
     if mode not in _MODES:
         raise InputError(f"mode must be 'RGB', 'L' or None, got {mode!r}")
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise InputError(f"path must be an image file path (str or Path), got {path!r}")
     p = Path(path)
     if not p.exists():
         raise ImageError(f"image file {str(p)!r} does not exist")

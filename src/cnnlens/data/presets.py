@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from cnnlens.data.geometry import crop_plan
+from cnnlens.data.geometry import MAX_ASPECT, MAX_SIDE, crop_plan
 from cnnlens.data.io import convert_mode, load_image
 from cnnlens.errors import DataError, InputError
 
@@ -146,6 +146,22 @@ _RESAMPLE = {
 }
 
 
+def _check_resize(img: Image.Image, new_size: tuple[int, int]) -> None:
+    """Refuse a resize of ``img`` (w, h) to ``new_size`` (w, h) beyond the bounds."""
+    iw, ih = img.size
+    ratio = max(iw, ih) / max(1, min(iw, ih))
+    if ratio > MAX_ASPECT:
+        raise InputError(
+            f"img is {iw}x{ih}, an aspect ratio of {ratio:.0f}:1, beyond the limit of "
+            f"{MAX_ASPECT}:1 for resizing; crop it first"
+        )
+    if max(new_size) > MAX_SIDE:
+        raise InputError(
+            f"img ({iw}x{ih}) would be resized to {new_size[0]}x{new_size[1]}, beyond "
+            f"{MAX_SIDE} pixels a side"
+        )
+
+
 def to_tensor(
     img: Image.Image | str | os.PathLike[str],
     *,
@@ -181,7 +197,9 @@ def to_tensor(
         A float32 tensor (C, H, W).
 
     Raises:
-        InputError: ``channels`` not 1, 3 or None; bad ``size``; preset/channel mismatch.
+        InputError: ``channels`` not 1, 3 or None; bad ``size`` (not a positive int or pair,
+            or over :data:`MAX_SIDE`); preset/channel mismatch; an image whose aspect ratio
+            is over :data:`MAX_ASPECT` or whose resized side would exceed :data:`MAX_SIDE`.
         ImageError: ``img`` is a path that cannot be read.
 
     Example:
@@ -210,6 +228,7 @@ def to_tensor(
         )
     resize_wh, box = crop_plan(img.size, size, crop=crop, resize=resize)
     if resize_wh is not None:
+        _check_resize(img, resize_wh)
         img = img.resize(resize_wh, _RESAMPLE[interpolation])
     if box is not None:
         img = img.crop(box)

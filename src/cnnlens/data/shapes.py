@@ -158,10 +158,24 @@ def _render(rng: np.random.Generator, masks: list[np.ndarray], size: int) -> np.
     return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
 
 
+#: Largest ``size`` (pixels a side) of generated shapes images.
+MAX_SIZE = 1024
+
+#: Largest float32 working array ``n x 3 x size x size`` generated in one call: 2 GiB
+#: (checked before anything is allocated).
+MAX_BYTES = 2 * 1024**3
+
+
 def _check(n: int, size: int, split: str) -> None:
     check_int("n", n)
-    check_int("size (pixels)", size, minimum=16)
+    check_int("size (pixels)", size, minimum=16, maximum=MAX_SIZE)
     check_choice("split", split, _SPLIT_STREAM)
+    need = n * 3 * size * size * 4
+    if need > MAX_BYTES:
+        raise InputError(
+            f"n={n} images of size {size} need {need / 1024**3:.1f} GiB while generating, more "
+            f"than the limit of {MAX_BYTES / 1024**3:.0f} GiB; lower n or size"
+        )
 
 
 def make_shapes(

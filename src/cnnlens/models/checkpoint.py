@@ -137,8 +137,11 @@ def _size_hw(value: Any) -> tuple[int, int]:
         dims = tuple(int(v) for v in value)
     except (TypeError, ValueError) as err:
         raise InputError(f"input_size must be (H, W) or (C, H, W), got {value!r}") from err
-    if len(dims) not in (2, 3) or min(dims) < 1:
-        raise InputError(f"input_size must be (H, W) or (C, H, W) of positive ints, got {value!r}")
+    if len(dims) not in (2, 3) or min(dims) < 1 or max(dims[-2:]) > MAX_INPUT_SIDE:
+        raise InputError(
+            f"input_size must be (H, W) or (C, H, W) of positive ints, H and W at most "
+            f"{MAX_INPUT_SIDE}, got {value!r}"
+        )
     return dims[-2], dims[-1]
 
 
@@ -259,8 +262,8 @@ def save_checkpoint(
             )
     if accuracy is not None:
         accuracy = float(accuracy)
-        if not math.isfinite(accuracy):
-            raise InputError(f"accuracy must be a finite number, got {accuracy!r}")
+        if not math.isfinite(accuracy) or not 0.0 <= accuracy <= 1.0:
+            raise InputError(f"accuracy must be a fraction in [0, 1], got {accuracy!r}")
     hw = _size_hw(input_size) if input_size is not None else spec.input_size
     _verify_rebuild(model, arch, kwargs)
     tensors = _tensors_for_saving(model)
@@ -299,7 +302,8 @@ def read_checkpoint_info(path: str | os.PathLike[str]) -> ModelInfo:
     """Read the metadata of a cnnlens checkpoint without loading its tensors.
 
     Raises:
-        WeightsError: The file is missing, not a safetensors file, or has no cnnlens metadata.
+        WeightsError: The file is missing, not a safetensors file, or has no cnnlens metadata,
+            or its metadata does not fit the schema (the message names the field).
     """
     p = Path(path).expanduser()
     if not p.is_file():
@@ -321,9 +325,8 @@ def read_checkpoint_info(path: str | os.PathLike[str]) -> ModelInfo:
         )
     try:
         meta = json.loads(header[METADATA_KEY])
-        version = int(meta.get("format_version", 1))
-        arch = meta["arch"]
-    except (ValueError, KeyError, TypeError) as err:
+        version = int(meta.get("format_version", 1)) if isinstance(meta, dict) else 1
+    except (ValueError, TypeError) as err:
         raise WeightsError(
             f"checkpoint {str(path)!r} has damaged cnnlens metadata ({err})"
         ) from err
@@ -332,19 +335,104 @@ def read_checkpoint_info(path: str | os.PathLike[str]) -> ModelInfo:
             f"checkpoint {str(path)!r} has format version {version}; this cnnlens reads up to "
             f"{FORMAT_VERSION} (upgrade cnnlens)"
         )
+    return _info_from_meta(meta, str(p))
+
+
+#: Largest side of a checkpoint's ``input_size`` accepted when loading: 4096 pixels
+#: (a summary or explanation allocates inputs of that size).
+MAX_INPUT_SIDE = 4096
+
+_TRAINING_NUMBERS = ("epochs", "lr", "batch_size", "weight_decay", "train_size", "seed")
+
+
+def _meta_error(path: str, name: str, expected: str, value: Any) -> WeightsError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return WeightsError(
+        f"checkpoint {path!r} has malformed metadata: {name} must be {expected}, got {shown}"
+    )
+
+
+def _meta_int(path: str, name: str, value: Any, maximum: int, *, optional: bool = True) -> Any:
+    if value is None and optional:
+        return None
+    ok = isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= maximum
+    if not ok:
+        raise _meta_error(path, name, f"an integer in [1, {maximum:,}]", value)
+    return value
+
+
+def _meta_str(path: str, meta: dict, name: str, default: str | None) -> str | None:
+    value = meta.get(name, default)
+    if value is None and default is None:
+        return None
+    if not isinstance(value, str):
+        raise _meta_error(path, name, "a string", value)
+    return value
+
+
+def _meta_extra(path: str, meta: dict) -> dict[str, Any]:
+    extra = meta.get("extra") or {}
+    if not isinstance(extra, dict):
+        raise _meta_error(path, "extra", "a JSON object", extra)
+    training = extra.get("training")
+    if training is not None and not isinstance(training, dict):
+        raise _meta_error(path, "extra.training", "a JSON object", training)
+    for key in _TRAINING_NUMBERS:
+        value = (training or {}).get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise _meta_error(path, f"extra.training.{key}", "a number", value)
+    return dict(extra)
+
+
+def _info_from_meta(meta: Any, path: str) -> ModelInfo:
+    """Validate a checkpoint's cnnlens metadata against its schema; one line per bad field."""
+    if not isinstance(meta, dict):
+        raise _meta_error(path, "the metadata", "a JSON object", meta)
+    arch = meta.get("arch")
+    if not isinstance(arch, str) or not arch:
+        raise _meta_error(path, "arch", "an architecture name", arch)
+    kwargs = meta.get("arch_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise _meta_error(path, "arch_kwargs", "a JSON object of constructor arguments", kwargs)
+    for key in ("num_classes", "in_channels"):
+        if key in kwargs:
+            _meta_int(path, f"arch_kwargs.{key}", kwargs[key], 1_000_000, optional=False)
+    size = meta.get("input_size") or [224, 224]
+    ok = isinstance(size, list | tuple) and len(size) in (2, 3)
+    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) for v in size)
+    if not ok or not all(1 <= v <= MAX_INPUT_SIDE for v in size[-2:]):
+        raise _meta_error(path, "input_size", f"[H, W] of integers in [1, {MAX_INPUT_SIDE}]", size)
+    names = meta.get("class_names")
+    if names is not None and (
+        not isinstance(names, list) or not all(isinstance(n, str) for n in names)
+    ):
+        raise _meta_error(path, "class_names", "a list of strings", names)
+    num_classes = _meta_int(path, "num_classes", meta.get("num_classes"), 1_000_000)
+    if names is not None and num_classes is not None and len(names) != num_classes:
+        raise _meta_error(path, "class_names", f"{num_classes} names", names)
+    accuracy = meta.get("accuracy")
+    if accuracy is not None and not (
+        isinstance(accuracy, int | float)
+        and not isinstance(accuracy, bool)
+        and 0.0 <= accuracy <= 1.0
+    ):
+        raise _meta_error(path, "accuracy", "a number in [0, 1]", accuracy)
     return ModelInfo(
         arch=arch,
-        arch_kwargs=dict(meta.get("arch_kwargs") or {}),
-        class_names=meta.get("class_names"),
-        input_size=tuple(meta.get("input_size") or (224, 224)),  # type: ignore[arg-type]
-        in_channels=int(meta.get("in_channels", 3)),
-        preset=meta.get("preset") or "none",
-        dataset=meta.get("dataset"),
-        accuracy=meta.get("accuracy"),
-        extra=dict(meta.get("extra") or {}),
-        num_classes=meta.get("num_classes"),
-        dtype=meta.get("dtype", "float32"),
-        source=str(p),
+        arch_kwargs=dict(kwargs),
+        class_names=names,
+        input_size=(int(size[-2]), int(size[-1])),
+        in_channels=_meta_int(
+            path, "in_channels", meta.get("in_channels", 3), 1024, optional=False
+        ),
+        preset=_meta_str(path, meta, "preset", "none") or "none",
+        dataset=_meta_str(path, meta, "dataset", None),
+        accuracy=None if accuracy is None else float(accuracy),
+        extra=_meta_extra(path, meta),
+        num_classes=num_classes,
+        dtype=_meta_str(path, meta, "dtype", "float32") or "float32",
+        source=path,
         pretrained=True,  # a checkpoint holds its weights
     )
 

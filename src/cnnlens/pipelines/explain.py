@@ -46,6 +46,7 @@ from cnnlens.pipelines.options import (
     resolve_device,
     split_values,
 )
+from cnnlens.pipelines.outdir import RunFolder
 from cnnlens.summary import format_shape, summary
 from cnnlens.viz import atomic_write, render_map, show_input, signed_view, slug, to_png_bytes
 
@@ -512,6 +513,7 @@ def run_explain(
     progress: bool = False,
     title: str | None = None,
     png_side: int = 224,
+    overwrite: bool = False,
 ) -> ExplainRun:
     """Explain ``model``'s predictions for image files; write PNGs, results.json, report.html.
 
@@ -536,6 +538,11 @@ def run_explain(
         progress: show a progress bar.
         title: report title.
         png_side: smaller side of the written PNGs (small inputs are enlarged).
+        overwrite: replace a folder that holds another model's run (without it, refused).
+
+    ``out`` belongs to one run (:class:`~cnnlens.pipelines.outdir.RunFolder`): it is checked
+    writable before any work, a folder of another model is refused unless ``overwrite``, the
+    PNGs results.json no longer lists are removed, and a failed run removes what it wrote.
 
     Returns:
         An :class:`ExplainRun`.
@@ -544,11 +551,61 @@ def run_explain(
         CnnlensError: for a bad option (unknown method, layer or class, target out of range)
             and when none of the inputs could be explained.
     """
-    from cnnlens.report import build_report, write_results
-
     t_start = time.perf_counter()
     out = Path(out)
     _check_request(inputs, out, batch_size, targets, target_names, topk)
+    identity = {"command": "explain", "model": str(model), "weights": weights}
+    folder = RunFolder(out, identity, subdirs=("inputs", "maps"), overwrite=overwrite)
+    try:
+        results, images, skipped, run = _run_in_folder(
+            folder, inputs, model, weights, methods, options, targets, target_names, topk,
+            layers, device, batch_size, progress, title, png_side,
+        )  # fmt: skip
+    except BaseException:
+        folder.abandon()
+        raise
+    if not images:
+        listed = "; ".join(f"{s['file']} ({s['reason']})" for s in skipped[:5])
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        raise ImageError(
+            f"none of the {len(skipped)} inputs could be explained: {listed}{more} "
+            f"(listed in {results})"
+        )
+    return ExplainRun(
+        out=out,
+        results=results,
+        report=out / "report.html",
+        explained=[im["file"] for im in images],
+        skipped=skipped,
+        methods=run.active,
+        methods_skipped=run.skipped,
+        maps=sum(len(im["maps"]) for im in images),
+        seconds=time.perf_counter() - t_start,
+    )
+
+
+def _run_in_folder(
+    folder: RunFolder,
+    inputs: Sequence[str | Path],
+    model: str,
+    weights: str | None,
+    methods: Sequence[str],
+    options: Sequence[str],
+    targets: Sequence[str],
+    target_names: Sequence[str],
+    topk: int | None,
+    layers: Sequence[str],
+    device: str,
+    batch_size: int,
+    progress: bool,
+    title: str | None,
+    png_side: int,
+) -> tuple[Path, list[dict[str, Any]], list[dict[str, str]], _Methods]:
+    """The run of :func:`run_explain` once its folder is claimed: PNGs, results.json, the
+    report, then the PNGs of earlier runs that results.json does not list are removed."""
+    from cnnlens.report import build_report, write_results
+
+    out = folder.path
     method_names = expand_methods(methods)
     per_method = parse_method_options(options, method_names)
     files, skipped = collect_images(inputs)
@@ -566,8 +623,41 @@ def run_explain(
         logger.warning(
             "--layer is ignored: none of the methods (%s) works on a layer", ", ".join(method_names)
         )
+    folder.begin()
+    images, skipped = _explain_files(
+        files, skipped, prep, target_idx, topk, run, out, png_side, batch_size, progress
+    )
+    data = {
+        "title": title or f"cnnlens explain: {prep.info.arch}",
+        "model": model_card(prep.net, prep.info, model, prep.num_classes, prep.names, prep.device),
+        "images": images,
+        "skipped": skipped,
+        "methods": run.active,
+        "methods_skipped": [{"method": m, "reason": r} for m, r in run.skipped.items()],
+        "layers": run.layers,
+        "seconds_per_method": {m: round(s, 3) for m, s in run.seconds.items()},
+    }
+    results = write_results(out, data)
+    build_report(out)
+    keep = [im["input_png"] for im in images] + [m["png"] for im in images for m in im["maps"]]
+    folder.finish(keep)
+    return results, images, skipped, run
 
-    out.mkdir(parents=True, exist_ok=True)
+
+def _explain_files(
+    files: list[Path],
+    skipped: list[dict[str, str]],
+    prep: Prepared,
+    target_idx: list[int],
+    topk: int | None,
+    run: _Methods,
+    out: Path,
+    png_side: int,
+    batch_size: int,
+    progress: bool,
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Explain ``files`` batch by batch, writing their PNGs; the results.json image entries
+    and the inputs skipped."""
     stems = dict(zip(files, unique_stems(files)))
     images: list[dict[str, Any]] = []
     activation = "sigmoid" if prep.multilabel else "softmax"
@@ -582,40 +672,15 @@ def run_explain(
             x = torch.stack(tensors).to(device=prep.device, dtype=prep.dtype)
             with frozen(prep.net), torch.no_grad():
                 probs = probabilities(prep.net(x), activation).cpu()
+            if not bool(torch.isfinite(probs).all()):
+                raise ModelError(
+                    f"--model gives non-finite outputs (NaN or Inf) for {chunk[ok[0]]}"
+                    f"{' and others' if len(ok) > 1 else ''}; check its weights"
+                )
             target = _targets_for(target_idx, len(ok), prep.device)
             exps = explain_batch(prep, x, target, topk, run, bar)
             for j, i in enumerate(ok):
                 f = chunk[i]
                 images.append(image_entry(f, j, x, probs, exps, prep, stems[f], out, png_side))
             bar.advance(len(chunk))
-
-    data = {
-        "title": title or f"cnnlens explain: {prep.info.arch}",
-        "model": model_card(prep.net, prep.info, model, prep.num_classes, prep.names, prep.device),
-        "images": images,
-        "skipped": skipped,
-        "methods": run.active,
-        "methods_skipped": [{"method": m, "reason": r} for m, r in run.skipped.items()],
-        "layers": run.layers,
-        "seconds_per_method": {m: round(s, 3) for m, s in run.seconds.items()},
-    }
-    results = write_results(out, data)
-    report = build_report(out)
-    if not images:
-        listed = "; ".join(f"{s['file']} ({s['reason']})" for s in skipped[:5])
-        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
-        raise ImageError(
-            f"none of the {len(skipped)} inputs could be explained: {listed}{more} "
-            f"(listed in {results})"
-        )
-    return ExplainRun(
-        out=out,
-        results=results,
-        report=report,
-        explained=[im["file"] for im in images],
-        skipped=skipped,
-        methods=run.active,
-        methods_skipped=run.skipped,
-        maps=sum(len(im["maps"]) for im in images),
-        seconds=time.perf_counter() - t_start,
-    )
+    return images, skipped

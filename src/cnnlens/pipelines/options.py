@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from cnnlens.errors import InputError, TargetError
+from cnnlens.pipelines.outdir import probe_writable
 
 logger = logging.getLogger(__name__)
 
@@ -51,15 +52,17 @@ def method_options(cls: type, options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def check_out_dir(out: str | Path, option: str = "--out") -> Path:
-    """``out`` as a Path, checked not to be an existing file (a folder to write into).
+    """``out`` as a Path, checked to be a folder that exists or can be created, and can be
+    written (:func:`~cnnlens.pipelines.outdir.probe_writable`; nothing is created).
 
     Raises:
-        InputError: when ``out`` exists and is not a folder.
+        InputError: when ``out`` exists and is not a folder, lies under a file, or cannot be
+            written.
     """
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise InputError(f"{option} {str(path)!r} exists and is not a folder")
-    return path
+    return probe_writable(path, option)
 
 
 def resolve_device(text: str) -> torch.device:

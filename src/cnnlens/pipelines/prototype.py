@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from cnnlens.core.checks import check_choice, check_int
+from cnnlens.core.checks import check_choice, check_float, check_int
 from cnnlens.errors import DataError, InputError
 from cnnlens.pipelines.options import check_out_dir
 
@@ -103,6 +103,9 @@ def run_prototypes(
         The :class:`~cnnlens.prototypes.PrototypeResult`.
     """
     check_int("--steps", steps)
+    check_float("--lambda", lam, minimum=0.0)
+    check_float("--lr", lr, minimum=0.0, strict_minimum=True)
+    check_float("--target", target, minimum=0.0, strict_minimum=True, maximum=1.0)
     check_out_dir(out)
     from cnnlens.models import load
     from cnnlens.prototypes import class_prototypes
@@ -172,6 +175,10 @@ def run_visualize(
         The :class:`~cnnlens.prototypes.maximize.VisualizationResult`.
     """
     check_int("--steps", options.get("steps", 1))
+    check_float("--lr", options.get("lr", 0.1), minimum=0.0, strict_minimum=True)
+    for key in ("tv", "l1", "l2"):
+        check_float(f"--{key}", options.get(key, 0.0), minimum=0.0)
+    check_int("--blur-every", options.get("blur_every", 0), minimum=0)
     check_out_dir(out)
     check_choice("--param", options.get("param", "fft"), ("fft", "pixel"))
     check_choice("--transforms", options.get("transforms", "standard"), ("standard", "none"))

@@ -37,7 +37,17 @@ def parse_size(text: str) -> tuple[int, ...]:
         raise InputError(
             f"--input-size must be C,H,W or B,C,H,W integers (e.g. 3,224,224), got {text!r}"
         )
+    if min(dims) < 1 or max(dims[-2:]) > _MAX_SIDE or max(dims[:-2]) > _MAX_CHANNELS_OR_BATCH:
+        raise InputError(
+            f"--input-size must be positive, with H and W at most {_MAX_SIDE} and C (and B) at "
+            f"most {_MAX_CHANNELS_OR_BATCH}, got {text!r}"
+        )
     return dims
+
+
+#: Bounds of ``--input-size`` (checked before any tensor is allocated).
+_MAX_SIDE = 4096
+_MAX_CHANNELS_OR_BATCH = 1024
 
 
 def architecture_of(model: str) -> tuple[str, dict[str, Any], tuple[int, ...], torch.dtype]:

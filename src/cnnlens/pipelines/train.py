@@ -265,6 +265,8 @@ def run_evaluate(
     from cnnlens.data import get_preset
     from cnnlens.training import check_compatible, evaluate, plot_confusion
 
+    if out is not None:  # before any work
+        check_out_dir(out)
     net, info = models.load(model)
     options = parse_dataset_options(dataset_options)
     if dataset == "folder":
@@ -285,7 +287,6 @@ def run_evaluate(
     result = evaluate(net, ds, batch_size=batch_size)
     files: list[Path] = []
     if out is not None:
-        check_out_dir(out)
         out.mkdir(parents=True, exist_ok=True)
         write_json(
             out / "metrics.json",

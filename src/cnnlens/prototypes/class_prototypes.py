@@ -354,6 +354,7 @@ def class_prototypes(
     check_int("steps", steps)
     check_float("target_prob", target_prob, minimum=0.0, strict_minimum=True, maximum=1.0)
     check_float("lam", lam, minimum=0.0)
+    check_float("lr", lr, minimum=0.0, strict_minimum=True)
     c, h, w = _input_shape(shape, prior, init)
     device, dtype = device_dtype(model)
     scale = preset_for(preset, c)

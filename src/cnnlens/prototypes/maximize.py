@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnnlens.core.capture import frozen
-from cnnlens.core.checks import check_int
+from cnnlens.core.checks import check_float, check_int
 from cnnlens.core.display import Displayable
 from cnnlens.core.layers import resolve_layer
 from cnnlens.core.progress import progress_bar
@@ -279,6 +279,11 @@ def visualize(
     """
     check_int("steps", steps)
     check_int("batch", batch)
+    check_float("lr", lr, minimum=0.0, strict_minimum=True)
+    for name, value in (("l1", l1), ("l2", l2), ("tv", tv), ("diversity", diversity)):
+        check_float(name, value, minimum=0.0)
+    check_int("blur_every", blur_every, minimum=0)
+    check_float("blur_sigma", blur_sigma, minimum=0.0, strict_minimum=True)
     if len(shape) != 3:
         raise InputError(f"shape must be (C, H, W), got {tuple(shape)}")
     if param not in PARAMS:

@@ -90,6 +90,7 @@ def _image_bytes(source: Any, where: str, *, max_side: int | None = None) -> byt
                 f"{where} names the file {str(p)!r}, which cannot be read: {err}"
             ) from None
         if _sniff(data) is not None and max_side is None:
+            _check_header(data, f"{where} ({p})")
             return data
         return _png(_shrink(_decode(data, f"{where} ({p})"), max_side))
     raise InputError(
@@ -98,7 +99,33 @@ def _image_bytes(source: Any, where: str, *, max_side: int | None = None) -> byt
     )
 
 
+#: Largest image (width x height) a report embeds or decodes: 64 megapixels, the limit of
+#: :func:`cnnlens.data.load_image`; larger files are refused as possible decompression bombs.
+MAX_PIXELS = 64_000_000
+
+
+def _check_header(data: bytes, where: str) -> None:
+    """Refuse image bytes whose header declares more than :data:`MAX_PIXELS` pixels or that
+    do not verify (a truncated or damaged file), before embedding them undecoded."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
+            if width * height > MAX_PIXELS:
+                raise DataError(
+                    f"{where} is {width}x{height} = {width * height:,} pixels, more than the "
+                    f"limit of {MAX_PIXELS:,} (possible decompression bomb)"
+                )
+            im.verify()
+    except DataError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"{where} must be an image file PIL can read; {err}") from None
+    except Image.DecompressionBombError as err:
+        raise DataError(f"{where} is refused as a possible decompression bomb; {err}") from None
+
+
 def _decode(data: bytes, where: str) -> Image.Image:
+    _check_header(data, where)
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
