@@ -26,6 +26,9 @@ class Explanation:
             pixel methods.
         per_layer: maps of each layer when several layers were fused.
         extras: method-specific results (e.g. ``delta`` for integrated gradients).
+        output: which part of the model's output the scores were read from (``"tensor"``,
+            ``"logits"``, ``"out"``, the ``output=`` key or index, ``"whole output"`` for a
+            callable target); see :mod:`cnnlens.core.outputs`.
 
     Example:
         >>> exp = cnnlens.explain(model, x, method="gradcam", topk=2)   # doctest: +SKIP
@@ -40,6 +43,7 @@ class Explanation:
     layer: str | None = None
     per_layer: dict[str, Tensor] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+    output: str | None = None
 
     @property
     def batch_size(self) -> int:
@@ -60,6 +64,7 @@ class Explanation:
             layer=self.layer,
             per_layer={k: move(v) for k, v in self.per_layer.items()},
             extras={k: move(v) for k, v in self.extras.items()},
+            output=self.output,
         )
 
     def __repr__(self) -> str:
