@@ -2,7 +2,7 @@
 
 Random-weight torchvision models at small inputs (a small VisionTransformer configuration;
 the 224-pixel ones are marked slow), against pytorch-grad-cam with its documented
-``reshape_transform`` (Pearson >= 0.99), and a video Grad-CAM computed by hand.
+``reshape_transform`` (Pearson >= 0.99), Score-CAM and a video Grad-CAM computed by hand.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
-from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, ScoreCAM
+from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
@@ -49,6 +49,24 @@ def small_vit() -> nn.Module:
     return vit.eval()
 
 
+def score_cam_by_hand(model: nn.Module, x: torch.Tensor, layer: nn.Module, cls: int):
+    """Score-CAM (Wang et al., 2020) of one image at a ViT block, a loop over channels."""
+    got = {}
+    handle = layer.register_forward_hook(lambda m, i, o: got.setdefault("a", o.detach()))
+    with torch.no_grad():
+        model(x)
+        handle.remove()
+        a = tokens_to_maps(4, 4)(got["a"])[0]
+        zero = model(torch.zeros_like(x))[0, cls]
+        scores = []
+        for k in range(a.shape[0]):
+            up = nn.functional.interpolate(a[k][None, None], size=x.shape[-2:], mode="bilinear")
+            mask = (up - up.min()) / (up.max() - up.min())
+            scores.append(model(x * mask[0])[0, cls] - zero)
+        w = torch.softmax(torch.stack(scores), 0)
+    return (w[:, None, None] * a).sum(0)
+
+
 def agree(ours: torch.Tensor, peer_cls, model, layer, x, targets, transform=None) -> float:
     peer = peer_cls(model, [layer], reshape_transform=transform)
     ref = peer(x, targets=[ClassifierOutputTarget(t) for t in targets])
@@ -62,10 +80,10 @@ def test_vit_against_pytorch_grad_cam(method: str) -> None:
     before = snapshot(vit)
     exp = cnnlens.explain(vit, x, method, target=[0, 1])
     assert exp.layer == "encoder.layers.encoder_layer_1.ln_1"  # a block's first LayerNorm
+    assert_unchanged(vit, before)  # checked before the peer, which leaves .grad set
+    assert hook_count(vit) == 0
     layer = vit.encoder.layers[-1].ln_1
     assert agree(exp.maps, PEERS[method], vit, layer, x, [0, 1], tokens_to_maps(4, 4)) >= 0.99
-    assert_unchanged(vit, before)
-    assert hook_count(vit) == 0
 
 
 def test_vit_score_cam_pixel_methods_and_the_final_norm() -> None:
@@ -73,11 +91,11 @@ def test_vit_score_cam_pixel_methods_and_the_final_norm() -> None:
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     layer = "encoder.layers.encoder_layer_1.ln_1"
     exp = cnnlens.explain(vit, x, "scorecam", target=[0, 1], layer=layer)
-    peer = ScoreCAM(vit, [vit.encoder.layers[-1].ln_1], reshape_transform=tokens_to_maps(4, 4))
-    ref = peer(x, targets=[ClassifierOutputTarget(0), ClassifierOutputTarget(1)])
-    assert pearson(exp.maps, torch.as_tensor(ref)) >= 0.99
-    for method in ["saliency", "integrated_gradients"]:
-        assert cnnlens.explain(vit, x, method, n_steps=4).maps.shape == (2, 32, 32)
+    for i in range(2):  # Score-CAM from the paper, on the tokens read as a 4x4 grid by hand
+        ref = score_cam_by_hand(vit, x[i : i + 1], vit.encoder.layers[-1].ln_1, i)
+        torch.testing.assert_close(exp.raw[i], ref, atol=1e-5, rtol=1e-4)
+    for method, opts in [("saliency", {}), ("integrated_gradients", {"n_steps": 4})]:
+        assert cnnlens.explain(vit, x, method, **opts).maps.shape == (2, 32, 32)
     # the final norm feeds only the class token: a warning, never a silent empty map
     with pytest.warns(RuntimeWarning, match="does not depend on layer 'encoder.ln'"):
         cnnlens.explain(vit, x, "gradcam", layer="encoder.ln")
@@ -89,7 +107,7 @@ def test_swin_channels_last_layers_against_pytorch_grad_cam() -> None:
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         top = int(swin(x).argmax())
-    for name in ["features.7", "norm", "features.5"]:
+    for name in ["features.7", "norm"]:
         exp = cnnlens.explain(swin, x, "gradcam", layer=name, target=top)
         assert exp.maps.shape == (1, 64, 64)
         layer = swin.get_submodule(name)
