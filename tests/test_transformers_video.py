@@ -183,3 +183,16 @@ def test_r3d_18_two_methods() -> None:
     sal = cnnlens.explain(model, x, "saliency")
     assert sal.maps.shape == (1, 8, 56, 56)
     assert int(sal.targets) == int(exp.targets)
+
+
+def test_video_overlay_of_a_few_frames() -> None:
+    from cnnlens import viz
+
+    torch.manual_seed(0)
+    model = TinyVideoNet().eval()
+    x = torch.rand(1, 3, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    exp = cnnlens.explain(model, x, "gradcam")
+    fig = viz.video_frames(x[0], exp.maps[0], frames=3)
+    assert [a.get_title() for a in fig.axes if a.get_title()] == ["frame 0", "frame 2", "frame 3"]
+    with pytest.raises(cnnlens.errors.InputError, match=r"\(C, T, H, W\)"):
+        viz.video_frames(x, exp.maps[0])

@@ -26,6 +26,7 @@ from cnnlens.viz.figures import (
     methods_grid,
     save_png,
     to_png_bytes,
+    video_frames,
 )
 from cnnlens.viz.overlay import (
     DEFAULT_VIEW_CMAPS,
@@ -63,4 +64,5 @@ __all__ = [
     "save_png",
     "show_image",
     "to_png_bytes",
+    "video_frames",
 ]
