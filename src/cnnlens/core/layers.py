@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cnnlens.core.keras import is_keras, keras_layers
 from cnnlens.core.layouts import decide_layout
 from cnnlens.core.outputs import select_output
 from cnnlens.errors import LayerNotFoundError, TargetError
@@ -66,6 +67,14 @@ def _walk(model: nn.Module, path: str) -> nn.Module | None:
     return module if pos == len(path) and module is not model else None
 
 
+def named_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of the model's layers as the user names them: the dotted names of
+    ``named_modules`` (the root left out), or a Keras model's layer names."""
+    if is_keras(model):
+        return keras_layers(model)
+    return [(n, m) for n, m in model.named_modules() if n]
+
+
 def _unregistered_name(layer: nn.Module) -> str:
     name = getattr(layer, "name", None)  # a Keras layer's name
     return name if isinstance(name, str) and name else f"<{type(layer).__name__}>"
@@ -95,7 +104,11 @@ def resolve_layer(model: nn.Module, layer: LayerLike) -> tuple[str, nn.Module]:
             f"layer must be a dotted name, a module or a list of those, got {type(layer).__name__}"
         )
     name = layer.strip()
-    by_module = {id(m): n for n, m in model.named_modules() if n}
+    if is_keras(model):
+        named = dict(keras_layers(model))
+        if name in named:
+            return name, named[name]
+    by_module = {id(m): n for n, m in named_modules(model)}
     for prefix in ("", *_WRAPPER_PREFIXES, "_orig_mod.module.", "module._orig_mod."):
         found = _walk(model, prefix + name) if name else None
         if found is None and name.startswith(_WRAPPER_PREFIXES):
@@ -157,7 +170,8 @@ def find_spatial_layer(
     dtype and device, so later calls need no probe pass.
     """
     key = (*x.shape[1:], x.dtype, x.device.type)
-    known = _CHOSEN.get(model, {}).get(key) if score is None else None
+    cache = score is None and not is_keras(model)
+    known = _CHOSEN.get(model, {}).get(key) if cache else None
     if known is not None:
         name, module_ref = known
         try:
@@ -167,7 +181,7 @@ def find_spatial_layer(
         except AttributeError:
             pass
     name = _probe_spatial_layer(model, x, score or _top_score, channels_last)
-    if score is None:
+    if cache:
         _CHOSEN.setdefault(model, {})[key] = (name, weakref.ref(model.get_submodule(name)))
     return name
 
@@ -205,9 +219,7 @@ def _probe_spatial_layer(
     calls: dict[str, int] = {}
     handles = []
     try:
-        for name, module in model.named_modules():
-            if not name:
-                continue
+        for name, module in named_modules(model):
 
             def hook(m: nn.Module, _i: object, out: object, name: str = name) -> object:
                 calls[name] = calls.get(name, 0) + 1

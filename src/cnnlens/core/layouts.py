@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from cnnlens.errors import LayerNotFoundError
 
-__all__ = ["LAYOUTS", "Layout", "decide_layout", "parse_layout"]
+__all__ = ["LAYOUTS", "Layout", "decide_layout", "input_size", "parse_layout"]
 
 LAYOUTS = ("nchw", "nhwc", "tokens", "ncthw")
 _MAX_PREFIX = 8  # class + distillation + register tokens considered by the automatic grid
@@ -114,6 +114,14 @@ def parse_layout(layout: str | None) -> tuple[str | None, int | None]:
     return kind, int(rest) if rest else None
 
 
+def input_size(x: Tensor, channels_last: bool = False) -> tuple[int, int]:
+    """The (H, W) of an input batch: (B, C, H, W), a video's (B, C, T, H, W), or with
+    ``channels_last`` a Keras batch (B, H, W, C)."""
+    if channels_last and x.dim() == 4:
+        return int(x.shape[1]), int(x.shape[2])
+    return int(x.shape[-2]), int(x.shape[-1])
+
+
 def _fits(h: int, w: int, size: tuple[int, int]) -> bool:
     """Whether a (h, w) grid is a downsampling of the input ``size`` with one factor."""
     hh, ww = size
@@ -152,7 +160,8 @@ def decide_layout(
     Automatic (``layout`` None) when one reading fits: a 5-D output of a video input is
     ``ncthw``; a 4-D output is ``nchw`` or ``nhwc`` when only one of them is a downsampling
     of the input (both fit only when channels equal the grid's sides: then a torch layer of
-    a known kind or a torch model is ``nchw``, a Keras one (``channels_last``) ``nhwc``);
+    a known kind or a torch model is ``nchw``, a Keras one (``channels_last``, whose input
+    ``x`` is then (B, H, W, C) too) ``nhwc``);
     3-D output is ``tokens`` when one prefix of at most 8 tokens leaves a patch grid.
 
     Raises:
@@ -162,7 +171,7 @@ def decide_layout(
     """
     kind, prefix = parse_layout(layout)
     video = x.dim() == 5
-    size = (int(x.shape[-2]), int(x.shape[-1]))
+    size = input_size(x, channels_last)
     shape = tuple(act.shape)
 
     def fail(why: str) -> None:

@@ -26,8 +26,9 @@ from torch import Tensor, nn
 from cnnlens.core.capture import capture, frozen, grad_enabled
 from cnnlens.core.checks import check_flag
 from cnnlens.core.explanation import Explanation
+from cnnlens.core.keras import is_keras
 from cnnlens.core.layers import LayersLike, find_spatial_layer, resolve_layers
-from cnnlens.core.layouts import Layout, decide_layout, parse_layout
+from cnnlens.core.layouts import Layout, decide_layout, input_size, parse_layout
 from cnnlens.core.maps import normalize_maps, upsample
 from cnnlens.core.outputs import OutputLike, detach_outputs, select_output
 from cnnlens.core.targets import TargetLike, Targets, WithOutput, resolve_targets
@@ -85,6 +86,15 @@ class Explainer:
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self.eval_mode = eval_mode
+        if is_keras(model) and not self.keras_ready:
+            raise ModelError(
+                f"{self.name or type(self).__name__} does not take Keras models yet (their "
+                "input is channels-last); use a CAM method: gradcam, gradcam++, xgradcam, "
+                "hirescam, layercam, eigencam, scorecam or ablationcam"
+            )
+
+    #: Whether the method explains Keras models (channels-last inputs): the CAM family.
+    keras_ready: ClassVar[bool] = False
 
     def __call__(
         self,
@@ -160,6 +170,7 @@ class BaseCAM(Explainer):
 
     uses_layer: ClassVar[bool] = True
     needs_grad: ClassVar[bool] = True
+    keras_ready: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -177,6 +188,7 @@ class BaseCAM(Explainer):
         self.optimize = check_flag("optimize", optimize)
         parse_layout(layout)
         self.layout = layout
+        self.channels_last = is_keras(model)  # a Keras model: NHWC inputs and activations
 
     def _forward(self, x: Tensor) -> Any:
         """The model's forward of the explained batch, channels-last when :attr:`optimize`
@@ -202,7 +214,8 @@ class BaseCAM(Explainer):
         if self._resolved is not None:
             return self._resolved
         score = _probe_score(target)
-        return resolve_layers(self.model, find_spatial_layer(self.model, x[:1], score))
+        name = find_spatial_layer(self.model, x[:1], score, channels_last=self.channels_last)
+        return resolve_layers(self.model, name)
 
     def extra_modules(self) -> list[tuple[str, nn.Module]]:
         """Further modules to capture in the same forward (e.g. CAM's linear head)."""
@@ -231,7 +244,9 @@ class BaseCAM(Explainer):
                 act = cap.outputs[name]
                 acts.append(act)
                 lays.append(
-                    decide_layout(act, x, name, self.layout, module=module, channels_last=False)
+                    decide_layout(
+                        act, x, name, self.layout, module=module, channels_last=self.channels_last
+                    )
                 )
             ctx = CAMContext(x=x, outputs=outputs, targets=targets, capture=cap)
             raws = self._layer_maps(acts, ctx, names, lays)
@@ -281,7 +296,8 @@ class BaseCAM(Explainer):
         x: Tensor,
         lays: list[Layout],
     ) -> Explanation:
-        size = tuple(int(s) for s in x.shape[2:])  # (H, W), or (T, H, W) for a video
+        # (H, W), (T, H, W) for a video
+        size = input_size(x, True) if self.channels_last else tuple(int(s) for s in x.shape[2:])
         dims = len(size)
         maps = [normalize_maps(lay.to_input(F.relu(r), size), dims) for r, lay in zip(raws, lays)]
         raws = [lay.unfold(r) for r, lay in zip(raws, lays)]

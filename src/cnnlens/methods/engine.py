@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from cnnlens.core.checks import check_choice
 from cnnlens.core.device import model_device_dtype
 from cnnlens.core.explanation import Explanation
+from cnnlens.core.keras import is_keras
 from cnnlens.core.maps import normalize_maps
 from cnnlens.core.outputs import detach_outputs
 from cnnlens.core.targets import TargetLike, Targets, resolve_targets
@@ -78,6 +79,7 @@ def prepare_input(x: Any, model: nn.Module) -> Tensor:
         )
     if (
         x.dim() == 4
+        and not is_keras(model)
         and x.shape[-1] in _IMAGE_CHANNELS
         and x.shape[1] not in _IMAGE_CHANNELS
         and x.shape[2] > 4

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from cnnlens.core.checks import check_float, check_optional_int
 from cnnlens.core.explanation import Explanation
 from cnnlens.core.layers import LayersLike
-from cnnlens.core.layouts import Layout
+from cnnlens.core.layouts import Layout, input_size
 from cnnlens.core.progress import progress_bar
 from cnnlens.core.registry import register
 from cnnlens.core.targets import TargetLike, Targets
@@ -149,7 +149,8 @@ class ScoreCAM(BaseCAM):
         x: Tensor = ctx.x
         targets: Targets = ctx.targets
         b, c = acts.shape[:2]
-        size = tuple(int(s) for s in x.shape[2:])  # (H, W), or (T, H, W) for a video
+        # (H, W), or (T, H, W) for a video; a Keras model's input is (B, H, W, C)
+        size = input_size(x, True) if self.channels_last else tuple(int(s) for s in x.shape[2:])
         layout = ctx.layout or Layout("nchw", (acts.shape[2], acts.shape[3]))
         constant = _constant_channels(acts)
         selected = _top_channels(acts, self.top_channels)
@@ -168,6 +169,8 @@ class ScoreCAM(BaseCAM):
                 masks = layout.to_input(acts[img, ch].unsqueeze(1), size)
                 lo = masks.flatten(2).amin(2).view(-1, *[1] * (masks.dim() - 1))
                 hi = masks.flatten(2).amax(2).view(-1, *[1] * (masks.dim() - 1))
+                if self.channels_last:
+                    masks = masks.permute(0, 2, 3, 1)
                 masks = (masks - lo) / (hi - lo).clamp(min=_TINY)
                 s = row_scores(targets, forward(x[img] * masks.to(x.dtype)), img)
                 bad += int((~torch.isfinite(s)).any(dim=1).sum())
