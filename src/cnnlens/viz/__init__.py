@@ -26,7 +26,6 @@ from cnnlens.viz.figures import (
     methods_grid,
     save_png,
     to_png_bytes,
-    video_frames,
 )
 from cnnlens.viz.overlay import (
     DEFAULT_VIEW_CMAPS,
@@ -40,6 +39,7 @@ from cnnlens.viz.overlay import (
     overlay,
     show_image,
 )
+from cnnlens.viz.video import video_frames
 
 __all__ = [
     "DEFAULT_VIEW_CMAPS",
