@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $@
 
 $(DEVSTAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,ray]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,ray,keras]'
 	touch $@ $(STAMP)
 
 demo: $(STAMP)

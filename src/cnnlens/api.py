@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from cnnlens.core.explanation import Explanation
 from cnnlens.core.layers import LayersLike
+from cnnlens.core.outputs import OutputLike
 from cnnlens.core.registry import get_method
 from cnnlens.core.targets import TargetLike
 from cnnlens.errors import InputError
@@ -21,6 +22,8 @@ def explain(
     layer: LayersLike = None,
     *,
     topk: int | None = None,
+    output: OutputLike = None,
+    layout: str | None = None,
     **options: Any,
 ) -> Explanation:
     """Explain the model's predictions for ``x`` with a registered method.
@@ -33,6 +36,13 @@ def explain(
             callable ``f(outputs) -> (B,)`` scores.
         layer: for CAM methods: None (automatic), a dotted name, a module, or a list.
         topk: explain each image's K top classes (maps (B, K, H, W)).
+        output: which part of the model's output holds the scores: None (automatic: a
+            tensor, an object's ``.logits``, a mapping's ``"logits"``/``"out"``), a key, an
+            index or a callable ``f(outputs) -> (B, N)`` (see :mod:`cnnlens.core.outputs`);
+            recorded in ``Explanation.output``.
+        layout: for CAM methods, how the layer's output is laid out: ``"nchw"``,
+            ``"nhwc"``, ``"tokens"`` (``"tokens:p"``) or ``"ncthw"``; None: read from the
+            shapes, an error when ambiguous (see :mod:`cnnlens.core.layouts`).
         **options: the method's own options (e.g. ``n_steps`` for integrated gradients);
             CAM methods also take ``aug_smooth`` and ``eigen_smooth`` (see
             :mod:`cnnlens.methods.cam_smoothing`).
@@ -48,10 +58,15 @@ def explain(
         if not cls.takes_layer(options):
             raise InputError(f"method {cls.name!r} works on the input and takes no layer argument")
         options["layer"] = layer
+    if layout is not None:
+        if not cls.takes_layer(options):
+            raise InputError(f"method {cls.name!r} works on the input and takes no layout")
+        options["layout"] = layout
     from cnnlens.methods.cam_smoothing import SMOOTHING_OPTIONS, smooth_cam
 
     smoothing = {k: options.pop(k) for k in SMOOTHING_OPTIONS if k in options}
     explainer = cls(model, **options)
-    exp = (smooth_cam(explainer, **smoothing) if smoothing else explainer)(x, target, topk=topk)
+    run = smooth_cam(explainer, **smoothing) if smoothing else explainer
+    exp = run(x, target, topk=topk, output=output)
     exp.inputs = x.detach()  # a reference (no copy), so the result can draw itself
     return exp

@@ -28,6 +28,9 @@ class Explanation(Displayable):
             pixel methods.
         per_layer: maps of each layer when several layers were fused.
         extras: method-specific results (e.g. ``delta`` for integrated gradients).
+        output: which part of the model's output the scores were read from (``"tensor"``,
+            ``"logits"``, ``"out"``, the ``output=`` key or index, ``"whole output"`` for a
+            callable target); see :mod:`cnnlens.core.outputs`.
         inputs: the explained input (set by :func:`cnnlens.explain`), for pictures.
         class_names: names of the model's classes, for pictures (``None``: indices).
         preset: the input's normalization (a preset name or mean/std object), for pictures.
@@ -56,6 +59,7 @@ class Explanation(Displayable):
     inputs: Tensor | None = None
     class_names: list[str] | None = None
     preset: Any = None
+    output: str | None = None
 
     @property
     def batch_size(self) -> int:
@@ -79,6 +83,7 @@ class Explanation(Displayable):
             inputs=move(self.inputs),
             class_names=self.class_names,
             preset=self.preset,
+            output=self.output,
         )
 
     def facts(self) -> list[tuple[str, str]]:

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import difflib
 import logging
+import re
+import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from cnnlens.errors import LayerNotFoundError
+from cnnlens.core.keras import is_keras, keras_layers
+from cnnlens.core.layouts import decide_layout
+from cnnlens.core.outputs import select_output
+from cnnlens.errors import LayerNotFoundError, TargetError
 
 log = logging.getLogger("cnnlens")
 
@@ -23,35 +29,94 @@ def layer_names(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_modules() if name]
 
 
+# wrappers whose prefix users do not type: torch.compile's OptimizedModule, DataParallel and
+# DistributedDataParallel
+_WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+_TOKEN = re.compile(r"([^.\[\]]+)|\[(-?\d+)\]")
+
+
+def _typed(name: str) -> str:
+    """``name`` as the user types it: without a wrapper's prefix."""
+    for prefix in _WRAPPER_PREFIXES:
+        while name.startswith(prefix):
+            name = name[len(prefix) :]
+    return name
+
+
+def _walk(model: nn.Module, path: str) -> nn.Module | None:
+    """The module at ``path``: dotted names and Python indices (``features[-1]``,
+    ``layer4.-1``), negative ones counted from the end of a Sequential or ModuleList."""
+    module: nn.Module = model
+    pos = 0
+    for match in _TOKEN.finditer(path):
+        if path[pos : match.start()].strip(".") or match.start() < pos:
+            return None
+        pos = match.end()
+        part = match.group(1) if match.group(1) is not None else match.group(2)
+        children = module._modules
+        if part in children and children[part] is not None:
+            module = children[part]
+        elif part.lstrip("-").isdigit():
+            items = [m for m in children.values() if m is not None]
+            i = int(part)
+            if not -len(items) <= i < len(items):
+                return None
+            module = items[i]
+        else:
+            return None
+    return module if pos == len(path) and module is not model else None
+
+
+def named_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of the model's layers as the user names them: the dotted names of
+    ``named_modules`` (the root left out), or a Keras model's layer names."""
+    if is_keras(model):
+        return keras_layers(model)
+    return [(n, m) for n, m in model.named_modules() if n]
+
+
+def _unregistered_name(layer: nn.Module) -> str:
+    name = getattr(layer, "name", None)  # a Keras layer's name
+    return name if isinstance(name, str) and name else f"<{type(layer).__name__}>"
+
+
 def resolve_layer(model: nn.Module, layer: LayerLike) -> tuple[str, nn.Module]:
-    """Return ``(dotted_name, module)`` for a dotted name or a submodule of ``model``.
+    """Return ``(dotted_name, module)`` for a dotted name or a module of ``model``.
+
+    Names may use Python indices (``features[-1]``, ``layer4[-1]``) and may leave out the
+    ``_orig_mod.`` (torch.compile) or ``module.`` (DataParallel) prefix of a wrapper. A module
+    object that is not registered under a name (a Keras layer) is accepted as it is: it must
+    run in the model's forward, which the methods check.
 
     Raises:
-        LayerNotFoundError: when the name or module is not part of the model; the message
-            lists the nearest candidate names.
+        LayerNotFoundError: when the name is not part of the model; the message lists the
+            nearest candidate names, as the user can type them.
     """
     if isinstance(layer, nn.Module):
         for name, module in model.named_modules():
-            if module is layer:
+            if module is layer and name:
                 return name, module
-        raise LayerNotFoundError(
-            f"layer module {type(layer).__name__} is not a submodule of the model "
-            f"{type(model).__name__}"
-        )
+        if layer is model:
+            raise LayerNotFoundError("layer is the model itself; choose one of its layers")
+        return _unregistered_name(layer), layer
     if not isinstance(layer, str):
         raise LayerNotFoundError(
             f"layer must be a dotted name, a module or a list of those, got {type(layer).__name__}"
         )
-    modules = dict(model.named_modules())
     name = layer.strip()
-    if name in modules and name:
-        return name, modules[name]
-    # Accept index syntax as written in Python: features[35] -> features.35
-    alt = name.replace("[", ".").replace("]", "")
-    if alt in modules and alt:
-        return alt, modules[alt]
-    candidates = [n for n in modules if n]
-    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.4)
+    if is_keras(model):
+        named = dict(keras_layers(model))
+        if name in named:
+            return name, named[name]
+    by_module = {id(m): n for n, m in named_modules(model)}
+    for prefix in ("", *_WRAPPER_PREFIXES, "_orig_mod.module.", "module._orig_mod."):
+        found = _walk(model, prefix + name) if name else None
+        if found is None and name.startswith(_WRAPPER_PREFIXES):
+            found = _walk(model, _typed(name))
+        if found is not None and id(found) in by_module:
+            return by_module[id(found)], found
+    candidates = [_typed(n) for n in by_module.values()]
+    close = difflib.get_close_matches(_typed(name), candidates, n=5, cutoff=0.4)
     shown = close or candidates[-5:]
     raise LayerNotFoundError(
         f"layer {layer!r} not found in {type(model).__name__}; "
@@ -82,18 +147,31 @@ _CHOSEN: weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], tuple[str
 )
 
 
-def find_spatial_layer(model: nn.Module, x: Tensor) -> str:
-    """The last module whose output is a spatial 4-D map, found by a real forward pass.
+def find_spatial_layer(
+    model: nn.Module,
+    x: Tensor,
+    score: Callable[[Any], Tensor] | None = None,
+    *,
+    channels_last: bool = False,
+) -> str:
+    """The last layer whose output is a spatial map that the score depends on, found by one
+    forward and backward pass on ``x``.
 
-    The module that runs last in forward and returns a (B, C, h, w) tensor with h * w > 1 is
-    chosen (containers count: ResNet gives ``layer4``, VGG ``features``); when every 4-D
-    output is 1x1, the last 4-D one. The caller's model state is not changed: the pass runs on
-    the caller's behalf inside :func:`cnnlens.core.capture.frozen`. The choice is remembered
-    for the model and the input's shape, dtype and device (as long as the chosen module is
-    still the model's submodule of that name), so later calls need no probe pass.
+    Candidates: the modules (containers count: ResNet gives ``layer4``, VGG ``features``)
+    that run exactly once and return a tensor of x's batch that reads as a spatial map
+    (:func:`~cnnlens.core.layouts.decide_layout`: (B, C, h, w), (B, h, w, C), (B, N, C)
+    tokens on a patch grid, or (B, C, t, h, w) for a video). Of those whose map the score
+    (``score(outputs)``, a scalar; default the top class of the automatic output) has a
+    non-zero gradient on, the one that runs last with h * w > 1 is chosen (the last one when
+    all are 1x1). So a ViT gets its last block's first LayerNorm (the final norm only feeds the
+    class token), a detector never its ROI heads (their batch is the proposals). The caller's
+    model state is not changed (the probe runs inside :func:`cnnlens.core.capture.frozen`).
+    With the default score the choice is remembered for the model and the input's shape,
+    dtype and device, so later calls need no probe pass.
     """
     key = (*x.shape[1:], x.dtype, x.device.type)
-    known = _CHOSEN.get(model, {}).get(key)
+    cache = score is None and not is_keras(model)
+    known = _CHOSEN.get(model, {}).get(key) if cache else None
     if known is not None:
         name, module_ref = known
         try:
@@ -102,36 +180,91 @@ def find_spatial_layer(model: nn.Module, x: Tensor) -> str:
                 return name
         except AttributeError:
             pass
-    name = _probe_spatial_layer(model, x)
-    _CHOSEN.setdefault(model, {})[key] = (name, weakref.ref(model.get_submodule(name)))
+    name = _probe_spatial_layer(model, x, score or _top_score, channels_last)
+    if cache:
+        _CHOSEN.setdefault(model, {})[key] = (name, weakref.ref(model.get_submodule(name)))
     return name
 
 
-@torch.no_grad()
-def _probe_spatial_layer(model: nn.Module, x: Tensor) -> str:
-    """One forward pass with a shape-recording hook on every submodule."""
-    order: list[tuple[str, tuple[int, ...]]] = []
+def _top_score(outputs: Any) -> Tensor:
+    """The probe's default score: each image's top class of the automatic output; the sum of
+    squares of every float tensor in an output the automatic choice cannot read."""
+    try:
+        return select_output(outputs).float().amax(dim=1).sum()
+    except TargetError:
+        leaves: list[Tensor] = []
+        _float_leaves(outputs, leaves)
+        if not leaves:
+            raise
+        return sum(t.float().pow(2).mean() for t in leaves)  # type: ignore[return-value]
+
+
+def _float_leaves(value: Any, into: list[Tensor]) -> None:
+    if isinstance(value, Tensor):
+        if value.is_floating_point() and value.requires_grad:
+            into.append(value)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _float_leaves(v, into)
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            _float_leaves(v, into)
+
+
+def _probe_spatial_layer(
+    model: nn.Module, x: Tensor, score: Callable[[Any], Tensor], channels_last: bool
+) -> str:
+    """One forward pass recording every submodule's output, one backward to all of them."""
+    seen: dict[str, tuple[Tensor, nn.Module]] = {}
+    calls: dict[str, int] = {}
     handles = []
     try:
-        for name, module in model.named_modules():
-            if not name:
-                continue
+        for name, module in named_modules(model):
 
-            def hook(_m: nn.Module, _i: object, out: object, name: str = name) -> None:
-                if isinstance(out, Tensor) and out.dim() == 4:
-                    order.append((name, tuple(out.shape)))
+            def hook(m: nn.Module, _i: object, out: object, name: str = name) -> object:
+                calls[name] = calls.get(name, 0) + 1
+                if isinstance(out, Tensor) and out.is_floating_point() and out.requires_grad:
+                    seen[name] = (out, m)
+                    return out.clone()  # an in-place op downstream leaves the record intact
+                return None
 
             handles.append(module.register_forward_hook(hook))
-        model(x)
+        with torch.inference_mode(False), torch.enable_grad():
+            total = score(model(x.detach().requires_grad_(True)))
+            maps = []
+            for name, (out, module) in seen.items():
+                lay = decide_layout(
+                    out, x, name, module=module, channels_last=channels_last, strict=False
+                )
+                if lay is not None and calls[name] == 1:
+                    maps.append((name, out, lay))
+            if not maps:
+                raise LayerNotFoundError(
+                    f"no layer of {type(model).__name__} returns a spatial map (B, C, h, w), "
+                    "(B, h, w, C) or (B, N, C) tokens once per forward; give layer= explicitly"
+                )
+            grads = (
+                torch.autograd.grad(total, [out for _, out, _ in maps], allow_unused=True)
+                if total.requires_grad
+                else [None] * len(maps)
+            )
     finally:
         for h in handles:
             h.remove()
-    spatial = [name for name, shape in order if shape[2] * shape[3] > 1]
-    chosen = spatial[-1] if spatial else (order[-1][0] if order else None)
-    if chosen is None:
-        raise LayerNotFoundError(
-            f"no layer of {type(model).__name__} returns a 4-D (B, C, h, w) map; "
-            "give layer= explicitly"
+    used = [
+        (name, lay)
+        for (name, _, lay), g in zip(maps, grads)
+        if g is not None and bool(lay.read(g).abs().amax() > 0)
+    ]
+    if not used:
+        warnings.warn(
+            f"the score of {type(model).__name__} depends on none of its spatial layers; "
+            f"using the last one, {_typed(maps[-1][0])!r}, whose map will be empty",
+            RuntimeWarning,
+            stacklevel=5,
         )
+        used = [(name, lay) for name, _, lay in maps]
+    spatial = [name for name, lay in used if lay.grid[0] * lay.grid[1] > 1]
+    chosen = spatial[-1] if spatial else used[-1][0]
     log.info("layer chosen automatically: %s", chosen)
     return chosen

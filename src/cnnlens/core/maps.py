@@ -10,15 +10,17 @@ from torch import Tensor
 __all__ = ["normalize_maps", "upsample"]
 
 
-def normalize_maps(maps: Tensor) -> Tensor:
-    """Min-max normalize each map (last two dims) to [0, 1]; constant maps become zeros.
+def normalize_maps(maps: Tensor, dims: int = 2) -> Tensor:
+    """Min-max normalize each map (the last ``dims`` dims: 2 for (H, W), 3 for a video's
+    (T, H, W)) to [0, 1]; constant maps become zeros.
 
     Non-finite values are treated as zero so a map is never NaN.
     """
     maps = torch.nan_to_num(maps.float(), nan=0.0, posinf=0.0, neginf=0.0)
-    flat = maps.flatten(-2)
-    lo = flat.amin(-1)[..., None, None]
-    hi = flat.amax(-1)[..., None, None]
+    flat = maps.flatten(-dims)
+    tail = (None,) * dims
+    lo = flat.amin(-1)[(..., *tail)]
+    hi = flat.amax(-1)[(..., *tail)]
     span = hi - lo
     scale = torch.maximum(hi.abs(), lo.abs())
     flat_map = span <= torch.finfo(torch.float32).eps * scale + torch.finfo(torch.float32).tiny

@@ -8,6 +8,10 @@ Accepted targets:
 * a (B, K) tensor, or ``topk=K``: K classes per image (maps become (B, K, H, W));
 * a callable ``f(outputs) -> (B,)``: any score of the model's output (multi-label, a
   segmentation mask's mean, a field of a dict or tuple output).
+
+Class indices are read from the scores tensor that ``output=`` selects
+(:mod:`cnnlens.core.outputs`). A callable target gets the selected output when ``output`` is
+given, and the model's whole output otherwise.
 """
 
 from __future__ import annotations
@@ -20,9 +24,19 @@ import torch
 from torch import Tensor
 
 from cnnlens.core.checks import check_int
+from cnnlens.core.outputs import OutputLike, describe, select_output
 from cnnlens.errors import TargetError
 
 TargetLike = None | int | Sequence[int] | Tensor | Callable[[Any], Tensor]
+
+
+@dataclass(frozen=True)
+class WithOutput:
+    """A target together with the ``output=`` choice of one call, handed through a method's
+    ``explain_batch`` as its target (see :meth:`cnnlens.methods.base.Explainer.__call__`)."""
+
+    target: Any
+    output: OutputLike
 
 
 @dataclass(frozen=True)
@@ -33,11 +47,19 @@ class Targets:
         indices: long tensor (B, K) of class indices (-1 for a callable target).
         fn: the user's callable, when the target was one.
         per_image: True when maps have one class per image ((B, H, W)), False for (B, K, H, W).
+        output: the ``output=`` choice (None: automatic).
+        chosen: what it selected, as recorded in ``Explanation.output``.
     """
 
     indices: Tensor
     fn: Callable[[Any], Tensor] | None
     per_image: bool
+    output: OutputLike = None
+    chosen: str = "tensor"
+
+    def logits(self, outputs: Any) -> Tensor:
+        """The (B, N) scores tensor of ``outputs`` selected by :attr:`output`."""
+        return select_output(outputs, self.output)
 
     @property
     def k(self) -> int:
@@ -50,7 +72,7 @@ class Targets:
     def scores(self, outputs: Any) -> Tensor:
         """The scores to explain, (B, K), differentiable with respect to ``outputs``."""
         if self.fn is not None:
-            s = self.fn(outputs)
+            s = self.fn(outputs if self.output is None else self.logits(outputs))
             if not isinstance(s, Tensor):
                 raise TargetError(
                     f"target callable must return a tensor of shape (B,), got {type(s).__name__}"
@@ -64,40 +86,44 @@ class Targets:
                     f"got {tuple(s.shape)}"
                 )
             return s.unsqueeze(1)
-        return logits_of(outputs).gather(1, self.indices.to(logits_of(outputs).device))
+        logits = self.logits(outputs)
+        return logits.gather(1, self.indices.to(logits.device))
 
 
-def logits_of(outputs: Any) -> Tensor:
-    """The (B, N) score tensor of a classifier's output, or a clear error."""
-    if isinstance(outputs, Tensor) and outputs.dim() == 2:
-        return outputs
-    kind = (
-        f"a tensor of shape {tuple(outputs.shape)}"
-        if isinstance(outputs, Tensor)
-        else type(outputs).__name__
-    )
-    raise TargetError(
-        f"the model returns {kind}, not class scores (B, N); pass target as a callable "
-        "f(outputs) -> (B,) scores to say what to explain"
-    )
+def logits_of(outputs: Any, output: OutputLike = None) -> Tensor:
+    """The (B, N) score tensor of a model's output chosen by ``output``, or a clear error."""
+    return select_output(outputs, output)
 
 
 def resolve_targets(
-    target: TargetLike, outputs: Any, topk: int | None = None, *, batch: int | None = None
+    target: TargetLike,
+    outputs: Any,
+    topk: int | None = None,
+    *,
+    batch: int | None = None,
+    output: OutputLike = None,
 ) -> Targets:
     """Resolve ``target`` (and ``topk``) against the model's ``outputs`` for one batch.
+
+    ``output`` chooses the scores tensor (see :mod:`cnnlens.core.outputs`); a
+    :class:`WithOutput` target carries its own.
 
     Raises:
         TargetError: for an index out of range, a sequence of the wrong length, a bad
             ``topk`` or a target of an unsupported kind; never a silent truncation.
     """
+    if isinstance(target, WithOutput):
+        target, output = target.target, target.output
     if callable(target) and not isinstance(target, Tensor):
         if topk is not None:
             raise TargetError("topk cannot be combined with a callable target")
         batch = _batch_size(outputs) if batch is None else batch
-        return Targets(torch.full((batch, 1), -1, dtype=torch.long), target, True)
+        chosen = "whole output" if output is None else describe(output, outputs)
+        idx = torch.full((batch, 1), -1, dtype=torch.long)
+        return Targets(idx, target, True, output, chosen)
 
-    logits = logits_of(outputs)
+    logits = select_output(outputs, output)
+    chosen = describe(output, outputs)
     batch, n_classes = logits.shape
     device = logits.device
     if topk is not None:
@@ -105,10 +131,10 @@ def resolve_targets(
             raise TargetError("give either target or topk, not both")
         check_int("topk", topk, minimum=1, maximum=n_classes, error=TargetError)
         idx = logits.detach().float().topk(topk, dim=1).indices
-        return Targets(idx.long(), None, False)
+        return Targets(idx.long(), None, False, output, chosen)
     if target is None:
         idx = logits.detach().float().argmax(dim=1, keepdim=True)
-        return Targets(idx.long(), None, True)
+        return Targets(idx.long(), None, True, output, chosen)
 
     per_image = True
     if isinstance(target, bool):
@@ -150,7 +176,7 @@ def resolve_targets(
             f"target {value} is out of range: the model has {n_classes} classes "
             f"(0..{n_classes - 1})"
         )
-    return Targets(idx, None, per_image)
+    return Targets(idx, None, per_image, output, chosen)
 
 
 def _batch_size(outputs: Any) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar
@@ -25,9 +26,12 @@ from torch import Tensor, nn
 from cnnlens.core.capture import capture, frozen, grad_enabled
 from cnnlens.core.checks import check_flag
 from cnnlens.core.explanation import Explanation
+from cnnlens.core.keras import is_keras
 from cnnlens.core.layers import LayersLike, find_spatial_layer, resolve_layers
+from cnnlens.core.layouts import Layout, decide_layout, input_size, parse_layout
 from cnnlens.core.maps import normalize_maps, upsample
-from cnnlens.core.targets import TargetLike, Targets, resolve_targets
+from cnnlens.core.outputs import OutputLike, detach_outputs, select_output
+from cnnlens.core.targets import TargetLike, Targets, WithOutput, resolve_targets
 from cnnlens.errors import InputError, LayerNotFoundError, ModelError
 from cnnlens.methods.engine import (
     BatchedForward,
@@ -82,11 +86,29 @@ class Explainer:
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self.eval_mode = eval_mode
+        if is_keras(model) and not self.keras_ready:
+            raise ModelError(
+                f"{self.name or type(self).__name__} does not take Keras models yet (their "
+                "input is channels-last); use a CAM method: gradcam, gradcam++, xgradcam, "
+                "hirescam, layercam, eigencam, scorecam or ablationcam"
+            )
+
+    #: Whether the method explains Keras models (channels-last inputs): the CAM family.
+    keras_ready: ClassVar[bool] = False
 
     def __call__(
-        self, x: Tensor, target: TargetLike = None, *, topk: int | None = None
+        self,
+        x: Tensor,
+        target: TargetLike = None,
+        *,
+        topk: int | None = None,
+        output: OutputLike = None,
     ) -> Explanation:
+        """Explain ``x`` for ``target``; ``output`` chooses the scores tensor of the model's
+        output (see :mod:`cnnlens.core.outputs`; recorded in ``Explanation.output``)."""
         xb = prepare_input(x, self.model)
+        if output is not None:
+            target = WithOutput(target, output)
         with frozen(self.model, eval_mode=self.eval_mode):
             exp = self.explain_batch(xb, target, topk)
         return exp.to(x.device) if exp.maps.device != x.device else exp
@@ -109,6 +131,8 @@ class CAMContext:
         capture: the hooks of the forward (``capture.inputs`` for the recorded inputs).
         k: which of the K targets the map is for.
         layer: the dotted name of the layer the activations come from.
+        layout: how that layer's output was read as (B, C, h, w) maps
+            (:class:`~cnnlens.core.layouts.Layout`; ``layout.write`` puts maps back).
     """
 
     x: Tensor
@@ -117,6 +141,7 @@ class CAMContext:
     capture: capture
     k: int = 0
     layer: str = ""
+    layout: Layout | None = None
 
 
 class BaseCAM(Explainer):
@@ -137,6 +162,10 @@ class BaseCAM(Explainer):
             whose forward refuses that layout is run in the default one). None: for float32
             inputs on the CPU of a model with 2-D convolutions; False: the input as given.
         eval_mode: see :class:`Explainer`.
+        layout: how the layer's output is laid out: ``"nchw"``, ``"nhwc"``, ``"tokens"``
+            (``"tokens:p"`` with p class/register tokens) or ``"ncthw"`` (video); None reads
+            it from the shapes and raises when that is ambiguous
+            (:func:`~cnnlens.core.layouts.decide_layout`).
     """
 
     uses_layer: ClassVar[bool] = True
@@ -145,6 +174,7 @@ class BaseCAM(Explainer):
     #: (``eigen_smooth``, see :mod:`cnnlens.methods.cam_smoothing`, swaps in their first
     #: principal component)
     reduce_channels: Callable[[Tensor], Tensor] = staticmethod(lambda t: t.sum(dim=1))
+    keras_ready: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -153,11 +183,16 @@ class BaseCAM(Explainer):
         *,
         optimize: bool | None = None,
         eval_mode: bool = True,
+        layout: str | None = None,
     ):
         super().__init__(model, eval_mode=eval_mode)
+        refuse_script(model, self.name)
         self.layer = layer
         self._resolved = None if layer is None else resolve_layers(model, layer)
         self.optimize = check_flag("optimize", optimize)
+        parse_layout(layout)
+        self.layout = layout
+        self.channels_last = is_keras(model)  # a Keras model: NHWC inputs and activations
 
     def _forward(self, x: Tensor) -> Any:
         """The model's forward of the explained batch, channels-last when :attr:`optimize`
@@ -176,18 +211,22 @@ class BaseCAM(Explainer):
         """The unnormalized map (B, h, w) of one layer for one target."""
         return self.reduce_channels(self.channel_weights(acts, grads) * acts)
 
-    def layers_for(self, x: Tensor) -> list[tuple[str, nn.Module]]:
+    def layers_for(self, x: Tensor, target: TargetLike = None) -> list[tuple[str, nn.Module]]:
+        """The layers to explain: the given ones, or the automatic choice for ``x`` (the last
+        spatial map the score of ``target`` depends on; see
+        :func:`~cnnlens.core.layers.find_spatial_layer`)."""
         if self._resolved is not None:
             return self._resolved
-        with torch.no_grad():
-            return resolve_layers(self.model, find_spatial_layer(self.model, x[:1]))
+        score = _probe_score(target)
+        name = find_spatial_layer(self.model, x[:1], score, channels_last=self.channels_last)
+        return resolve_layers(self.model, name)
 
     def extra_modules(self) -> list[tuple[str, nn.Module]]:
         """Further modules to capture in the same forward (e.g. CAM's linear head)."""
         return []
 
     def explain_batch(self, x: Tensor, target: TargetLike, topk: int | None) -> Explanation:
-        layers = self.layers_for(x)
+        layers = self.layers_for(x, target)
         names = [n for n, _ in layers]
         extra = self.extra_modules()
         grad_ctx = grad_enabled() if self.needs_grad else torch.no_grad()
@@ -195,29 +234,34 @@ class BaseCAM(Explainer):
         with grad_ctx, hooks as cap:
             outputs = self._forward(x)
             targets = resolve_targets(target, outputs, topk, batch=x.shape[0])
-            acts = []
-            for name in names:
+            acts, lays = [], []
+            for name, module in layers:
                 if name not in cap.outputs:
-                    raise LayerNotFoundError(
-                        f"layer {name!r} did not return a tensor during forward; "
-                        "choose a layer that outputs a (B, C, h, w) map"
+                    where = (
+                        "did not return a tensor during forward"
+                        if any(module is m for m in self.model.modules())
+                        else "is not a submodule of the model and did not run in its forward"
                     )
-                acts.append(cap.outputs[name])
-            for name, act in zip(names, acts):
-                if act.dim() != 4:
                     raise LayerNotFoundError(
-                        f"layer {name!r} outputs shape {tuple(act.shape)}, not a (B, C, h, w) "
-                        "map; choose a convolutional layer"
+                        f"layer {name!r} {where}; choose a layer that outputs a (B, C, h, w) map"
                     )
+                act = cap.outputs[name]
+                acts.append(act)
+                lays.append(
+                    decide_layout(
+                        act, x, name, self.layout, module=module, channels_last=self.channels_last
+                    )
+                )
             ctx = CAMContext(x=x, outputs=outputs, targets=targets, capture=cap)
-            raws = self._layer_maps(acts, ctx, names)
-        scores = outputs.detach() if isinstance(outputs, Tensor) else outputs
-        return self._finish(raws, names, targets, scores, x)
+            raws = self._layer_maps(acts, ctx, names, lays)
+        return self._finish(raws, names, targets, detach_outputs(outputs), x, lays)
 
-    def _layer_maps(self, acts: list[Tensor], ctx: CAMContext, names: list[str]) -> list[Tensor]:
-        """Unnormalized maps (B, K, h, w) per layer."""
+    def _layer_maps(
+        self, acts: list[Tensor], ctx: CAMContext, names: list[str], lays: list[Layout]
+    ) -> list[Tensor]:
+        """Unnormalized maps (B, K, h, w) per layer (video: (B, K, t * h, w))."""
         per_layer: list[list[Tensor]] = [[] for _ in acts]
-        acts32 = [a.detach().float() for a in acts]
+        acts32 = [lay.read(a.detach().float()) for a, lay in zip(acts, lays)]
         targets = ctx.targets
         scores = targets.scores(ctx.outputs) if self.needs_grad else None
         for k in range(targets.k):
@@ -232,18 +276,36 @@ class BaseCAM(Explainer):
                             f"the target score does not depend on layer {name!r}; "
                             "choose a layer that runs before the output"
                         )
-                grads = [g.float() for g in grads]
+                grads = [lay.read(g.float()) for g, lay in zip(grads, lays)]
+                for name, g in zip(names, grads):
+                    if k == 0 and not bool(g.abs().amax() > 0):
+                        warnings.warn(
+                            f"{self.name}: the target score does not depend on layer "
+                            f"{name!r} (its gradient is zero), so its map is empty; choose a "
+                            "layer the score reads, or let layer=None choose one",
+                            RuntimeWarning,
+                            stacklevel=5,
+                        )
             for i, (a, g) in enumerate(zip(acts32, grads)):
-                here = dataclasses.replace(ctx, k=k, layer=names[i])
+                here = dataclasses.replace(ctx, k=k, layer=names[i], layout=lays[i])
                 per_layer[i].append(self.cam(a, g, here))
         return [torch.stack(maps, dim=1) for maps in per_layer]
 
     def _finish(
-        self, raws: list[Tensor], names: list[str], targets: Targets, scores: Any, x: Tensor
+        self,
+        raws: list[Tensor],
+        names: list[str],
+        targets: Targets,
+        scores: Any,
+        x: Tensor,
+        lays: list[Layout],
     ) -> Explanation:
-        size = (int(x.shape[-2]), int(x.shape[-1]))
-        maps = [normalize_maps(upsample(F.relu(r), size)) for r in raws]
-        fused = maps[0] if len(maps) == 1 else normalize_maps(torch.stack(maps).mean(0))
+        # (H, W), (T, H, W) for a video
+        size = input_size(x, True) if self.channels_last else tuple(int(s) for s in x.shape[2:])
+        dims = len(size)
+        maps = [normalize_maps(lay.to_input(F.relu(r), size), dims) for r, lay in zip(raws, lays)]
+        raws = [lay.unfold(r) for r, lay in zip(raws, lays)]
+        fused = maps[0] if len(maps) == 1 else normalize_maps(torch.stack(maps).mean(0), dims)
 
         def shape(t: Tensor) -> Tensor:
             return t[:, 0] if targets.per_image else t
@@ -259,7 +321,37 @@ class BaseCAM(Explainer):
             layer="+".join(names),
             per_layer=per_layer,
             extras=extras,
+            output=targets.chosen,
         )
+
+
+def refuse_script(model: nn.Module, method: str) -> None:
+    """A TorchScript module runs without Python hooks or torch-function modes: refuse it for
+    the methods that need them, naming those that work."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ModelError(
+            f"{method} needs Python hooks on the model's layers, which a TorchScript module "
+            "does not run; use saliency, inputxgradient, integrated_gradients, smoothgrad, "
+            "occlusion or rise, or explain the original nn.Module"
+        )
+
+
+def _probe_score(target: TargetLike) -> Any:
+    """The score of the automatic layer probe for ``target``: None (the top class of the
+    automatic output) unless an ``output=`` choice or a callable target says otherwise."""
+    output: OutputLike = None
+    if isinstance(target, WithOutput):
+        target, output = target.target, target.output
+    if callable(target) and not isinstance(target, Tensor):
+        fn = target
+
+        def score(outputs: Any) -> Tensor:
+            return fn(outputs if output is None else select_output(outputs, output)).sum()
+
+        return score
+    if output is None:
+        return None
+    return lambda outputs: select_output(outputs, output).float().amax(dim=1).sum()
 
 
 class GradientMethod(Explainer):
@@ -363,5 +455,5 @@ class GradientMethod(Explainer):
     def explain_batch(self, x: Tensor, target: TargetLike, topk: int | None) -> Explanation:
         outputs, targets, grads = self.forward_grads(x, None, target, topk)
         attr = self.combine(x, grads).float()
-        maps = reduce_channels(attr, self.reduce)
+        maps = reduce_channels(attr, self.reduce, dim=2)
         return pixel_explanation(attr, maps, targets, outputs, self.name)

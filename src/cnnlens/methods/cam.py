@@ -52,8 +52,9 @@ class CAM(BaseCAM):
         top_channels: int | None = None,
         optimize: bool | None = None,
         eval_mode: bool = True,
+        layout: str | None = None,
     ):
-        super().__init__(model, layer, optimize=optimize, eval_mode=eval_mode)
+        super().__init__(model, layer, optimize=optimize, eval_mode=eval_mode, layout=layout)
         self.top_channels = check_optional_int("top_channels", top_channels)
         self._linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         if not self._linears:
@@ -82,9 +83,11 @@ class CAM(BaseCAM):
         linear layers that ran, the one whose input is that mean (whatever their order)."""
         cap = ctx.capture
         pooled = acts.mean(dim=(2, 3))
-        tol = 1e-3 * (pooled.abs().max() + 1.0)
         ran = [(name, m) for name, m in self._linears if name in cap.inputs]
         for name, module in ran:
+            # a half-precision model rounds the pooled features: the tolerance follows its dtype
+            rel = max(1e-3, 8 * torch.finfo(cap.inputs[name].dtype).eps)
+            tol = rel * (pooled.abs().max() + 1.0)
             feats = cap.inputs[name].detach().float()
             if feats.shape[0] != acts.shape[0] or feats[0].numel() != pooled.shape[1]:
                 continue
@@ -193,8 +196,9 @@ class EigenCAM(BaseCAM):
         sign_correction: bool = True,
         optimize: bool | None = None,
         eval_mode: bool = True,
+        layout: str | None = None,
     ):
-        super().__init__(model, layer, optimize=optimize, eval_mode=eval_mode)
+        super().__init__(model, layer, optimize=optimize, eval_mode=eval_mode, layout=layout)
         self.sign_correction = sign_correction
         self._cache: dict[str, Tensor] = {}
 

@@ -16,6 +16,7 @@ file imports this module and :mod:`cnnlens.methods.base`, never another method's
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import warnings
 from typing import Any
@@ -26,8 +27,10 @@ from torch import Tensor, nn
 from cnnlens.core.checks import check_choice
 from cnnlens.core.device import model_device_dtype
 from cnnlens.core.explanation import Explanation
+from cnnlens.core.keras import is_keras
 from cnnlens.core.maps import normalize_maps
-from cnnlens.core.targets import TargetLike, Targets, logits_of, resolve_targets
+from cnnlens.core.outputs import detach_outputs
+from cnnlens.core.targets import TargetLike, Targets, resolve_targets
 from cnnlens.errors import InputError
 
 log = logging.getLogger("cnnlens")
@@ -59,14 +62,34 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 
 
+# the channel counts of images: an input whose last axis is one of these and whose axis 1 is
+# not is an NHWC batch (Keras's layout), which a torch model cannot mean
+_IMAGE_CHANNELS = (1, 2, 3, 4)
+
+
 def prepare_input(x: Any, model: nn.Module) -> Tensor:
-    """Check ``x`` and return a (B, C, H, W) tensor on the model's device and dtype."""
+    """Check ``x`` and return a (B, C, H, W) (or video (B, C, T, H, W)) tensor on the model's
+    device and dtype."""
     if not isinstance(x, Tensor):
         raise InputError(f"x must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
     if x.dim() == 3:
         x = x.unsqueeze(0)
-    if x.dim() != 4:
-        raise InputError(f"x must have shape (B, C, H, W) or (C, H, W), got {tuple(x.shape)}")
+    if x.dim() not in (4, 5):
+        raise InputError(
+            f"x must have shape (B, C, H, W), (C, H, W) or video (B, C, T, H, W), got "
+            f"{tuple(x.shape)}"
+        )
+    if (
+        x.dim() == 4
+        and not is_keras(model)
+        and x.shape[-1] in _IMAGE_CHANNELS
+        and x.shape[1] not in _IMAGE_CHANNELS
+        and x.shape[2] > 4
+    ):
+        raise InputError(
+            f"x has shape {tuple(x.shape)}, an NHWC (B, H, W, C) batch; a torch model takes "
+            "(B, C, H, W): pass x.permute(0, 3, 1, 2)"
+        )
     if x.shape[0] == 0:
         raise InputError("x is an empty batch (B = 0)")
     if not x.is_floating_point():
@@ -272,17 +295,19 @@ def first_pass(
 
 def rows_targets(targets: Targets, rows: Tensor) -> Targets:
     """The targets of a batch whose row ``i`` is a variant of image ``rows[i]``."""
-    return Targets(targets.indices[rows.to(targets.indices.device)], targets.fn, targets.per_image)
+    return dataclasses.replace(targets, indices=targets.indices[rows.to(targets.indices.device)])
 
 
 def row_scores(targets: Targets, outputs: Any, rows: Tensor, *, softmax: bool = False) -> Tensor:
-    """Scores (n, K) of the targets for a batch of rows; class probabilities with ``softmax``.
+    """Scores (n, K) of the targets for a batch of rows; class probabilities with ``softmax``
+    (the sigmoid for a single-output model, whose softmax would always be 1).
 
     A callable target is applied to the rows' outputs and must return one score per row.
     """
     sub = rows_targets(targets, rows)
     if softmax and sub.fn is None:
-        probs = logits_of(outputs).float().softmax(dim=1)
+        logits = sub.logits(outputs).float()
+        probs = logits.sigmoid() if logits.shape[1] == 1 else logits.softmax(dim=1)
         return probs.gather(1, sub.indices.to(probs.device))
     return sub.scores(outputs).float()
 
@@ -310,20 +335,21 @@ def check_reduce(reduce: str | None, default: str) -> str:
     return check_choice("reduce", default if reduce is None else reduce, REDUCTIONS)
 
 
-def reduce_channels(attr: Tensor, how: str) -> Tensor:
-    """Reduce the channel axis (-3) of attributions (..., C, H, W) to maps (..., H, W).
+def reduce_channels(attr: Tensor, how: str, dim: int = -3) -> Tensor:
+    """Reduce the channel axis ``dim`` of attributions (n, K, C, H, W) (or video
+    (n, K, C, T, H, W)) to maps (n, K, H, W) (or (n, K, T, H, W)).
 
     ``"absmax"``: $\\max_c |a_c|$; ``"square"``: $\\sum_c a_c^2$; ``"abs"``:
     $\\sum_c |a_c|$; ``"sum"``: $\\sum_c a_c$ (signed).
     """
     if how == "absmax":
-        return attr.abs().amax(dim=-3)
+        return attr.abs().amax(dim=dim)
     if how == "square":
-        return attr.pow(2).sum(dim=-3)
+        return attr.pow(2).sum(dim=dim)
     if how == "abs":
-        return attr.abs().sum(dim=-3)
+        return attr.abs().sum(dim=dim)
     if how == "sum":
-        return attr.sum(dim=-3)
+        return attr.sum(dim=dim)
     raise InputError(f"reduce must be one of {', '.join(REDUCTIONS)}; got {how!r}")
 
 
@@ -354,11 +380,6 @@ def warn_if_zero(method: str, attr: Tensor, why: str) -> None:
         )
 
 
-def detach_outputs(outputs: Any) -> Any:
-    """``outputs`` detached when it is a tensor (a mapping or object is kept as it is)."""
-    return outputs.detach() if isinstance(outputs, Tensor) else outputs
-
-
 def pixel_explanation(
     raw: Tensor,
     maps: Tensor,
@@ -368,8 +389,9 @@ def pixel_explanation(
     extras: dict[str, Any] | None = None,
 ) -> Explanation:
     """The :class:`Explanation` of a pixel method from ``raw`` (B, K, C, H, W) and unnormalized
-    ``maps`` (B, K, H, W); the K axis is dropped when one class per image was explained."""
-    maps = normalize_maps(maps)
+    ``maps`` (B, K, H, W) (video: (B, K, C, T, H, W) and (B, K, T, H, W)); the K axis is
+    dropped when one class per image was explained."""
+    maps = normalize_maps(maps, dims=maps.dim() - 2)
     raw = raw.float()
     extras = dict(extras or {})
     if targets.per_image:
@@ -387,4 +409,5 @@ def pixel_explanation(
         method=method,
         layer=None,
         extras=extras,
+        output=targets.chosen,
     )

@@ -16,6 +16,7 @@ for the call), for the K explained classes from one forward pass.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar
@@ -30,7 +31,7 @@ from cnnlens.core.explanation import Explanation
 from cnnlens.core.layers import LayersLike
 from cnnlens.core.progress import progress_bar
 from cnnlens.core.registry import get_method, register
-from cnnlens.core.targets import TargetLike, Targets
+from cnnlens.core.targets import TargetLike, Targets, WithOutput
 from cnnlens.errors import InputError
 from cnnlens.methods.base import GradientMethod, upsample
 from cnnlens.methods.engine import (
@@ -274,10 +275,10 @@ class IntegratedGradients(GradientMethod):
                     start, min(start + self.internal_batch_size, n_points), device=x.device
                 )
                 step, row = idx // n, idx % n
-                a = alphas[step].view(-1, 1, 1, 1).to(x.dtype)
+                a = alphas[step].view(-1, *[1] * (x.dim() - 1)).to(x.dtype)
                 points = base[row] + a * diff[row]
                 _, _, grads = self.forward_grads(points, rows_targets(sub, row), forward=forward)
-                wts = weights[step].view(-1, 1, 1, 1, 1).float()
+                wts = weights[step].view(-1, *[1] * (grads.dim() - 1)).float()
                 total.index_add_(0, row, grads.float() * wts)
                 bar.advance(len(idx))
             attr = diff.float().unsqueeze(1) * total
@@ -303,7 +304,7 @@ class IntegratedGradients(GradientMethod):
         rows = torch.arange(x.shape[0], device=x.device)
         fx = row_scores(targets, outputs, rows)
         attr, extras = self.attribute(x, targets, rows, fx=fx, forward=forward)
-        maps = reduce_channels(attr, self.reduce)
+        maps = reduce_channels(attr, self.reduce, dim=2)
         return pixel_explanation(attr, maps, targets, outputs, self.name, extras)
 
 
@@ -366,12 +367,27 @@ class ReLURule(TorchFunctionMode):
     def __init__(self, functions: tuple[type, type]) -> None:
         super().__init__()
         self.out_of_place, self.inplace = functions
+        self.calls = 0
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        if self.calls == 0 and exc[0] is None:
+            # no ReLU ran (GELU in ConvNeXt or Swin, a TorchScript module): the modified
+            # backward never applied and the result is exactly the plain gradient
+            warnings.warn(
+                "no ReLU ran in the model's forward, so guided backprop / deconvnet equal "
+                "the plain saliency gradient here; use saliency, or a method made for the "
+                "model's activations (integrated_gradients, gradcam)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in _RELU_OUT or func in _RELU_INPLACE:
             x = args[0] if args else kwargs.get("input")
             if isinstance(x, Tensor) and x.is_floating_point():
+                self.calls += 1
                 inplace = func in _RELU_INPLACE or bool(
                     kwargs.get("inplace", args[1] if len(args) > 1 else False)
                 )
@@ -456,11 +472,12 @@ class GuidedGradCAM(GradientMethod):
         reduce: str | None = None,
         optimize: bool | None = None,
         eval_mode: bool = True,
+        layout: str | None = None,
     ) -> None:
         super().__init__(model, reduce=reduce, optimize=optimize, eval_mode=eval_mode)
         self.interpolate = check_choice("interpolate", interpolate, ("bilinear", "nearest"))
         # through the registry: a method file does not import another family's file
-        self.gradcam = get_method("gradcam")(model, layer, eval_mode=eval_mode)
+        self.gradcam = get_method("gradcam")(model, layer, eval_mode=eval_mode, layout=layout)
         self.guided = GuidedBackprop(model, optimize=optimize, eval_mode=eval_mode)
 
     def attribute(
@@ -472,7 +489,9 @@ class GuidedGradCAM(GradientMethod):
         return guided * cam.unsqueeze(2), {}
 
     def _cam(self, x: Tensor, targets: Targets) -> tuple[Tensor, str]:
-        target = targets.fn if targets.fn is not None else targets.indices
+        target: Any = targets.fn if targets.fn is not None else targets.indices
+        if targets.output is not None:
+            target = WithOutput(target, targets.output)
         exp = self.gradcam.explain_batch(x, target, None)
         if exp.per_layer:
             cam = exp.maps
@@ -480,9 +499,11 @@ class GuidedGradCAM(GradientMethod):
             cam = exp.raw.clamp(min=0)
         if cam.dim() == 3:
             cam = cam.unsqueeze(1)
-        size = (int(x.shape[-2]), int(x.shape[-1]))
+        size = tuple(int(s) for s in x.shape[2:])
         if self.interpolate == "nearest":
             cam = F.interpolate(cam, size=size, mode="nearest")
+        elif x.dim() == 5:  # a video: (B, K, t, h, w) maps to (T, H, W)
+            cam = F.interpolate(cam, size=size, mode="trilinear", align_corners=False)
         else:
             cam = upsample(cam, size)
         return cam.to(x.device), str(exp.layer)
@@ -491,7 +512,7 @@ class GuidedGradCAM(GradientMethod):
         outputs, targets, grads = self.guided.forward_grads(x, None, target, topk)
         cam, layer = self._cam(x, targets)
         attr = grads.float() * cam.unsqueeze(2).float()
-        maps = reduce_channels(attr, self.reduce)
+        maps = reduce_channels(attr, self.reduce, dim=2)
         exp = pixel_explanation(attr, maps, targets, outputs, self.name)
         exp.layer = layer
         return exp

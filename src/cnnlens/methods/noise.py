@@ -126,7 +126,8 @@ class SmoothGrad(Explainer):
         b = x.shape[0]
         dev = x.device
         outputs, targets = first_pass(BatchedForward(self.model, x, False), x, target, topk)
-        sigma = self.noise * (x.flatten(1).amax(1) - x.flatten(1).amin(1)).view(b, 1, 1, 1)
+        spread = x.flatten(1).amax(1) - x.flatten(1).amin(1)
+        sigma = self.noise * spread.view(b, *[1] * (x.dim() - 1))
         gen = torch.Generator(device=dev)
         gen.manual_seed(self.seed)
         total = torch.zeros((b, targets.k, *x.shape[1:]), device=dev)
@@ -161,7 +162,7 @@ class SmoothGrad(Explainer):
             raw = total_sq / self.n_samples
         else:
             raw = (total_sq / self.n_samples - mean * mean).clamp(min=0)
-        maps = reduce_channels(raw, self.reduce)
+        maps = reduce_channels(raw, self.reduce, dim=2)
         extras = {"base": self.method.name, "kind": self.kind, "n_samples": self.n_samples}
         exp = pixel_explanation(raw, maps, targets, outputs, self.name, extras)
         gradcam = getattr(self.method, "gradcam", None)  # guided Grad-CAM's layer(s)

@@ -19,9 +19,10 @@ from torch import Tensor, nn
 from cnnlens.core.checks import check_float, check_int, check_optional_int
 from cnnlens.core.explanation import Explanation
 from cnnlens.core.layers import LayersLike
+from cnnlens.core.layouts import Layout, input_size
 from cnnlens.core.progress import progress_bar
 from cnnlens.core.registry import register
-from cnnlens.core.targets import TargetLike, Targets, logits_of
+from cnnlens.core.targets import TargetLike, Targets
 from cnnlens.methods.base import BaseCAM, CAMContext
 from cnnlens.methods.engine import BatchedForward, batch_for, row_scores, warn_nonfinite
 
@@ -124,8 +125,9 @@ class ScoreCAM(BaseCAM):
         progress: bool = False,
         optimize: bool | None = None,
         eval_mode: bool = True,
+        layout: str | None = None,
     ) -> None:
-        super().__init__(model, layer, optimize=optimize, eval_mode=eval_mode)
+        super().__init__(model, layer, optimize=optimize, eval_mode=eval_mode, layout=layout)
         self.batch_size = check_optional_int("batch_size", batch_size)
         self.top_channels = check_optional_int("top_channels", top_channels)
         self.progress = bool(progress)
@@ -149,7 +151,9 @@ class ScoreCAM(BaseCAM):
         x: Tensor = ctx.x
         targets: Targets = ctx.targets
         b, c = acts.shape[:2]
-        size = (int(x.shape[-2]), int(x.shape[-1]))
+        # (H, W), or (T, H, W) for a video; a Keras model's input is (B, H, W, C)
+        size = input_size(x, True) if self.channels_last else tuple(int(s) for s in x.shape[2:])
+        layout = ctx.layout or Layout("nchw", (acts.shape[2], acts.shape[3]))
         constant = _constant_channels(acts)
         selected = _top_channels(acts, self.top_channels)
         todo = (selected & ~constant).nonzero()  # (n, 2): image, channel
@@ -164,11 +168,11 @@ class ScoreCAM(BaseCAM):
         ):
             for start in range(0, n_rows, bs):
                 img, ch = todo[start : start + bs].unbind(1)
-                masks = F.interpolate(
-                    acts[img, ch].unsqueeze(1), size=size, mode="bilinear", align_corners=False
-                )
-                lo = masks.amin(dim=(2, 3), keepdim=True)
-                hi = masks.amax(dim=(2, 3), keepdim=True)
+                masks = layout.to_input(acts[img, ch].unsqueeze(1), size)
+                lo = masks.flatten(2).amin(2).view(-1, *[1] * (masks.dim() - 1))
+                hi = masks.flatten(2).amax(2).view(-1, *[1] * (masks.dim() - 1))
+                if self.channels_last:
+                    masks = masks.permute(0, 2, 3, 1)
                 masks = (masks - lo) / (hi - lo).clamp(min=_TINY)
                 s = row_scores(targets, forward(x[img] * masks.to(x.dtype)), img)
                 bad += int((~torch.isfinite(s)).any(dim=1).sum())
@@ -189,7 +193,7 @@ class ScoreCAM(BaseCAM):
         b = x.shape[0]
         rows = torch.arange(b, device=x.device)
         if targets.fn is None:
-            logits = logits_of(forward(torch.zeros_like(x[:1]))).float()
+            logits = targets.logits(forward(torch.zeros_like(x[:1]))).float()
             return logits.expand(b, -1).gather(1, targets.indices.to(logits.device))
         return row_scores(targets, forward(torch.zeros_like(x)), rows)
 
@@ -241,8 +245,9 @@ class AblationCAM(BaseCAM):
         progress: bool = False,
         optimize: bool | None = None,
         eval_mode: bool = True,
+        layout: str | None = None,
     ) -> None:
-        super().__init__(model, layer, optimize=optimize, eval_mode=eval_mode)
+        super().__init__(model, layer, optimize=optimize, eval_mode=eval_mode, layout=layout)
         self.ablation_value = check_float("ablation_value", ablation_value)
         self.batch_size = check_optional_int("batch_size", batch_size)
         self.top_channels = check_optional_int("top_channels", top_channels)
@@ -263,7 +268,8 @@ class AblationCAM(BaseCAM):
         x: Tensor = ctx.x
         targets: Targets = ctx.targets
         b, c = acts.shape[:2]
-        module = dict(self.model.named_modules())[ctx.layer]
+        module = self._module_of(ctx.layer)
+        layout = ctx.layout or Layout("nchw", (acts.shape[2], acts.shape[3]))
         y = targets.scores(ctx.outputs).detach().float()  # (B, K)
         already = (acts == self.ablation_value).flatten(2).all(dim=2)
         selected = _top_channels(acts, self.top_channels)
@@ -281,7 +287,7 @@ class AblationCAM(BaseCAM):
             state["calls"] += 1
             if state["calls"] != state["last"] or not isinstance(out, Tensor):
                 return None  # an earlier call of a module run several times: unchanged
-            return state["acts"].to(out.dtype)
+            return layout.write(state["acts"], out).to(out.dtype)
 
         n_rows, bad, bs = len(todo), 0, batch_for(x, self.batch_size)
         handles = [
@@ -311,6 +317,13 @@ class AblationCAM(BaseCAM):
         warn_nonfinite(self.name, bad, n_rows, "ablated inputs")
         scale = torch.where(y.abs() > _TINY, y.abs(), torch.ones_like(y))
         return drops.clone() / scale[:, None, :]
+
+    def _module_of(self, name: str) -> nn.Module:
+        """The module of layer ``name`` (also a given module not registered in the model)."""
+        modules = dict(self.model.named_modules())
+        if name in modules:
+            return modules[name]
+        return next(m for n, m in self._resolved or [] if n == name)
 
     def _calls_per_forward(self, module: nn.Module, forward: BatchedForward, x: Tensor) -> int:
         """How many times ``module`` runs in one forward (one image, no graph)."""

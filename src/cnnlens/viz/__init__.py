@@ -53,6 +53,7 @@ from cnnlens.viz.results import (
     result_figure,
     show_figure,
 )
+from cnnlens.viz.video import video_frames
 
 __all__ = [
     "DEFAULT_VIEW_CMAPS",
@@ -92,4 +93,5 @@ __all__ = [
     "signed_view",
     "slug",
     "to_png_bytes",
+    "video_frames",
 ]
