@@ -21,9 +21,10 @@ from cnnlens.core.capture import frozen, grad_enabled
 from cnnlens.core.checks import check_choice, check_float, check_int
 from cnnlens.core.explanation import Explanation
 from cnnlens.core.layers import LayersLike
+from cnnlens.core.layouts import Layout
 from cnnlens.core.registry import register
 from cnnlens.core.targets import TargetLike, Targets, logits_of, resolve_targets
-from cnnlens.errors import LayerNotFoundError, ModelError, TargetError
+from cnnlens.errors import InputError, LayerNotFoundError, ModelError, TargetError
 from cnnlens.methods.base import BaseCAM, CAMContext, Explainer, normalize_maps, upsample
 from cnnlens.methods.engine import first_component, prepare_input
 
@@ -198,7 +199,14 @@ class ShapleyCAM(BaseCAM):
         logits = logits_of(outputs)
         return y + logits.log_softmax(dim=1).gather(1, targets.indices.to(logits.device))
 
-    def _layer_maps(self, acts: list[Tensor], ctx: CAMContext, names: list[str]) -> list[Tensor]:
+    def _layer_maps(
+        self, acts: list[Tensor], ctx: CAMContext, names: list[str], lays: list[Layout]
+    ) -> list[Tensor]:
+        if any(lay.kind != "nchw" for lay in lays):
+            raise InputError(
+                f"{self.name} takes second derivatives through (B, C, h, w) activations; "
+                "its layer must be a plain NCHW map"
+            )
         per_layer: list[list[Tensor]] = [[] for _ in acts]
         targets = ctx.targets
         scores = self._scores(targets, ctx.outputs)
@@ -287,12 +295,14 @@ class FinerCAM(BaseCAM):
     def channel_weights(self, acts: Tensor, grads: Tensor) -> Tensor:
         return grads.mean(dim=(2, 3), keepdim=True)
 
-    def _layer_maps(self, acts: list[Tensor], ctx: CAMContext, names: list[str]) -> list[Tensor]:
+    def _layer_maps(
+        self, acts: list[Tensor], ctx: CAMContext, names: list[str], lays: list[Layout]
+    ) -> list[Tensor]:
         targets = ctx.targets
         if targets.fn is not None:
             raise TargetError("finercam compares class scores: give class indices as target")
         finer = _FinerTargets(targets.indices, None, targets.per_image, self.alpha, self.ranks)
-        return super()._layer_maps(acts, dataclasses.replace(ctx, targets=finer), names)
+        return super()._layer_maps(acts, dataclasses.replace(ctx, targets=finer), names, lays)
 
 
 def _bias_of(module: nn.Module) -> Tensor | None:
