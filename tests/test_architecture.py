@@ -26,6 +26,7 @@ LAYERS: dict[str, set[str]] = {
     "_version": set(),
     "core": {"core"},
     "methods": {"core", "methods"},
+    "targets": {"core", "targets"},  # issue 13: target objects (the engine asks them by duck type)
     "summary": {"core"},
     "api": {"core"},
     "data": {"core", "data"},

@@ -87,7 +87,11 @@ class Explainer:
         self, x: Tensor, target: TargetLike = None, *, topk: int | None = None
     ) -> Explanation:
         xb = prepare_input(x, self.model)
-        with frozen(self.model, eval_mode=self.eval_mode):
+        # -- issue 13: a target object may bind to the model for the call (cnnlens.targets) --
+        bind = getattr(target, "bind", None)
+        bound = bind(self.model) if callable(bind) else nullcontext()
+        # -- end issue 13 --
+        with frozen(self.model, eval_mode=self.eval_mode), bound:
             exp = self.explain_batch(xb, target, topk)
         return exp.to(x.device) if exp.maps.device != x.device else exp
 
@@ -183,7 +187,13 @@ class BaseCAM(Explainer):
         return []
 
     def explain_batch(self, x: Tensor, target: TargetLike, topk: int | None) -> Explanation:
-        layers = self.layers_for(x)
+        # -- issue 13: a target object may name the layer it reads (cnnlens.targets) --
+        choose = getattr(target, "layer_for", None) if self._resolved is None else None
+        chosen = choose(self.model, x) if callable(choose) else None
+        if chosen is not None:
+            log.info("layer chosen by the target: %s", chosen)
+        layers = resolve_layers(self.model, chosen) if chosen else self.layers_for(x)
+        # -- end issue 13 --
         names = [n for n, _ in layers]
         extra = self.extra_modules()
         grad_ctx = grad_enabled() if self.needs_grad else torch.no_grad()

@@ -270,7 +270,12 @@ def first_pass(
 
 def rows_targets(targets: Targets, rows: Tensor) -> Targets:
     """The targets of a batch whose row ``i`` is a variant of image ``rows[i]``."""
-    return Targets(targets.indices[rows.to(targets.indices.device)], targets.fn, targets.per_image)
+    fn = targets.fn
+    # -- issue 13: a target object follows its images' rows (cnnlens.targets.Target.rows) --
+    if fn is not None and callable(getattr(fn, "rows", None)):
+        fn = fn.rows(rows)
+    # -- end issue 13 --
+    return Targets(targets.indices[rows.to(targets.indices.device)], fn, targets.per_image)
 
 
 def row_scores(targets: Targets, outputs: Any, rows: Tensor, *, softmax: bool = False) -> Tensor:
