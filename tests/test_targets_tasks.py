@@ -277,3 +277,24 @@ def test_one_stage_detectors_against_hand_gradcam(arch):
     ref = _hand_gradcam(det, ours.layer, x, lambda out: target(out).sum())
     assert ours.maps.std() > 0
     assert pearson(ours.maps[0], ref) >= 0.99
+
+
+def test_trust_metrics_read_a_region_score_through_target_score():
+    from cnnlens.metrics import deletion, pointing_game
+    from cnnlens.targets import TargetScore
+
+    torch.manual_seed(0)
+    model = TinySeg().eval()
+    x = torch.rand(1, 3, 16, 16)
+    mask = torch.zeros(16, 16)
+    mask[4:12, 4:12] = 1
+    target = SegmentationRegion(2, mask=mask)
+    exp = cnnlens.explain(model, x, "gradcam", target=target, layer="body")
+    curve = deletion(TargetScore(model, target), x, exp.maps, target=0, activation=None, step=64)
+    with torch.no_grad():
+        intact = target(model(x))
+        removed = target(model(torch.zeros_like(x)))
+    # the curve runs from the region's score on the image to its score on the zero substrate
+    assert float(curve.scores[0, 0]) == pytest.approx(float(intact[0]), rel=1e-5)
+    assert float(curve.scores[0, -1]) == pytest.approx(float(removed[0]), rel=1e-5)
+    assert pointing_game(exp.maps, mask[None].bool()).shape == (1,)

@@ -36,6 +36,7 @@ from cnnlens.core.checks import check_choice
 from cnnlens.errors import TargetError
 from cnnlens.targets.base import (
     Target,
+    TargetScore,
     _per_image,
     _rows_of,
     _take_rows,
@@ -53,6 +54,7 @@ __all__ = [
     "Regression",
     "SegmentationRegion",
     "Target",
+    "TargetScore",
     "backbone_layer",
     "open_postprocessing",
     "select_output",

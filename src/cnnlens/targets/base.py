@@ -142,3 +142,36 @@ def head_inputs(model: nn.Module) -> list[str]:
         elif len(parts) == 3 and parts[0] == "backbone" and parts[1] in ("features", "extra"):
             out.append(name)
     return out
+
+
+class TargetScore(nn.Module):
+    """``model`` followed by ``target``: a one-output "classifier" (B, 1) of the target's score.
+
+    The adapter lets the trust metrics of :mod:`cnnlens.metrics` (deletion, insertion,
+    confidence change, ...) read a detection's or a region's score: pass
+    ``TargetScore(model, target)`` as the model, ``target=0`` and ``activation=None``. The
+    target's :meth:`Target.bind` context is entered around each forward. A target with one
+    reference per image (a (B, 4) box, a (B, H, W) mask) needs the batch the metric feeds,
+    so give such a target one image at a time (a mismatch raises).
+
+    Example:
+        >>> score = TargetScore(detector, Detection(box=box, label=3))  # doctest: +SKIP
+        >>> cnnlens.metrics.deletion(score, x, exp.maps, target=0, activation=None)
+    """
+
+    def __init__(self, model: nn.Module, target: Any) -> None:
+        super().__init__()
+        if not callable(target):
+            raise TargetError(f"target must be a target object or callable, got {target!r}")
+        self.model = model
+        self.target = target
+
+    def forward(self, x: Tensor) -> Tensor:
+        bind = getattr(self.target, "bind", None)
+        with bind(self.model) if callable(bind) else contextmanager(_nothing)():
+            score = self.target(self.model(x))
+        return score.reshape(-1, 1)
+
+
+def _nothing() -> Iterator[None]:
+    yield
