@@ -4,6 +4,7 @@ post-processing opened (no threshold, no NMS), and the FPN level it reaches."""
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -78,9 +79,9 @@ class Detection(Target):
     $$s_b = p_{b,d^*} \\;[+\\ \\mathrm{IoU}(B_{d^*}, B_{ref})], \\quad
     d^* = \\arg\\max_{d:\\,\\ell_d = \\ell} \\mathrm{IoU}(B_d, B_{ref})$$
 
-    No match gives 0 (a warning-free, graph-connected zero; the engine warns about a constant
-    map). By ``index``: detection ``index`` of the image's list (sorted by score), which may
-    be a different object in a perturbed image, so prefer ``box`` for perturbation methods.
+    No match gives 0 (graph-connected) and a warning. By ``index``: detection ``index`` of
+    the image's list (sorted by score), which may be a different object in a perturbed image,
+    so prefer ``box`` for perturbation methods.
 
     Outputs: torchvision's list of dicts (``boxes``, ``labels``, ``scores``) from Faster
     R-CNN, RetinaNet, FCOS, SSD/SSDlite. During the call the detector's post-processing is
@@ -216,6 +217,12 @@ class Detection(Target):
         ious = torch.where(keep, ious, torch.full_like(ious, -1.0))
         best = int(ious.argmax())
         if float(ious[best].detach()) < self.iou:
+            warnings.warn(
+                f"Detection: no candidate of label {self.label} overlaps box {ref.tolist()} "
+                f"with IoU >= {self.iou}; its score is 0 (a map of it means nothing)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             return zero
         score = scores[best]
         return score + ious[best] if self.box_fit else score
