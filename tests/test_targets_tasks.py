@@ -379,3 +379,47 @@ def test_trained_shapes_segmenter_gradcam_lands_on_each_object():
         assert hit >= 0.85 and hit > 5 * area
         assert pointing_game(maps, other).float().mean() <= 0.15
         assert energy_pointing_game(maps, own).mean() > 5 * area
+
+
+def test_multilabel_labels_above_give_one_map_per_label():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 5),
+    ).eval()
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        labels = MultiLabel.labels_above(model(x), threshold=0.3)
+    exp = cnnlens.explain(model, x, "gradcam", target=labels, layer="0")
+    assert exp.maps.shape == (2, labels.shape[1], 16, 16)
+    one = cnnlens.explain(model, x, "gradcam", target=MultiLabel(int(labels[0, 0])), layer="0")
+    assert torch.allclose(exp.maps[0, 0], one.maps[0], atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("gradcam++", {}),
+        ("eigencam", {}),
+        ("scorecam", {"batch_size": 64}),
+        ("ablationcam", {"batch_size": 64}),
+        ("integrated_gradients", {"n_steps": 4}),
+        ("occlusion", {"window": 32, "stride": 32}),
+        ("rise", {"n_masks": 16, "seed": 0}),
+    ],
+)
+def test_methods_on_a_detection(method, options):
+    torch.manual_seed(0)
+    det = tv.models.detection.fasterrcnn_mobilenet_v3_large_fpn(
+        weights=None, weights_backbone=None, num_classes=4, min_size=64, max_size=64
+    ).eval()
+    x = torch.rand(1, 3, 64, 64)
+    box, label = _detector_reference(det, x)
+    exp = cnnlens.explain(det, x, method, target=Detection(box=box, label=label), **options)
+    assert exp.maps.shape == (1, 64, 64) and torch.isfinite(exp.maps).all()
+    assert float(exp.maps.max()) == pytest.approx(1.0)
+    assert det.roi_heads.score_thresh == 0.05  # the post-processing is restored
