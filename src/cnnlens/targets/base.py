@@ -56,7 +56,7 @@ def _per_image(value: Any, dims: int, name: str) -> Tensor | None:
     """``value`` as a tensor; flagged per image when it has one more axis than ``dims``."""
     if value is None:
         return None
-    t = torch.as_tensor(value)
+    t = torch.as_tensor(value).detach().clone()  # never flag the caller's tensor
     if t.dim() not in (dims, dims + 1):
         raise TargetError(f"{name} must have {dims} or {dims + 1} axes, got {tuple(t.shape)}")
     if t.dim() == dims + 1:
