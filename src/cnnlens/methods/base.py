@@ -107,9 +107,12 @@ class Explainer:
         """Explain ``x`` for ``target``; ``output`` chooses the scores tensor of the model's
         output (see :mod:`cnnlens.core.outputs`; recorded in ``Explanation.output``)."""
         xb = prepare_input(x, self.model)
+        # a target object may bind to the model for the call (cnnlens.targets)
+        bind = getattr(target, "bind", None)
+        bound = bind(self.model) if callable(bind) else nullcontext()
         if output is not None:
             target = WithOutput(target, output)
-        with frozen(self.model, eval_mode=self.eval_mode):
+        with frozen(self.model, eval_mode=self.eval_mode), bound:
             exp = self.explain_batch(xb, target, topk)
         return exp.to(x.device) if exp.maps.device != x.device else exp
 
@@ -226,7 +229,13 @@ class BaseCAM(Explainer):
         return []
 
     def explain_batch(self, x: Tensor, target: TargetLike, topk: int | None) -> Explanation:
-        layers = self.layers_for(x, target)
+        # a target object may name the layer it reads (cnnlens.targets)
+        plain = target.target if isinstance(target, WithOutput) else target
+        choose = getattr(plain, "layer_for", None) if self._resolved is None else None
+        chosen = choose(self.model, x) if callable(choose) else None
+        if chosen is not None:
+            log.info("layer chosen by the target: %s", chosen)
+        layers = resolve_layers(self.model, chosen) if chosen else self.layers_for(x, target)
         names = [n for n, _ in layers]
         extra = self.extra_modules()
         grad_ctx = grad_enabled() if self.needs_grad else torch.no_grad()

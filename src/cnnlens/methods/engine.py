@@ -295,7 +295,13 @@ def first_pass(
 
 def rows_targets(targets: Targets, rows: Tensor) -> Targets:
     """The targets of a batch whose row ``i`` is a variant of image ``rows[i]``."""
-    return dataclasses.replace(targets, indices=targets.indices[rows.to(targets.indices.device)])
+    fn = targets.fn
+    # a target object follows its images' rows (cnnlens.targets.Target.rows)
+    if fn is not None and callable(getattr(fn, "rows", None)):
+        fn = fn.rows(rows)
+    return dataclasses.replace(
+        targets, indices=targets.indices[rows.to(targets.indices.device)], fn=fn
+    )
 
 
 def row_scores(targets: Targets, outputs: Any, rows: Tensor, *, softmax: bool = False) -> Tensor:
