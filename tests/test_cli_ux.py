@@ -45,3 +45,36 @@ def test_assess_table_at_110_columns_shows_whole_numbers(capsys, monkeypatch) ->
     assert "…" not in out
     for i in range(len(metrics)):  # every mean printed whole, for both rows
         assert out.count(f"{-0.123456 + i / 1000:.3f}") >= 2
+
+
+def _help(capsys, *argv: str) -> str:
+    from cnnlens.cli.main import main
+
+    assert main([*argv, "--help"]) == 0
+    return " ".join(capsys.readouterr().out.split())  # unwrap rich's panel lines
+
+
+def test_explain_help_lists_every_method_and_prints_words_as_metavars(capsys, monkeypatch) -> None:
+    import cnnlens
+    from cnnlens.models import list_models
+
+    monkeypatch.setenv("COLUMNS", "400")  # one line per option, so names are not cut
+    text = _help(capsys, "explain")
+    methods = text.split("Methods:")[1]
+    for name in cnnlens.list_methods():
+        assert re.search(rf"[ ,]{re.escape(name)}[,.]", methods), name
+    for name in list_models("cnnlens"):
+        assert name in text
+    assert "<list[" not in text and "<bool>" not in text and "<str>" not in text
+    assert "K=V" in text and "METHOD" in text and "NAME" in text
+
+
+def test_train_and_assess_help_list_the_dataset_names(capsys, monkeypatch) -> None:
+    from cnnlens.data.datasets import list_datasets
+
+    monkeypatch.setenv("COLUMNS", "400")
+    for command in ("train", "assess"):
+        text = _help(capsys, command)
+        assert "<" not in text.replace("runs/<model>-<dataset>", ""), command
+        for name in list_datasets():
+            assert re.search(rf"Datasets:.*\b{re.escape(name)}\b", text), (command, name)
