@@ -78,3 +78,51 @@ def test_train_and_assess_help_list_the_dataset_names(capsys, monkeypatch) -> No
         assert "<" not in text.replace("runs/<model>-<dataset>", ""), command
         for name in list_datasets():
             assert re.search(rf"Datasets:.*\b{re.escape(name)}\b", text), (command, name)
+
+
+def test_unknown_method_option_gets_a_did_you_mean_with_the_methods_options() -> None:
+    import pytest
+
+    from cnnlens.errors import InputError
+    from cnnlens.pipelines.options import parse_method_options
+
+    with pytest.raises(InputError) as err:
+        parse_method_options(["rise.n_mask=10"], ["rise", "gradcam"])
+    text = str(err.value)
+    assert "did you mean n_masks?" in text
+    assert "rise takes n_masks, cell_size" in text and "\n" not in text
+    with pytest.raises(InputError, match="gradcam takes layer"):  # KEY=VALUE: every method
+        parse_method_options(["n_mask=10"], ["gradcam", "rise"])
+    assert parse_method_options(["rise.n_masks=10"], ["rise"]) == {"rise": {"n_masks": 10}}
+
+
+def test_unknown_class_name_suggests_the_classes_with_that_word() -> None:
+    import pytest
+
+    from cnnlens.errors import TargetError
+    from cnnlens.pipelines.options import parse_class_list
+
+    names = ["crate", "oxcart", "tabby cat", "tiger cat", "Persian cat", "catamaran", "dog"]
+    with pytest.raises(TargetError) as err:
+        parse_class_list(
+            ["cat"], num_classes=len(names), class_names=names, option="--target-name", by_name=True
+        )
+    text = str(err.value)
+    assert "tabby cat, tiger cat, Persian cat" in text
+    assert "crate" not in text and "oxcart" not in text and "catamaran" not in text
+    with pytest.raises(TargetError, match="containing it: catamaran"):
+        parse_class_list(
+            ["amara"],
+            num_classes=len(names),
+            class_names=names,
+            option="--target-name",
+            by_name=True,
+        )
+    with pytest.raises(TargetError, match="nearest: crate"):
+        parse_class_list(
+            ["crates"],
+            num_classes=len(names),
+            class_names=names,
+            option="--target-name",
+            by_name=True,
+        )
