@@ -126,3 +126,40 @@ def test_unknown_class_name_suggests_the_classes_with_that_word() -> None:
             option="--target-name",
             by_name=True,
         )
+
+
+def test_explain_of_a_text_file_fails_in_one_line_and_writes_nothing(tmp_path, capsys) -> None:
+    from cnnlens.cli.main import main
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a picture")
+    out = tmp_path / "out"
+    assert main(["explain", str(notes), "-m", "simplecnn", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "notes.txt: not an image file" in err, err
+    assert not out.exists()  # no results.json, no report.html, not even the folder
+
+
+def test_a_long_skip_reason_is_cut_to_its_first_sentence() -> None:
+    from cnnlens.pipelines.explain import first_sentence
+
+    long = "CAM needs a global average pooling before the last linear layer.\n" + "x " * 1000
+    assert first_sentence(long) == (
+        "CAM needs a global average pooling before the last linear layer."
+    )
+    assert first_sentence("layer 'fc': not a conv layer") == "layer 'fc': not a conv layer"
+    cut = first_sentence("y" * 5000)
+    assert len(cut) == 200 and cut.endswith("…")
+
+
+def test_dir_of_the_package_shows_its_parts_without_importing_them() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, cnnlens; d = dir(cnnlens); "
+        "print(all(n in d and n in cnnlens.__all__ for n in ('viz', 'data', 'models', "
+        "'metrics')), 'cnnlens.viz' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["True", "False"]
