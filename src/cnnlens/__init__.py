@@ -39,7 +39,13 @@ __all__ = [
     "load_image",
     "register",
     "summary",
+    *sorted(k for k, (_, attr) in _LAZY.items() if attr is None),
 ]
+
+
+def __dir__() -> list[str]:
+    """The package's names with the lazily imported parts (``viz``, ``data``, ...)."""
+    return sorted({*globals(), *_LAZY})
 
 
 def __getattr__(name: str) -> Any:

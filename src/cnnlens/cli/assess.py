@@ -195,24 +195,46 @@ def _warnings_as_lines() -> Iterator[None]:
         warnings.showwarning = saved
 
 
+def _metric_chunks(labels: list[str], first: int, width: int) -> list[list[int]]:
+    """Split the metric columns into groups whose table fits ``width`` characters (a number
+    column is at least 6 wide, ``-0.123``; each column adds 3 for padding and the rule)."""
+    chunks: list[list[int]] = [[]]
+    used = first
+    for i, label in enumerate(labels):
+        need = max(6, len(label)) + 3
+        if chunks[-1] and used + need > width:
+            chunks.append([])
+            used = first
+        chunks[-1].append(i)
+        used += need
+    return chunks
+
+
 def _print_table(res: Any) -> None:
-    """The means as a compact table (the intervals are in table.md)."""
+    """The means as compact tables that fit the terminal (several, one per group of metric
+    columns, when one would not): numbers are never cut (the intervals are in table.md)."""
     from rich.console import Console
     from rich.table import Table
 
     from cnnlens.assess import BASELINES, metric_direction, metric_label
 
     arrow = {True: "↑", False: "↓", None: ""}
-    table = Table(title="means (intervals in table.md)", show_edge=False)
-    table.add_column("method", no_wrap=True)
-    for m in res.metrics:
-        table.add_column(metric_label(m) + arrow[metric_direction(m)], justify="right")
+    labels = [metric_label(m) + arrow[metric_direction(m)] for m in res.metrics]
     by = {(r["method"], r["metric"]): r["mean"] for r in res.rows}
-    for method in [*res.methods, *BASELINES]:
-        if any(k[0] == method for k in by):
-            cells = [by.get((method, m), float("nan")) for m in res.metrics]
+    methods = [m for m in [*res.methods, *BASELINES] if any(k[0] == m for k in by)]
+    console = Console()
+    first = max([len("method"), *(len(m) for m in methods)]) + 2
+    chunks = _metric_chunks(labels, first, console.width)
+    for n, chunk in enumerate(chunks):
+        part = f" ({n + 1}/{len(chunks)})" if len(chunks) > 1 else ""
+        table = Table(title=f"means (intervals in table.md){part}", show_edge=False)
+        table.add_column("method", no_wrap=True)
+        for i in chunk:
+            table.add_column(labels[i], justify="right", no_wrap=True, min_width=6)
+        for method in methods:
+            cells = [by.get((method, res.metrics[i]), float("nan")) for i in chunk]
             table.add_row(method, *("—" if v != v else f"{v:.3f}" for v in cells))
-    Console(width=max(120, 12 + 8 * len(res.metrics))).print(table)
+        console.print(table)
     outcome = {True: "passes", False: "FAILS", None: "inconclusive"}
     for v in res.sanity:
         typer.echo(f"sanity ({v.check}): {v.method} {outcome[v.passed]}: {v.detail}")

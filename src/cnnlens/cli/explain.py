@@ -110,7 +110,11 @@ def explain_command(
         f"{run.maps} maps in {run.seconds:.1f} s"
     )
     if run.methods_skipped:
-        typer.echo(f"methods not applicable to this model: {', '.join(run.methods_skipped)}")
+        from cnnlens.pipelines.explain import first_sentence
+
+        typer.echo("methods not applicable to this model (reasons in results.json):")
+        for name, reason in run.methods_skipped.items():
+            typer.echo(f"  {name}: {first_sentence(reason)}")
     if run.skipped:
         typer.echo(
             f"skipped {len(run.skipped)} input(s): "

@@ -68,8 +68,12 @@ for _name in COMMANDS:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status (2 for user errors)."""
+    from cnnlens.cli._help import tidy
+
+    args = sys.argv[1:] if argv is None else argv
+    command = tidy(typer.main.get_command(app), choices="--help" in args or not args)
     try:
-        status = app(args=argv, standalone_mode=False)
+        status = command(args=argv, standalone_mode=False)
     except CnnlensError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

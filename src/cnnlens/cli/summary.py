@@ -13,16 +13,39 @@ import typer
 
 
 def _print_table(result: Any) -> None:
+    """The rows as a rich table that fits the terminal: the layer names wrap, the type and the
+    numbers never do; in fewer than 100 columns the counts read ``118.0M`` rather than
+    ``118,013,952`` and shapes lose their spaces (the totals below keep the exact figures)."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{result.model} — input {list(result.input_size)}", show_lines=False)
+    from cnnlens.summary import format_count
+
+    console = Console()
+    narrow = console.width < 100
+    table = Table(
+        title=f"{result.model} — input {list(result.input_size)}",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
     header, body = result.table()
     for i, column in enumerate(header):
-        table.add_column(column, justify="right" if i >= 4 else "left", no_wrap=column != "Type")
-    for cells in body:
+        table.add_column(
+            column,
+            justify="right" if i >= 4 else "left",
+            no_wrap=i > 0,
+            overflow="fold",
+            min_width=8 if i == 0 else None,
+        )
+    for layer, cells in zip(result.rows, body, strict=True):
+        if narrow:
+            counts = (layer.params, layer.mult_adds)
+            shape = cells[3].replace(", ", ",")
+            cells = [*cells[:3], shape, *(format_count(n).replace(" ", "") for n in counts)]
         table.add_row(*cells)
-    console = Console()
     console.print(table)
     for line in result.totals_lines():
         console.print(line, highlight=False)

@@ -19,6 +19,7 @@ the run fails only when nothing could be explained.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -97,12 +98,36 @@ class ExplainRun:
     seconds: float = 0.0
 
 
+NOT_AN_IMAGE = "not an image file (expected JPEG, PNG, BMP, TIFF, WebP or GIF)"
+
+
+def first_sentence(text: str, limit: int = 200) -> str:
+    """The first sentence of ``text`` on one line (a terminal-sized reason), at most ``limit``
+    characters; the text itself when it is short and on one line."""
+    line = " ".join(text.split())
+    cut = re.search(r"\.(\s|$)", line)
+    short = line[: cut.start() + 1] if cut else line
+    return short if len(short) <= limit else short[: limit - 1].rstrip() + "…"
+
+
+def _opens_as_image(path: Path) -> bool:
+    """Whether Pillow reads an image header from ``path`` (a named file with an odd suffix)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path):
+            return True
+    except (UnidentifiedImageError, OSError, ValueError):
+        return False
+
+
 def collect_images(inputs: Sequence[str | Path]) -> tuple[list[Path], list[dict[str, str]]]:
     """Files to explain from files and folders (folders: image files by extension, recursively,
     sorted), and the inputs that do not exist.
 
     Returns:
-        ``(files, missing)`` with ``missing`` as ``{"file", "reason"}`` entries.
+        ``(files, missing)`` with ``missing`` as ``{"file", "reason"}`` entries (inputs that do
+        not exist, and named files that are not images, which the caller reports).
     """
     files: list[Path] = []
     missing: list[dict[str, str]] = []
@@ -130,8 +155,10 @@ def collect_images(inputs: Sequence[str | Path]) -> tuple[list[Path], list[dict[
                 )
             for f in found:
                 add(f)
-        elif p.is_file():
+        elif p.is_file() and (p.suffix.lower() in IMAGE_EXTENSIONS or _opens_as_image(p)):
             add(p)
+        elif p.is_file():
+            missing.append({"file": str(item), "reason": NOT_AN_IMAGE})
         else:
             logger.warning("skipped %s: no such file or folder", p)
             missing.append({"file": str(item), "reason": "no such file or folder"})
@@ -378,7 +405,9 @@ def explain_batch(
         except (ModelError, InputError) as err:
             if len(methods.names) == 1 or methods.options[name]:
                 raise
-            logger.warning("method %s skipped: %s", name, err)
+            short = first_sentence(str(err))
+            more = "" if short == str(err) else " (the full reason is in results.json)"
+            logger.warning("method %s skipped: %s%s", name, short, more)
             methods.skipped[name] = str(err)
             methods.active.remove(name)
         methods.seconds[name] += time.perf_counter() - t0
@@ -610,10 +639,14 @@ def _run_in_folder(
     per_method = parse_method_options(options, method_names)
     files, skipped = collect_images(inputs)
     if not files:
+        why = "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:3])
         raise ImageError(
             f"no image files to explain in {', '.join(str(i) for i in inputs)} "
-            "(expected image files or folders holding them)"
+            f"(expected image files or folders holding them{'; ' + why if why else ''})"
         )
+    for s in skipped:
+        if s["reason"] == NOT_AN_IMAGE:
+            logger.warning("skipped %s: %s", s["file"], s["reason"])
     prep = prepare_model(model, weights, device)
     target_idx = resolve_targets(prep, targets, target_names, topk)
     run = _Methods(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -173,12 +174,45 @@ def parse_method_options(
         targets = [method] if dot else list(methods)
         took = [m for m in targets if method_options(get_method(m), {name: None})]
         if not took:
-            raise InputError(
-                f"--option {text!r}: no method among {', '.join(targets)} takes an option {name!r}"
-            )
+            raise InputError(f"--option {text!r}: {_unknown_option(name, targets)}")
         for m in took:
             out[m][name] = parse_value(raw)
     return out
+
+
+def _option_names(cls: type) -> list[str]:
+    """The options a method class's constructor takes (not the model or the wrapped method)."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    skip = {"self", "model", "method"}
+    plain = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in params if p.name not in skip and p.kind in plain]
+
+
+def _unknown_option(name: str, methods: Sequence[str]) -> str:
+    """Why no method in ``methods`` takes option ``name``: the nearest option names (difflib)
+    and each method's options."""
+    from cnnlens.core.registry import get_method
+
+    known = {m: _option_names(get_method(m)) for m in methods}
+    every = sorted({o for names in known.values() for o in names})
+    close = difflib.get_close_matches(name, every, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    listed = "; ".join(f"{m} takes {', '.join(o) or 'no options'}" for m, o in known.items())
+    return f"no method among {', '.join(methods)} takes an option {name!r}{hint} ({listed})"
+
+
+def _classes_like(item: str, names: Sequence[str]) -> tuple[list[str], str]:
+    """Class names that contain ``item`` as a word, else as a part, else the nearest by
+    spelling (difflib); with the word for the message."""
+    word = re.compile(rf"\b{re.escape(item.lower())}\b")
+    for found, how in (
+        ([n for n in names if word.search(n.lower())], "classes with that word"),
+        ([n for n in names if item.lower() in n.lower()], "classes containing it"),
+        (difflib.get_close_matches(item, names, n=5, cutoff=0.5), "nearest"),
+    ):
+        if found:
+            return found, how
+    return [], "classes"
 
 
 def _index(text: str, option: str, num_classes: int) -> int:
@@ -235,12 +269,12 @@ def parse_class_list(
                     f"0..{num_classes - 1} with --target"
                 )
             else:
-                close = difflib.get_close_matches(item, names, n=5, cutoff=0.5)
-                shown = close or names[:10]
-                more = "" if close or len(names) <= 10 else f" (and {len(names) - 10} more)"
+                close, how = _classes_like(item, names)
+                pool = close or names
+                more = "" if len(pool) <= 10 else f" (and {len(pool) - 10} more)"
                 raise TargetError(
                     f"{option} {item!r} is not a class of the model; "
-                    f"{'nearest' if close else 'classes'}: {', '.join(shown)}{more}"
+                    f"{how}: {', '.join(pool[:10])}{more}"
                 )
         else:
             lo, sep, hi = item.partition("-")
