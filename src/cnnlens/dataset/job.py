@@ -189,7 +189,7 @@ class ExplainJob:
                 **options,
             )
         scores = next(iter(exps.values())).scores
-        return probabilities(scores, multilabel=self.multilabel), exps
+        return probabilities(scores, "sigmoid" if self.multilabel else "softmax"), exps
 
     def run(self, batch: Sequence[dict[str, Any]]) -> pa.Table:
         """The rows of a batch of loaded images (one device batch)."""

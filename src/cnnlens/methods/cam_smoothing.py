@@ -34,6 +34,7 @@ from torch import Tensor
 
 from cnnlens.core.checks import check_float
 from cnnlens.core.explanation import Explanation
+from cnnlens.core.outputs import OutputLike
 from cnnlens.core.targets import TargetLike
 from cnnlens.errors import InputError
 from cnnlens.methods.base import BaseCAM, Explainer, normalize_maps, upsample
@@ -94,10 +95,15 @@ class SmoothedCAM(Explainer):
         self.flips = [False, True] if aug_flips else [False]
 
     def __call__(
-        self, x: Tensor, target: TargetLike = None, *, topk: int | None = None
+        self,
+        x: Tensor,
+        target: TargetLike = None,
+        *,
+        topk: int | None = None,
+        output: OutputLike = None,
     ) -> Explanation:
         if not self.eigen_smooth:
-            return self._augmented(x, target, topk)
+            return self._augmented(x, target, topk, output)
         used = [0]
 
         def reduce(contrib: Tensor) -> Tensor:
@@ -106,7 +112,7 @@ class SmoothedCAM(Explainer):
 
         self.method.reduce_channels = reduce  # an instance attribute for this call only
         try:
-            exp = self._augmented(x, target, topk)
+            exp = self._augmented(x, target, topk, output)
         finally:
             del self.method.reduce_channels
         if not used[0]:
@@ -116,8 +122,10 @@ class SmoothedCAM(Explainer):
             )
         return exp
 
-    def _augmented(self, x: Tensor, target: TargetLike, topk: int | None) -> Explanation:
-        first = self.method(x, target, topk=topk)
+    def _augmented(
+        self, x: Tensor, target: TargetLike, topk: int | None, output: OutputLike
+    ) -> Explanation:
+        first = self.method(x, target, topk=topk, output=output)
         if not self.aug_smooth:
             return first
         # the classes of the untransformed input; a (B, K) tensor keeps the K axis
@@ -130,7 +138,7 @@ class SmoothedCAM(Explainer):
             for flip in self.flips:
                 for factor in self.factors:
                     xt = self._transform(x, scale, flip, factor)
-                    maps = self.method(xt, fixed).maps
+                    maps = self.method(xt, fixed, output=output).maps
                     if flip:
                         maps = maps.flip(-1)
                     total += upsample(maps, size)  # type: ignore[arg-type]
