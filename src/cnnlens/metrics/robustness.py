@@ -538,78 +538,44 @@ def _common(inputs: MetricInputs, options: dict[str, Any]) -> dict[str, Any]:
 _FACTS = dict(family="robustness", higher_is_better=False, needs_explain=True)
 
 
-@register_metric("max_sensitivity", label="max-sens", summary="max map change / map norm", **_FACTS)
-def _max_sensitivity(inputs: MetricInputs, **options: Any) -> Tensor:
-    return max_sensitivity(
-        inputs.model,
-        inputs.x,
-        inputs.maps,
-        _explain_of(inputs),
-        inputs.target,
-        **_common(inputs, options),
-    )
+def _scorer(metric: Any) -> Any:
+    """The registry adapter of ``metric``: ``metric(model, x, maps, explain, target, ...)``
+    run on ``MetricInputs`` with the registry's draws, seed and batch size."""
+
+    def score(inputs: MetricInputs, **options: Any) -> Tensor:
+        return metric(
+            inputs.model,
+            inputs.x,
+            inputs.maps,
+            _explain_of(inputs),
+            inputs.target,
+            **_common(inputs, options),
+        )
+
+    return score
 
 
-@register_metric(
+_max_sensitivity = register_metric(
+    "max_sensitivity", label="max-sens", summary="max map change / map norm", **_FACTS
+)(_scorer(max_sensitivity))
+_avg_sensitivity = register_metric(
     "avg_sensitivity", label="avg-sens", summary="mean map change / map norm", **_FACTS
-)
-def _avg_sensitivity(inputs: MetricInputs, **options: Any) -> Tensor:
-    return avg_sensitivity(
-        inputs.model,
-        inputs.x,
-        inputs.maps,
-        _explain_of(inputs),
-        inputs.target,
-        **_common(inputs, options),
-    )
-
-
-@register_metric(
+)(_scorer(avg_sensitivity))
+_local_lipschitz = register_metric(
     "local_lipschitz", label="lipschitz", summary="max map change / input change", **_FACTS
-)
-def _local_lipschitz(inputs: MetricInputs, **options: Any) -> Tensor:
-    return local_lipschitz_estimate(
-        inputs.model,
-        inputs.x,
-        inputs.maps,
-        _explain_of(inputs),
-        inputs.target,
-        **_common(inputs, options),
-    )
-
-
-@register_metric(
+)(_scorer(local_lipschitz_estimate))
+_ris = register_metric(
     "relative_input_stability",
     label="RIS",
     summary="max relative map change / relative input change",
     **_FACTS,
-)
-def _ris(inputs: MetricInputs, **options: Any) -> Tensor:
-    return relative_input_stability(
-        inputs.model,
-        inputs.x,
-        inputs.maps,
-        _explain_of(inputs),
-        inputs.target,
-        **_common(inputs, options),
-    )
-
-
-@register_metric(
+)(_scorer(relative_input_stability))
+_ros = register_metric(
     "relative_output_stability",
     label="ROS",
     summary="max relative map change / logit change",
     **_FACTS,
-)
-def _ros(inputs: MetricInputs, **options: Any) -> Tensor:
-    return relative_output_stability(
-        inputs.model,
-        inputs.x,
-        inputs.maps,
-        _explain_of(inputs),
-        inputs.target,
-        **_common(inputs, options),
-    )
+)(_scorer(relative_output_stability))
 
 
 @register_metric(
