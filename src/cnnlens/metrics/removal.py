@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cnnlens.core.checks import check_int
 from cnnlens.errors import InputError
 from cnnlens.metrics._common import (
     Activation,
@@ -251,8 +252,7 @@ def _patch_curve(
 ) -> tuple[Tensor, Tensor]:
     """The class score on the image (B,) and after removing 1, 2, ... patches (K, B), the
     patches ranked by map mass, each set to the image's minimum (Quantus' "black")."""
-    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
-        raise InputError(f"patch_size must be a positive integer, got {patch_size!r}")
+    check_int("patch_size", patch_size)
     b, c, h, w = x.shape
     ph, pw = -(-h // patch_size), -(-w // patch_size)
     n = ph * pw if regions is None else min(ph * pw, regions)
@@ -368,8 +368,7 @@ def region_perturbation(
     check_activation(activation)
     if order not in ("morf", "lerf"):
         raise InputError(f"order must be 'morf' or 'lerf', got {order!r}")
-    if isinstance(regions, bool) or not isinstance(regions, int) or regions < 1:
-        raise InputError(f"regions must be a positive integer, got {regions!r}")
+    check_int("regions", regions)
     ref, y = _patch_curve(
         model, x, maps, target, patch_size, order == "morf", regions, activation, batch_size
     )

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from cnnlens.core.capture import capture
+from cnnlens.core.checks import check_int
 from cnnlens.core.layers import resolve_layer
 from cnnlens.errors import InputError
 from cnnlens.metrics._common import (
@@ -70,7 +71,7 @@ def draw_noise(
     """
     if kind not in ("uniform", "gaussian"):
         raise InputError(f"kind must be 'uniform' or 'gaussian', got {kind!r}")
-    _check_samples(n_samples)
+    check_int("n_samples", n_samples)
     g = torch.Generator().manual_seed(int(seed))
     shape = (n_samples, *x.shape)
     if kind == "uniform":
@@ -82,11 +83,6 @@ def draw_noise(
             raise InputError(f"std must be > 0, got {std!r}")
         noise = torch.randn(shape, generator=g) * std
     return noise.to(x.device)
-
-
-def _check_samples(n_samples: int) -> None:
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise InputError(f"n_samples must be a positive integer, got {n_samples!r}")
 
 
 @dataclass
