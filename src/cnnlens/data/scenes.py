@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from cnnlens.data.base import ImageTensorDataset
-from cnnlens.data.shapes import SHAPE_CLASSES, _render, draw_shapes
+from cnnlens.data.shapes import SHAPE_CLASSES, _render, _shapes_dataset, draw_shapes
 from cnnlens.errors import InputError
 
 __all__ = [
@@ -220,15 +220,13 @@ def load_shapes_scenes(
     """The ``shapes-scenes`` dataset: ``n`` images (default 8,000 train / 1,000 test)."""
     n = n if n is not None else (8000 if split == "train" else 1000)
     images, labels, kinds, objects = make_shapes_scenes(n, size=size, seed=seed, split=split)
-    ds = ShapesScenesDataset(
-        torch.from_numpy(images),
-        torch.from_numpy(labels),
-        SHAPE_CLASSES,
-        "none",
+    return _shapes_dataset(
+        ShapesScenesDataset,
+        images,
+        labels,
         name="shapes-scenes",
         split=split,
+        seed=seed,
+        _objects=objects,
+        _kinds=kinds,
     )
-    ds._objects = torch.from_numpy(objects)
-    ds._kinds = torch.from_numpy(kinds)
-    ds.seed = seed
-    return ds

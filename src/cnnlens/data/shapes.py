@@ -15,6 +15,7 @@ streams of the same seed.
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -296,23 +297,47 @@ class ShapesPairDataset(ImageTensorDataset):
         return self._pairs[index]
 
 
+_D = TypeVar("_D", bound=ImageTensorDataset)
+
+
+def _shapes_dataset(
+    cls: type[_D],
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    name: str,
+    split: str,
+    seed: int,
+    multilabel: bool = False,
+    **arrays: np.ndarray,
+) -> _D:
+    """The dataset ``cls`` of generated ``images`` and ``labels`` (the shape classes, no
+    normalization preset), each of ``arrays`` set as the attribute of its name (a tensor),
+    ``seed`` kept."""
+    ds = cls(
+        torch.from_numpy(images),
+        torch.from_numpy(labels),
+        SHAPE_CLASSES,
+        "none",
+        name=name,
+        split=split,
+        multilabel=multilabel,
+    )
+    for attr, values in arrays.items():
+        setattr(ds, attr, torch.from_numpy(values))
+    ds.seed = seed
+    return ds
+
+
 def load_shapes(
     split: str = "train", *, n: int | None = None, size: int = 64, seed: int = 0
 ) -> ShapesDataset:
     """The ``shapes`` dataset: ``n`` images (default 5,000 train / 1,000 test)."""
     n = n if n is not None else (5000 if split == "train" else 1000)
     images, labels, masks = make_shapes(n, size=size, seed=seed, split=split)
-    ds = ShapesDataset(
-        torch.from_numpy(images),
-        torch.from_numpy(labels),
-        SHAPE_CLASSES,
-        "none",
-        name="shapes",
-        split=split,
+    return _shapes_dataset(
+        ShapesDataset, images, labels, name="shapes", split=split, seed=seed, _masks=masks
     )
-    ds._masks = torch.from_numpy(masks)
-    ds.seed = seed
-    return ds
 
 
 def load_shapes_pair(
@@ -323,16 +348,14 @@ def load_shapes_pair(
     images, pairs, masks = make_shapes_pair(n, size=size, seed=seed, split=split)
     targets = np.zeros((n, len(SHAPE_CLASSES)), dtype=np.float32)
     np.put_along_axis(targets, pairs, 1.0, axis=1)
-    ds = ShapesPairDataset(
-        torch.from_numpy(images),
-        torch.from_numpy(targets),
-        SHAPE_CLASSES,
-        "none",
+    return _shapes_dataset(
+        ShapesPairDataset,
+        images,
+        targets,
         name="shapes-pair",
         split=split,
+        seed=seed,
         multilabel=True,
+        _masks=masks,
+        _pairs=pairs,
     )
-    ds._masks = torch.from_numpy(masks)
-    ds._pairs = torch.from_numpy(pairs)
-    ds.seed = seed
-    return ds

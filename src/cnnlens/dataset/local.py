@@ -24,9 +24,9 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
+from cnnlens.core.checks import check_int
 from cnnlens.core.progress import progress_bar
 from cnnlens.dataset.store import Store
-from cnnlens.errors import InputError
 
 __all__ = ["BatchDone", "BatchJob", "RunStats", "check_positive", "run_local"]
 
@@ -94,9 +94,7 @@ class RunStats:
 
 def check_positive(name: str, value: Any) -> int:
     """``value`` as a positive int, or an :class:`InputError` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    return check_int(name, value)
 
 
 def _errors_in(table: pa.Table) -> int:

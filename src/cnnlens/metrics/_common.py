@@ -138,6 +138,20 @@ def check_masks(masks: Tensor, maps: Tensor, name: str = "masks") -> Tensor:
     return masks
 
 
+def mask_inputs(maps: Tensor, masks: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Checked maps and masks, one row per image: the maps float64 (B, H*W), the masks
+    bool (B, H*W), and which masks are empty, bool (B,) (see :func:`check_masks`)."""
+    maps = check_maps(maps)
+    masks = check_masks(masks, maps)
+    empty = ~masks.flatten(1).any(dim=1)
+    return maps.flatten(1).double(), masks.flatten(1), empty
+
+
+def nan_where(values: Tensor, empty: Tensor) -> Tensor:
+    """``values`` as float32 with NaN where ``empty`` (the images with an empty mask)."""
+    return torch.where(empty, torch.full_like(values, float("nan")), values).float()
+
+
 def fit_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
     """Maps resized bilinearly (align_corners=False) to the images' ``size`` if needed."""
     if tuple(maps.shape[-2:]) == tuple(size):

@@ -17,7 +17,7 @@ target's probability: softmax for single-label models, sigmoid for multi-label o
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -342,8 +342,16 @@ def deletion(
     options_of=deletion,
 )
 def _deletion(inputs: MetricInputs, **options: object) -> Tensor:
-    res = deletion(inputs.model, inputs.x, inputs.maps, **_on(inputs), **options)  # type: ignore[arg-type]
-    inputs.cache["deletion"] = res  # the curve, for figures
+    return _curve_auc("deletion", deletion, inputs, options)
+
+
+def _curve_auc(
+    name: str, curve: Callable[..., CurveResult], inputs: MetricInputs, options: dict
+) -> Tensor:
+    """The area of ``curve`` on ``inputs``; the curve is kept in ``inputs.cache[name]``
+    for figures."""
+    res = curve(inputs.model, inputs.x, inputs.maps, **_on(inputs), **options)
+    inputs.cache[name] = res
     return res.auc
 
 
@@ -395,9 +403,7 @@ def insertion(
     options_of=insertion,
 )
 def _insertion(inputs: MetricInputs, **options: object) -> Tensor:
-    res = insertion(inputs.model, inputs.x, inputs.maps, **_on(inputs), **options)  # type: ignore[arg-type]
-    inputs.cache["insertion"] = res  # the curve, for figures
-    return res.auc
+    return _curve_auc("insertion", insertion, inputs, options)
 
 
 def confidence_change(

@@ -20,21 +20,10 @@ from torch import Tensor
 
 from cnnlens.core.checks import check_float
 from cnnlens.errors import InputError
-from cnnlens.metrics._common import check_maps, check_masks
+from cnnlens.metrics._common import check_maps, check_masks, mask_inputs, nan_where
 from cnnlens.metrics.registry import MetricInputs, register_metric
 
 __all__ = ["energy_pointing_game", "iou", "pointing_game", "relevance_rank_accuracy"]
-
-
-def _inputs(maps: Tensor, masks: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    maps = check_maps(maps)
-    masks = check_masks(masks, maps)
-    empty = ~masks.flatten(1).any(dim=1)
-    return maps.flatten(1).double(), masks.flatten(1), empty
-
-
-def _nan_where(values: Tensor, empty: Tensor) -> Tensor:
-    return torch.where(empty, torch.full_like(values, float("nan")), values).float()
 
 
 def _dilate(masks: Tensor, tolerance: float) -> Tensor:
@@ -80,7 +69,7 @@ def pointing_game(maps: Tensor, masks: Tensor, *, tolerance: float = 0.0) -> Ten
     flat = maps.flatten(1)
     at_max = flat == flat.max(dim=1, keepdim=True).values
     score = (at_max & grown).sum(dim=1).double() / at_max.sum(dim=1).double()
-    return _nan_where(score, empty)
+    return nan_where(score, empty)
 
 
 @register_metric(
@@ -117,7 +106,7 @@ def energy_pointing_game(maps: Tensor, masks: Tensor) -> Tensor:
     Raises:
         InputError: for negative map values (pass ``maps.abs()`` or cnnlens's [0, 1] maps).
     """
-    flat, s, empty = _inputs(maps, masks)
+    flat, s, empty = mask_inputs(maps, masks)
     if bool((flat < 0).any()):
         raise InputError(
             "maps must be non-negative for the energy pointing game; pass maps.abs() or "
@@ -127,7 +116,7 @@ def energy_pointing_game(maps: Tensor, masks: Tensor) -> Tensor:
     inside = (flat * s).sum(dim=1)
     chance = s.sum(dim=1).double() / s.shape[1]
     score = torch.where(total > 0, inside / total.clamp(min=1e-300), chance)
-    return _nan_where(score, empty)
+    return nan_where(score, empty)
 
 
 @register_metric(
@@ -158,7 +147,7 @@ def relevance_rank_accuracy(maps: Tensor, masks: Tensor) -> Tensor:
     Returns:
         float (B,) in [0, 1], NaN for an empty mask.
     """
-    flat, s, empty = _inputs(maps, masks)
+    flat, s, empty = mask_inputs(maps, masks)
     k = s.sum(dim=1)
     kth = flat.sort(dim=1, descending=True).values.gather(1, (k - 1).clamp(min=0).view(-1, 1))
     above = flat > kth
@@ -168,7 +157,7 @@ def relevance_rank_accuracy(maps: Tensor, masks: Tensor) -> Tensor:
         dim=1
     ).double() / tied.sum(dim=1).double()
     score = hits / k.clamp(min=1).double()
-    return _nan_where(score, empty)
+    return nan_where(score, empty)
 
 
 @register_metric(
@@ -202,11 +191,11 @@ def iou(maps: Tensor, masks: Tensor, *, threshold: float = 0.5) -> Tensor:
         float (B,) in [0, 1], NaN for an empty mask.
     """
     check_float("threshold", threshold, minimum=0, maximum=1)
-    flat, s, empty = _inputs(maps, masks)
+    flat, s, empty = mask_inputs(maps, masks)
     pred = flat >= threshold * flat.max(dim=1, keepdim=True).values
     inter = (pred & s).sum(dim=1).double()
     union = (pred | s).sum(dim=1).double()
-    return _nan_where(inter / union.clamp(min=1), empty)
+    return nan_where(inter / union.clamp(min=1), empty)
 
 
 @register_metric(

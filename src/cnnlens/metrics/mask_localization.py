@@ -18,22 +18,11 @@ import torch
 from torch import Tensor
 
 from cnnlens.errors import InputError
-from cnnlens.metrics._common import check_maps, check_masks
+from cnnlens.metrics._common import mask_inputs, nan_where
 from cnnlens.metrics.registry import MetricInputs, register_metric
 from cnnlens.metrics.similarity import rank
 
 __all__ = ["attribution_localisation", "roc_auc", "top_k_intersection"]
-
-
-def _inputs(maps: Tensor, masks: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    maps = check_maps(maps)
-    masks = check_masks(masks, maps)
-    empty = ~masks.flatten(1).any(dim=1)
-    return maps.flatten(1).double(), masks.flatten(1), empty
-
-
-def _nan_where(values: Tensor, empty: Tensor) -> Tensor:
-    return torch.where(empty, torch.full_like(values, float("nan")), values).float()
 
 
 def top_k_intersection(
@@ -57,7 +46,7 @@ def top_k_intersection(
     Returns:
         float (B,), NaN for an empty mask.
     """
-    flat, s, empty = _inputs(maps, masks)
+    flat, s, empty = mask_inputs(maps, masks)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= flat.shape[1]:
         raise InputError(f"k must be an integer in 1..{flat.shape[1]} (H*W), got {k!r}")
     kth = flat.topk(k, dim=1).values[:, -1:]
@@ -69,7 +58,7 @@ def top_k_intersection(
     score = hits / k
     if concept_influence:
         score = score * flat.shape[1] / s.sum(dim=1).clamp(min=1).double()
-    return _nan_where(score, empty)
+    return nan_where(score, empty)
 
 
 def attribution_localisation(
@@ -98,7 +87,7 @@ def attribution_localisation(
         float (B,), NaN for an empty mask or a share above 1 (possible only with negative
         values).
     """
-    flat, s, empty = _inputs(maps, masks)
+    flat, s, empty = mask_inputs(maps, masks)
     if absolute:
         flat = flat.abs()
     if positive_only:
@@ -107,7 +96,7 @@ def attribution_localisation(
     share = torch.where(share > 1, torch.full_like(share, float("nan")), share)
     if weighted:
         share = share * s.sum(dim=1).double() / s.shape[1]
-    return _nan_where(share, empty)
+    return nan_where(share, empty)
 
 
 def roc_auc(maps: Tensor, masks: Tensor) -> Tensor:
@@ -123,13 +112,13 @@ def roc_auc(maps: Tensor, masks: Tensor) -> Tensor:
         float (B,) in [0, 1], 0.5 for a constant map; NaN for an empty mask or one that
         covers the whole image.
     """
-    flat, s, empty = _inputs(maps, masks)
+    flat, s, empty = mask_inputs(maps, masks)
     n_pos = s.sum(dim=1).double()
     n_neg = s.shape[1] - n_pos
     ranks = rank(flat)
     u = (ranks * s).sum(dim=1) - n_pos * (n_pos + 1) / 2
     score = u / (n_pos * n_neg).clamp(min=1)
-    return _nan_where(score, empty | (n_neg == 0))
+    return nan_where(score, empty | (n_neg == 0))
 
 
 _FACTS = dict(family="localization", higher_is_better=True, needs_masks=True)

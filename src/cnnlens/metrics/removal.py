@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cnnlens.core.checks import check_int
 from cnnlens.errors import InputError
 from cnnlens.metrics._common import (
     Activation,
@@ -251,8 +252,7 @@ def _patch_curve(
 ) -> tuple[Tensor, Tensor]:
     """The class score on the image (B,) and after removing 1, 2, ... patches (K, B), the
     patches ranked by map mass, each set to the image's minimum (Quantus' "black")."""
-    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
-        raise InputError(f"patch_size must be a positive integer, got {patch_size!r}")
+    check_int("patch_size", patch_size)
     b, c, h, w = x.shape
     ph, pw = -(-h // patch_size), -(-w // patch_size)
     n = ph * pw if regions is None else min(ph * pw, regions)
@@ -368,8 +368,7 @@ def region_perturbation(
     check_activation(activation)
     if order not in ("morf", "lerf"):
         raise InputError(f"order must be 'morf' or 'lerf', got {order!r}")
-    if isinstance(regions, bool) or not isinstance(regions, int) or regions < 1:
-        raise InputError(f"regions must be a positive integer, got {regions!r}")
+    check_int("regions", regions)
     ref, y = _patch_curve(
         model, x, maps, target, patch_size, order == "morf", regions, activation, batch_size
     )
@@ -422,6 +421,30 @@ def selectivity(
     return ((y[1:] + y[:-1]) / 2).sum(dim=0).float()
 
 
+def _run(metric: Any, inputs: MetricInputs, options: dict[str, Any], **defaults: Any) -> Tensor:
+    """``metric`` on ``inputs`` with the registry's activation and batch size, then
+    ``defaults``, then the user's ``options`` (each overriding the one before)."""
+    settings = {
+        "activation": inputs.activation,
+        "batch_size": inputs.batch_size,
+        **defaults,
+        **options,
+    }
+    return metric(inputs.model, inputs.x, inputs.maps, inputs.target, **settings)
+
+
+def _patch_side(inputs: MetricInputs) -> int:
+    """Side of the patches of an 8x8 grid on the images."""
+    h, w = inputs.x.shape[-2:]
+    return max(1, min(h, w) // 8)
+
+
+def _pixel_step(inputs: MetricInputs) -> int:
+    """Values in 1/64 of the image's whole pixels (all channels of a pixel together)."""
+    c, h, w = inputs.x.shape[1:]
+    return c * max(1, (h * w) // 64)
+
+
 @register_metric(
     "selectivity",
     family="faithfulness",
@@ -430,14 +453,7 @@ def selectivity(
     summary="area under the score as top patches are removed",
 )
 def _selectivity(inputs: MetricInputs, **options: Any) -> Tensor:
-    h, w = inputs.x.shape[-2:]
-    settings = {
-        "patch_size": max(1, min(h, w) // 8),  # an 8x8 grid of patches
-        "activation": inputs.activation,
-        "batch_size": inputs.batch_size,
-        **options,
-    }
-    return selectivity(inputs.model, inputs.x, inputs.maps, inputs.target, **settings)
+    return _run(selectivity, inputs, options, patch_size=_patch_side(inputs))
 
 
 @register_metric(
@@ -448,14 +464,8 @@ def _selectivity(inputs: MetricInputs, **options: Any) -> Tensor:
     summary="mean class probability as the top pixels are flipped",
 )
 def _pixel_flipping(inputs: MetricInputs, **options: Any) -> Tensor:
-    c, h, w = inputs.x.shape[1:]
-    settings = {
-        "features_in_step": c * max(1, (h * w) // 64),  # 64 steps of whole pixels
-        "activation": inputs.activation,
-        "batch_size": inputs.batch_size,
-        **options,
-    }
-    return pixel_flipping(inputs.model, inputs.x, inputs.maps, inputs.target, **settings).mean(1)
+    # 64 steps of whole pixels
+    return _run(pixel_flipping, inputs, options, features_in_step=_pixel_step(inputs)).mean(1)
 
 
 @register_metric(
@@ -466,16 +476,7 @@ def _pixel_flipping(inputs: MetricInputs, **options: Any) -> Tensor:
     summary="mean score drop as the top patches are removed (MoRF)",
 )
 def _region_perturbation(inputs: MetricInputs, **options: Any) -> Tensor:
-    h, w = inputs.x.shape[-2:]
-    settings = {
-        "patch_size": max(1, min(h, w) // 8),
-        "activation": inputs.activation,
-        "batch_size": inputs.batch_size,
-        **options,
-    }
-    return region_perturbation(inputs.model, inputs.x, inputs.maps, inputs.target, **settings).mean(
-        1
-    )
+    return _run(region_perturbation, inputs, options, patch_size=_patch_side(inputs)).mean(1)
 
 
 @register_metric(
@@ -487,15 +488,14 @@ def _region_perturbation(inputs: MetricInputs, **options: Any) -> Tensor:
 )
 def _faithfulness_correlation(inputs: MetricInputs, **options: Any) -> Tensor:
     h, w = inputs.x.shape[-2:]
-    settings = {
-        "n_runs": 50,
-        "subset_size": max(1, (h * w) // 20),  # 5% of the pixels
-        "seed": inputs.seed,
-        "activation": inputs.activation,
-        "batch_size": inputs.batch_size,
-        **options,
-    }
-    return faithfulness_correlation(inputs.model, inputs.x, inputs.maps, inputs.target, **settings)
+    return _run(
+        faithfulness_correlation,
+        inputs,
+        options,
+        n_runs=50,
+        subset_size=max(1, (h * w) // 20),  # 5% of the pixels
+        seed=inputs.seed,
+    )
 
 
 @register_metric(
@@ -506,13 +506,11 @@ def _faithfulness_correlation(inputs: MetricInputs, **options: Any) -> Tensor:
     summary="rank corr. of group mass with the score variance it causes",
 )
 def _monotonicity_correlation(inputs: MetricInputs, **options: Any) -> Tensor:
-    c, h, w = inputs.x.shape[1:]
-    settings = {
-        "n_samples": 5,
-        "features_in_step": c * max(1, (h * w) // 64),  # 64 groups of whole pixels
-        "seed": inputs.seed,
-        "activation": inputs.activation,
-        "batch_size": inputs.batch_size,
-        **options,
-    }
-    return monotonicity_correlation(inputs.model, inputs.x, inputs.maps, inputs.target, **settings)
+    return _run(
+        monotonicity_correlation,
+        inputs,
+        options,
+        n_samples=5,
+        features_in_step=_pixel_step(inputs),  # 64 groups of whole pixels
+        seed=inputs.seed,
+    )

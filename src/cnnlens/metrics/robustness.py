@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from cnnlens.core.capture import capture
+from cnnlens.core.checks import check_int
 from cnnlens.core.layers import resolve_layer
 from cnnlens.errors import InputError
 from cnnlens.metrics._common import (
@@ -70,7 +71,7 @@ def draw_noise(
     """
     if kind not in ("uniform", "gaussian"):
         raise InputError(f"kind must be 'uniform' or 'gaussian', got {kind!r}")
-    _check_samples(n_samples)
+    check_int("n_samples", n_samples)
     g = torch.Generator().manual_seed(int(seed))
     shape = (n_samples, *x.shape)
     if kind == "uniform":
@@ -82,11 +83,6 @@ def draw_noise(
             raise InputError(f"std must be > 0, got {std!r}")
         noise = torch.randn(shape, generator=g) * std
     return noise.to(x.device)
-
-
-def _check_samples(n_samples: int) -> None:
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise InputError(f"n_samples must be a positive integer, got {n_samples!r}")
 
 
 @dataclass
@@ -538,78 +534,44 @@ def _common(inputs: MetricInputs, options: dict[str, Any]) -> dict[str, Any]:
 _FACTS = dict(family="robustness", higher_is_better=False, needs_explain=True)
 
 
-@register_metric("max_sensitivity", label="max-sens", summary="max map change / map norm", **_FACTS)
-def _max_sensitivity(inputs: MetricInputs, **options: Any) -> Tensor:
-    return max_sensitivity(
-        inputs.model,
-        inputs.x,
-        inputs.maps,
-        _explain_of(inputs),
-        inputs.target,
-        **_common(inputs, options),
-    )
+def _scorer(metric: Any) -> Any:
+    """The registry adapter of ``metric``: ``metric(model, x, maps, explain, target, ...)``
+    run on ``MetricInputs`` with the registry's draws, seed and batch size."""
+
+    def score(inputs: MetricInputs, **options: Any) -> Tensor:
+        return metric(
+            inputs.model,
+            inputs.x,
+            inputs.maps,
+            _explain_of(inputs),
+            inputs.target,
+            **_common(inputs, options),
+        )
+
+    return score
 
 
-@register_metric(
+_max_sensitivity = register_metric(
+    "max_sensitivity", label="max-sens", summary="max map change / map norm", **_FACTS
+)(_scorer(max_sensitivity))
+_avg_sensitivity = register_metric(
     "avg_sensitivity", label="avg-sens", summary="mean map change / map norm", **_FACTS
-)
-def _avg_sensitivity(inputs: MetricInputs, **options: Any) -> Tensor:
-    return avg_sensitivity(
-        inputs.model,
-        inputs.x,
-        inputs.maps,
-        _explain_of(inputs),
-        inputs.target,
-        **_common(inputs, options),
-    )
-
-
-@register_metric(
+)(_scorer(avg_sensitivity))
+_local_lipschitz = register_metric(
     "local_lipschitz", label="lipschitz", summary="max map change / input change", **_FACTS
-)
-def _local_lipschitz(inputs: MetricInputs, **options: Any) -> Tensor:
-    return local_lipschitz_estimate(
-        inputs.model,
-        inputs.x,
-        inputs.maps,
-        _explain_of(inputs),
-        inputs.target,
-        **_common(inputs, options),
-    )
-
-
-@register_metric(
+)(_scorer(local_lipschitz_estimate))
+_ris = register_metric(
     "relative_input_stability",
     label="RIS",
     summary="max relative map change / relative input change",
     **_FACTS,
-)
-def _ris(inputs: MetricInputs, **options: Any) -> Tensor:
-    return relative_input_stability(
-        inputs.model,
-        inputs.x,
-        inputs.maps,
-        _explain_of(inputs),
-        inputs.target,
-        **_common(inputs, options),
-    )
-
-
-@register_metric(
+)(_scorer(relative_input_stability))
+_ros = register_metric(
     "relative_output_stability",
     label="ROS",
     summary="max relative map change / logit change",
     **_FACTS,
-)
-def _ros(inputs: MetricInputs, **options: Any) -> Tensor:
-    return relative_output_stability(
-        inputs.model,
-        inputs.x,
-        inputs.maps,
-        _explain_of(inputs),
-        inputs.target,
-        **_common(inputs, options),
-    )
+)(_scorer(relative_output_stability))
 
 
 @register_metric(

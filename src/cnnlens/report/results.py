@@ -59,7 +59,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +119,20 @@ class _Reader:
             raise self.fail(where, "a list", value)
         return value
 
+    def objs(self, value: Any, where: str) -> Iterator[tuple[Mapping[str, Any], str]]:
+        """Each object of the list ``value`` with its place, ``where[i]``."""
+        for i, item in enumerate(self.arr(value, where)):
+            w = f"{where}[{i}]"
+            yield self.obj(item, w), w
+
+    def picture(self, d: Mapping[str, Any], where: str) -> dict[str, Any]:
+        """The :class:`Picture` fields of ``d``: its ``png``, ``caption`` and ``alt``."""
+        return {
+            "image": self.path(d.get("png"), f"{where}.png"),
+            "caption": self.text(d, "caption", where) or "",
+            "alt": self.text(d, "alt", where),
+        }
+
     def text(self, d: Mapping[str, Any], key: str, where: str, *, required: bool = False) -> Any:
         v = d.get(key)
         if v is None:
@@ -173,18 +187,7 @@ def _jsonable(v: Any) -> bool:
 
 
 def _pictures(r: _Reader, items: Any, where: str) -> list[Picture]:
-    out = []
-    for i, f in enumerate(r.arr(items, where)):
-        w = f"{where}[{i}]"
-        f = r.obj(f, w)
-        out.append(
-            Picture(
-                r.path(f.get("png"), f"{w}.png"),
-                caption=r.text(f, "caption", w) or "",
-                alt=r.text(f, "alt", w),
-            )
-        )
-    return out
+    return [Picture(**r.picture(f, w)) for f, w in r.objs(items, where)]
 
 
 def _model(r: _Reader, m: Any) -> ModelCard:
@@ -241,9 +244,7 @@ def _image(r: _Reader, d: Any, where: str) -> ReportImage:
     d = r.obj(d, where)
     name = r.text(d, "file", where, required=True)
     preds = []
-    for i, p in enumerate(r.arr(d.get("predictions") or [], f"{where}.predictions")):
-        w = f"{where}.predictions[{i}]"
-        p = r.obj(p, w)
+    for p, w in r.objs(d.get("predictions") or [], f"{where}.predictions"):
         preds.append(
             Prediction(
                 class_name=r.text(p, "class", w) or str(p.get("index")),
@@ -252,14 +253,10 @@ def _image(r: _Reader, d: Any, where: str) -> ReportImage:
             )
         )
     maps = []
-    for i, e in enumerate(r.arr(d.get("maps") or [], f"{where}.maps")):
-        w = f"{where}.maps[{i}]"
-        e = r.obj(e, w)
+    for e, w in r.objs(d.get("maps") or [], f"{where}.maps"):
         maps.append(
             MapEntry(
-                r.path(e.get("png"), f"{w}.png"),
-                caption=r.text(e, "caption", w) or "",
-                alt=r.text(e, "alt", w),
+                **r.picture(e, w),
                 method=r.text(e, "method", w),
                 target=r.num(e, "target", w, integer=True),
                 class_name=r.text(e, "class", w),
@@ -283,9 +280,7 @@ def _metrics(r: _Reader, m: Any) -> MetricsTable:
     if not all(isinstance(n, str) for n in names):
         raise r.fail("metrics.metrics", "a list of metric names", names)
     rows: dict[str, dict[str, MetricValue]] = {}
-    for i, row in enumerate(r.arr(m.get("rows") or [], "metrics.rows")):
-        w = f"metrics.rows[{i}]"
-        row = r.obj(row, w)
+    for row, w in r.objs(m.get("rows") or [], "metrics.rows"):
         method = r.text(row, "method", w, required=True)
         values = {}
         for k, v in r.obj(row.get("values") or {}, f"{w}.values").items():
@@ -352,14 +347,10 @@ def parse_results(
     prototypes = None
     if d.get("prototypes") is not None:
         prototypes = []
-        for i, p in enumerate(r.arr(d["prototypes"], "prototypes")):
-            w = f"prototypes[{i}]"
-            p = r.obj(p, w)
+        for p, w in r.objs(d["prototypes"], "prototypes"):
             prototypes.append(
                 Prototype(
-                    r.path(p.get("png"), f"{w}.png"),
-                    caption=r.text(p, "caption", w) or "",
-                    alt=r.text(p, "alt", w),
+                    **r.picture(p, w),
                     class_name=r.text(p, "class", w) or "",
                     index=r.num(p, "index", w, integer=True),
                 )
@@ -367,9 +358,7 @@ def parse_results(
     sanity = None
     if d.get("sanity") is not None:
         sanity = []
-        for i, s in enumerate(r.arr(d["sanity"], "sanity")):
-            w = f"sanity[{i}]"
-            s = r.obj(s, w)
+        for s, w in r.objs(d["sanity"], "sanity"):
             if s.get("passed") is not None and not isinstance(s.get("passed"), bool):
                 raise r.fail(f"{w}.passed", "true, false or null (inconclusive)", s.get("passed"))
             sanity.append(
