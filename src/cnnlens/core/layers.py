@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from cnnlens.core.capture import this_thread_only
 from cnnlens.errors import LayerNotFoundError
 
 log = logging.getLogger("cnnlens")
@@ -121,7 +122,7 @@ def _probe_spatial_layer(model: nn.Module, x: Tensor) -> str:
                 if isinstance(out, Tensor) and out.dim() == 4:
                     order.append((name, tuple(out.shape)))
 
-            handles.append(module.register_forward_hook(hook))
+            handles.append(module.register_forward_hook(this_thread_only(hook)))
         model(x)
     finally:
         for h in handles:

@@ -32,6 +32,7 @@ from cnnlens.errors import InputError, LayerNotFoundError, ModelError
 from cnnlens.methods.engine import (
     BatchedForward,
     channels_last_forward,
+    check_finite_result,
     check_reduce,
     pixel_explanation,
     prepare_input,
@@ -88,7 +89,7 @@ class Explainer:
     ) -> Explanation:
         xb = prepare_input(x, self.model)
         with frozen(self.model, eval_mode=self.eval_mode):
-            exp = self.explain_batch(xb, target, topk)
+            exp = check_finite_result(self.model, self.explain_batch(xb, target, topk))
         return exp.to(x.device) if exp.maps.device != x.device else exp
 
     def explain_batch(self, x: Tensor, target: TargetLike, topk: int | None) -> Explanation:

@@ -28,7 +28,7 @@ from cnnlens.core.device import model_device_dtype
 from cnnlens.core.explanation import Explanation
 from cnnlens.core.maps import normalize_maps
 from cnnlens.core.targets import TargetLike, Targets, logits_of, resolve_targets
-from cnnlens.errors import InputError
+from cnnlens.errors import InputError, ModelError
 
 log = logging.getLogger("cnnlens")
 
@@ -39,6 +39,8 @@ __all__ = [
     "batch_for",
     "broadcast_to_input",
     "channels_last_forward",
+    "check_finite_input",
+    "check_finite_result",
     "check_reduce",
     "detach_outputs",
     "first_pass",
@@ -77,10 +79,62 @@ def prepare_input(x: Any, model: nn.Module) -> Tensor:
             f"x must be a floating-point tensor preprocessed as the model expects, got dtype "
             f"{x.dtype}{hint}"
         )
+    check_finite_input(x)
     device, dtype = model_device_dtype(model)
     if x.is_inference():
         x = x.clone()
     return x.to(device=device or x.device, dtype=dtype or torch.float32)
+
+
+def check_finite_input(x: Tensor, name: str = "x") -> None:
+    """Refuse an input holding NaN or an infinity: no explanation of it means anything."""
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        nan = int(torch.isnan(x).sum())
+        raise InputError(
+            f"{name} holds {bad} non-finite values of {x.numel()} ({nan} NaN, {bad - nan} "
+            f"infinite); give a finite input (replace or drop those pixels)"
+        )
+
+
+def _nonfinite_parameter(model: nn.Module) -> str | None:
+    """The name of the first parameter or buffer of ``model`` holding NaN or an infinity."""
+    for name, t in (*model.named_parameters(), *model.named_buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
+def check_finite_result(model: nn.Module, exp: Explanation) -> Explanation:
+    """Refuse a result computed from non-finite model outputs or gradients, naming which.
+
+    Raises:
+        ModelError: the model's outputs for the (finite) input hold NaN or an infinity (the
+            parameter that holds one is named, e.g. a checkpoint with NaN weights), or the
+            attributions do (a gradient that overflowed or is NaN).
+    """
+    scores = exp.scores
+    if isinstance(scores, Tensor) and scores.is_floating_point():
+        bad = int((~torch.isfinite(scores)).sum())
+        if bad:
+            culprit = _nonfinite_parameter(model)
+            why = (
+                f"its parameter {culprit!r} holds NaN or infinite values (broken weights?)"
+                if culprit
+                else "check the model for an overflow or a division by zero"
+            )
+            raise ModelError(
+                f"the model's outputs for x hold {bad} non-finite values of {scores.numel()}; {why}"
+            )
+    bad = int((~torch.isfinite(exp.raw)).sum())
+    if bad:
+        what = "gradient" if exp.layer is None else "activations or gradient of the layer"
+        raise ModelError(
+            f"{exp.method}: the attributions hold {bad} non-finite values of "
+            f"{exp.raw.numel()}: the {what} overflowed or is NaN although the outputs are "
+            "finite; try a float32 model or another method"
+        )
+    return exp
 
 
 def batch_for(x: Tensor, batch_size: int | None) -> int:
@@ -156,29 +210,126 @@ def channels_last_forward(
         return None
 
 
-def folded_copy(model: nn.Module) -> nn.Module | None:
-    """A private copy of ``model`` with every BatchNorm folded into the convolution or linear
-    layer before it (torch.fx), parameters frozen, hooks dropped and weights stored
-    channels-last; None when the model has no BatchNorm in eval mode or cannot be traced
-    symbolically."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms or any(m.training for m in norms):
-        return None
-    from torch.fx.experimental.optimization import fuse
+def _strip_hooks(model: nn.Module) -> None:
+    """Drop every hook of a private copy (the caller's hooks must not run on it)."""
+    for module in model.modules():
+        for hooks in (
+            module._forward_hooks,
+            module._forward_pre_hooks,
+            module._backward_hooks,
+            module._backward_pre_hooks,
+        ):
+            hooks.clear()
 
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _conv_norm_pairs(twin: nn.Module, x: Tensor) -> list[tuple[str, nn.Module, str]]:
+    """``(conv name, conv, norm name)`` for each BatchNorm whose input, in one forward of the
+    private ``twin`` on ``x``, is the untouched output of a convolution; each module of a
+    pair runs once per forward. Found with hooks on the twin alone, never by tracing."""
+    produced: dict[int, tuple[str, Tensor, int]] = {}
+    calls: dict[str, int] = {}
+    pairs: dict[str, str] = {}
+    handles = []
+
+    def after_conv(name: str):
+        def hook(_m: nn.Module, _i: object, out: object) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            if isinstance(out, Tensor):
+                produced[id(out)] = (name, out, out._version)
+
+        return hook
+
+    def before_norm(name: str):
+        def hook(_m: nn.Module, args: tuple) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            if args and isinstance(args[0], Tensor) and id(args[0]) in produced:
+                conv, out, version = produced[id(args[0])]
+                if out is args[0] and out._version == version:
+                    pairs[name] = conv
+
+        return hook
+
+    modules = dict(twin.named_modules())
+    try:
+        for name, m in modules.items():
+            if isinstance(m, _CONVS):
+                handles.append(m.register_forward_hook(after_conv(name)))
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                handles.append(m.register_forward_pre_hook(before_norm(name)))
+        with torch.no_grad():  # not inference mode: its tensors keep no version counter
+            twin(x)
+    finally:
+        for h in handles:
+            h.remove()
+        produced.clear()
+    return [
+        (conv, modules[conv], norm)
+        for norm, conv in pairs.items()
+        if calls.get(conv) == 1 and calls.get(norm) == 1
+    ]
+
+
+@torch.no_grad()
+def _fold_into(conv: nn.Module, norm: nn.Module) -> bool:
+    """Fold an eval-mode BatchNorm into the convolution before it (in place), with
+    $s = \\gamma/\\sqrt{\\sigma^2+\\epsilon}$: $w' = s\\,w$, $b' = s\\,(b-\\mu) + \\beta$.
+    False when the shapes do not fit."""
+    mean, var = norm.running_mean, norm.running_var
+    if mean is None or var is None or mean.numel() != conv.out_channels:
+        return False
+    scale = torch.rsqrt(var + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
+    w = conv.weight
+    conv.weight = nn.Parameter(w * scale.reshape(-1, *([1] * (w.dim() - 1))).to(w.dtype))
+    conv.bias = nn.Parameter(shift.to(w.dtype))
+    return True
+
+
+def folded_copy(model: nn.Module, x: Tensor | None = None) -> nn.Module | None:
+    """A private copy of ``model`` with every BatchNorm folded into the convolution before it,
+    parameters frozen, hooks dropped and weights stored channels-last; None when the model has
+    no BatchNorm in eval mode, cannot be copied, or no BatchNorm directly follows a
+    convolution.
+
+    The pairs are found by one forward of the copy on ``x[:1]`` with hooks on the copy's own
+    modules (see :func:`_conv_norm_pairs`), not by torch.fx: symbolic tracing patches
+    ``nn.Module.__call__`` for the whole process while it runs, which breaks any forward
+    another thread runs meanwhile, and leaves the traced graph in reference cycles. A pair
+    found this way can still be wrong (the convolution's output also read elsewhere, as in a
+    residual branch): :meth:`BatchedForward.check` drops a copy whose outputs differ.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or any(m.training for m in norms) or x is None:
+        return None
     try:
         twin = copy.deepcopy(model)
-        for module in twin.modules():
-            for hooks in (
-                module._forward_hooks,
-                module._forward_pre_hooks,
-                module._backward_hooks,
-                module._backward_pre_hooks,
-            ):
-                hooks.clear()
-        twin = fuse(twin, inplace=True)
-    except Exception as err:  # an untraceable or uncopyable model runs as it is
+    except Exception as err:  # an uncopyable model runs as it is
         log.debug("no BatchNorm folding for %s: %s", type(model).__name__, err)
+        return None
+    _strip_hooks(twin)
+    for p in twin.parameters():
+        p.requires_grad_(False)
+    try:
+        pairs = _conv_norm_pairs(twin, x[:1])
+    except Exception as err:  # the private copy's forward failed: no fast copy
+        log.debug("no BatchNorm folding for %s: %s", type(model).__name__, err)
+        return None
+    folded = 0
+    for _conv_name, conv, norm_name in pairs:
+        if _fold_into(conv, twin.get_submodule(norm_name)):
+            parent, _, leaf = norm_name.rpartition(".")
+            setattr(twin.get_submodule(parent) if parent else twin, leaf, nn.Identity())
+            folded += 1
+    if not folded:
         return None
     for p in twin.parameters():
         p.requires_grad_(False)
@@ -211,7 +362,7 @@ class BatchedForward:
     ) -> None:
         self.model = model
         self.channels_last = wants_optimize(model, x, optimize)
-        self.fast: nn.Module | None = folded_copy(model) if self.channels_last and fold else None
+        self.fast: nn.Module | None = folded_copy(model, x) if self.channels_last and fold else None
         self.checked = self.fast is None
 
     def check(self, x: Tensor, outputs: Any) -> None:
