@@ -32,6 +32,7 @@ from cnnlens.errors import InputError, LayerNotFoundError, ModelError
 from cnnlens.methods.engine import (
     BatchedForward,
     channels_last_forward,
+    check_finite_outputs,
     check_finite_result,
     check_reduce,
     pixel_explanation,
@@ -191,6 +192,7 @@ class BaseCAM(Explainer):
         hooks = capture([*layers, *extra], track_grad=self.needs_grad, record_inputs=bool(extra))
         with grad_ctx, hooks as cap:
             outputs = self._forward(x)
+            check_finite_outputs(self.model, outputs)
             targets = resolve_targets(target, outputs, topk, batch=x.shape[0])
             acts = []
             for name in names:
@@ -328,6 +330,7 @@ class GradientMethod(Explainer):
             with self.rule():
                 if forward is None:
                     leaf, outputs = self._forward(x)
+                    check_finite_outputs(self.model, outputs)
                 else:
                     leaf, outputs = forward.forward(x, requires_grad=True)
             if targets is None:

@@ -40,6 +40,7 @@ __all__ = [
     "broadcast_to_input",
     "channels_last_forward",
     "check_finite_input",
+    "check_finite_outputs",
     "check_finite_result",
     "check_reduce",
     "detach_outputs",
@@ -105,27 +106,37 @@ def _nonfinite_parameter(model: nn.Module) -> str | None:
     return None
 
 
+def check_finite_outputs(model: nn.Module, outputs: Any) -> None:
+    """Refuse non-finite model outputs for the explained (finite) input, naming the parameter
+    that holds NaN or an infinity when one does (e.g. a checkpoint with NaN weights).
+
+    Raises:
+        ModelError: ``outputs`` (a tensor) holds NaN or an infinity.
+    """
+    if not isinstance(outputs, Tensor) or not outputs.is_floating_point():
+        return
+    bad = int((~torch.isfinite(outputs.detach())).sum())
+    if bad:
+        culprit = _nonfinite_parameter(model)
+        why = (
+            f"its parameter {culprit!r} holds NaN or infinite values (broken weights?)"
+            if culprit
+            else "check the model for an overflow or a division by zero"
+        )
+        raise ModelError(
+            f"the model's outputs for x hold {bad} non-finite values of {outputs.numel()}; {why}"
+        )
+
+
 def check_finite_result(model: nn.Module, exp: Explanation) -> Explanation:
     """Refuse a result computed from non-finite model outputs or gradients, naming which.
 
     Raises:
-        ModelError: the model's outputs for the (finite) input hold NaN or an infinity (the
-            parameter that holds one is named, e.g. a checkpoint with NaN weights), or the
-            attributions do (a gradient that overflowed or is NaN).
+        ModelError: the model's outputs for the (finite) input hold NaN or an infinity (see
+            :func:`check_finite_outputs`), or the attributions do (a gradient that
+            overflowed or is NaN).
     """
-    scores = exp.scores
-    if isinstance(scores, Tensor) and scores.is_floating_point():
-        bad = int((~torch.isfinite(scores)).sum())
-        if bad:
-            culprit = _nonfinite_parameter(model)
-            why = (
-                f"its parameter {culprit!r} holds NaN or infinite values (broken weights?)"
-                if culprit
-                else "check the model for an overflow or a division by zero"
-            )
-            raise ModelError(
-                f"the model's outputs for x hold {bad} non-finite values of {scores.numel()}; {why}"
-            )
+    check_finite_outputs(model, exp.scores)
     bad = int((~torch.isfinite(exp.raw)).sum())
     if bad:
         what = "gradient" if exp.layer is None else "activations or gradient of the layer"
@@ -414,6 +425,7 @@ def first_pass(
     of ``forward`` is checked against them."""
     with torch.no_grad():
         outputs = forward.model(x)
+    check_finite_outputs(forward.model, outputs)
     targets = resolve_targets(target, outputs, topk, batch=x.shape[0])
     forward.check(x, outputs)
     return outputs, targets
