@@ -333,6 +333,18 @@ def test_a_call_leaves_no_cyclic_garbage(method):
             gc.enable()
 
 
+def test_the_layer_cache_is_bounded_and_cleared():
+    from cnnlens.core import layers
+
+    model = bn_net()
+    for size in range(8, 28):  # 20 input sizes, each an automatic layer choice remembered
+        cnnlens.explain(model, inputs(1, size), "gradcam")
+    assert len(layers._CHOSEN[model]) == layers._MAX_SHAPES == 16
+    assert (3, 27, 27, torch.float32, "cpu") in layers._CHOSEN[model]  # the newest kept
+    cnnlens.clear_cache()
+    assert model not in layers._CHOSEN
+
+
 def _rss_mb() -> float:
     with open(f"/proc/{os.getpid()}/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import threading
 import weakref
 from collections.abc import Sequence
 
@@ -78,9 +79,21 @@ def resolve_layers(
 # The automatic choice per model and input shape, so that repeated calls (one image at a
 # time, say) do not pay for a probe forward each: model -> {(C, H, W, dtype, device type):
 # (name, the chosen module)}. Entries go with the model; a replaced submodule is re-probed.
+# It is the only thing cnnlens keeps between calls: at most _MAX_SHAPES input shapes per live
+# model (the oldest dropped first), nothing that holds a model or a tensor alive, read and
+# written under a lock; clear_cache() empties it.
 _CHOSEN: weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], tuple[str, object]]] = (
     weakref.WeakKeyDictionary()
 )
+_CHOSEN_LOCK = threading.Lock()
+_MAX_SHAPES = 16
+
+
+def clear_cache() -> None:
+    """Forget every remembered automatic layer choice (see :func:`find_spatial_layer`), the
+    only state cnnlens keeps between calls; the next call of each model probes again."""
+    with _CHOSEN_LOCK:
+        _CHOSEN.clear()
 
 
 def find_spatial_layer(model: nn.Module, x: Tensor) -> str:
@@ -91,10 +104,12 @@ def find_spatial_layer(model: nn.Module, x: Tensor) -> str:
     output is 1x1, the last 4-D one. The caller's model state is not changed: the pass runs on
     the caller's behalf inside :func:`cnnlens.core.capture.frozen`. The choice is remembered
     for the model and the input's shape, dtype and device (as long as the chosen module is
-    still the model's submodule of that name), so later calls need no probe pass.
+    still the model's submodule of that name; at most 16 shapes per model, the oldest
+    forgotten first), so later calls need no probe pass; :func:`clear_cache` forgets it all.
     """
     key = (*x.shape[1:], x.dtype, x.device.type)
-    known = _CHOSEN.get(model, {}).get(key)
+    with _CHOSEN_LOCK:
+        known = _CHOSEN.get(model, {}).get(key)
     if known is not None:
         name, module_ref = known
         try:
@@ -104,7 +119,13 @@ def find_spatial_layer(model: nn.Module, x: Tensor) -> str:
         except AttributeError:
             pass
     name = _probe_spatial_layer(model, x)
-    _CHOSEN.setdefault(model, {})[key] = (name, weakref.ref(model.get_submodule(name)))
+    chosen = (name, weakref.ref(model.get_submodule(name)))
+    with _CHOSEN_LOCK:
+        shapes = _CHOSEN.setdefault(model, {})
+        shapes.pop(key, None)
+        while len(shapes) >= _MAX_SHAPES:
+            del shapes[next(iter(shapes))]
+        shapes[key] = chosen
     return name
 
 

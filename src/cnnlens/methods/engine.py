@@ -6,6 +6,15 @@ targets for rows of a batch (:func:`first_pass`, :func:`rows_targets`, :func:`ro
 batch sizes, baselines broadcast to the input, channel reductions and the
 :class:`~cnnlens.core.explanation.Explanation` of a pixel method.
 
+Threads. A model may be explained from several threads at once (README, "Thread safety"):
+the engine never patches process-wide state. The fast path's BatchNorm folding used to trace
+the model with torch.fx, whose tracer replaces ``nn.Module.__call__`` for the whole process
+while it runs, breaking any forward another thread runs meanwhile (a lock cannot help: the
+other thread's code does not take it). :func:`folded_copy` instead finds the
+convolution -> BatchNorm pairs with hooks on the private copy during one real forward, and
+the copy is used only once it reproduces the model's outputs. It also leaves no reference
+cycles (an fx GraphModule did), so a call's copy is freed when the call ends.
+
 It lives in ``methods/`` rather than ``core/`` although it is torch-only: it holds the
 policies of the methods (when the fast path is taken, default batch sizes, how pixel
 attributions become maps and results), which no other layer needs; ``core/`` stays what
