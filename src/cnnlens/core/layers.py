@@ -65,7 +65,7 @@ def resolve_layers(
     model: nn.Module, layers: LayerLike | Sequence[LayerLike]
 ) -> list[tuple[str, nn.Module]]:
     """Resolve one layer or a list of layers (duplicates removed, order kept)."""
-    items = [layers] if isinstance(layers, (str, nn.Module)) else list(layers)
+    items = list(layers) if isinstance(layers, (list, tuple)) else [layers]
     if not items:
         raise LayerNotFoundError("layer list is empty; give at least one layer name or module")
     out: list[tuple[str, nn.Module]] = []

@@ -35,6 +35,7 @@ from cnnlens.methods.engine import (
     check_finite_outputs,
     check_finite_result,
     check_reduce,
+    explain_runtime_error,
     pixel_explanation,
     prepare_input,
     reduce_channels,
@@ -89,8 +90,20 @@ class Explainer:
         self, x: Tensor, target: TargetLike = None, *, topk: int | None = None
     ) -> Explanation:
         xb = prepare_input(x, self.model)
-        with frozen(self.model, eval_mode=self.eval_mode):
-            exp = check_finite_result(self.model, self.explain_batch(xb, target, topk))
+        version = None if x.is_inference() else x._version
+        try:
+            with frozen(self.model, eval_mode=self.eval_mode):
+                exp = check_finite_result(self.model, self.explain_batch(xb, target, topk))
+        except RuntimeError as err:
+            said = explain_runtime_error(err, xb)
+            if said is None:
+                raise
+            raise said from err
+        if version is not None and x._version != version:
+            raise ModelError(
+                "the model modifies its input in place (x was changed by the call); copy it "
+                "first in forward (x = x.clone())"
+            )
         return exp.to(x.device) if exp.maps.device != x.device else exp
 
     def explain_batch(self, x: Tensor, target: TargetLike, topk: int | None) -> Explanation:

@@ -48,11 +48,13 @@ __all__ = [
     "batch_for",
     "broadcast_to_input",
     "channels_last_forward",
+    "check_channels",
     "check_finite_input",
     "check_finite_outputs",
     "check_finite_result",
     "check_reduce",
     "detach_outputs",
+    "explain_runtime_error",
     "first_pass",
     "folded_copy",
     "pixel_explanation",
@@ -90,10 +92,68 @@ def prepare_input(x: Any, model: nn.Module) -> Tensor:
             f"{x.dtype}{hint}"
         )
     check_finite_input(x)
+    check_channels(model, x)
     device, dtype = model_device_dtype(model)
     if x.is_inference():
         x = x.clone()
     return x.to(device=device or x.device, dtype=dtype or torch.float32)
+
+
+_CONVS_IN = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def check_channels(model: nn.Module, x: Tensor) -> None:
+    """Refuse ``x`` when the model's first layer (the first module, in registration order,
+    with parameters of its own) is a convolution taking another number of channels."""
+    for name, module in model.named_modules():
+        if next(module.parameters(recurse=False), None) is None:
+            continue
+        want = getattr(module, "in_channels", 0) if isinstance(module, _CONVS_IN) else 0
+        if want and x.dim() >= 2 and want != x.shape[1]:
+            raise InputError(
+                f"the model takes {want}-channel input (its first layer {name or 'model'!r}), "
+                f"got {x.shape[1]} channels in x of shape {tuple(x.shape)}"
+            )
+        return
+
+
+#: torch's words for shape and autograd errors a user's input or model causes, and the
+#: one line cnnlens says instead (see :func:`explain_runtime_error`).
+_RUNTIME_ERRORS: tuple[tuple[tuple[str, ...], type[Exception], str], ...] = (
+    (
+        ("Output size is too small", "can't be greater than actual input size", "smaller than"),
+        InputError,
+        "the input is too small for the model: x of size {size} shrinks to nothing in a layer",
+    ),
+    (
+        ("channels, but got",),
+        InputError,
+        "x has {channels} channels, which a layer of the model does not take ({torch})",
+    ),
+    (
+        ("leaf Variable that requires grad is being used in an in-place operation",),
+        ModelError,
+        "the model modifies its input in place; copy it first in forward (x = x.clone())",
+    ),
+    (
+        ("does not require grad and does not have a grad_fn",),
+        ModelError,
+        "the model's outputs do not depend differentiably on x (does its forward run under "
+        "torch.no_grad() or detach?); use a perturbation method such as occlusion or rise",
+    ),
+)
+
+
+def explain_runtime_error(err: RuntimeError, x: Tensor) -> Exception | None:
+    """A :class:`~cnnlens.errors.CnnlensError` saying in one line what a ``RuntimeError`` of
+    torch during an explanation means for the user's input or model; None for any other."""
+    text = str(err)
+    for parts, kind, message in _RUNTIME_ERRORS:
+        if any(p in text for p in parts):
+            size = "x".join(str(int(s)) for s in x.shape[2:])
+            first = text.strip().splitlines()[0][:160] if text.strip() else ""
+            return kind(message.format(size=size, channels=x.shape[1], torch=first))
+    return None
 
 
 def check_finite_input(x: Tensor, name: str = "x") -> None:
