@@ -121,7 +121,11 @@ def check_channels(model: nn.Module, x: Tensor) -> None:
 #: one line cnnlens says instead (see :func:`explain_runtime_error`).
 _RUNTIME_ERRORS: tuple[tuple[tuple[str, ...], type[Exception], str], ...] = (
     (
-        ("Output size is too small", "can't be greater than actual input size", "smaller than"),
+        (
+            "Output size is too small",
+            "can't be greater than actual input size",
+            "smaller than kernel",
+        ),
         InputError,
         "the input is too small for the model: x of size {size} shrinks to nothing in a layer",
     ),
