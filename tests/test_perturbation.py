@@ -416,7 +416,8 @@ def test_channels_last_falls_back_for_models_that_refuse_it() -> None:
 
 
 class Branchy(nn.Module):
-    """Data-dependent control flow: torch.fx cannot trace it, so nothing is folded."""
+    """Data-dependent control flow: torch.fx could not trace it; the pairs found by hooks
+    during a real forward fold it all the same."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -425,6 +426,24 @@ class Branchy(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.net(x)
         return out if bool(x.mean() > -10) else -out
+
+
+class ReadsConvTwice(nn.Module):
+    """A convolution's output read by its BatchNorm and again after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-1, 1)
+            self.bn.running_var.uniform_(0.5, 2)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.fc((self.bn(y) + y).mean((2, 3)))
 
 
 def test_batchnorm_folding_is_checked_and_optional(monkeypatch) -> None:
@@ -439,12 +458,23 @@ def test_batchnorm_folding_is_checked_and_optional(monkeypatch) -> None:
         forward.check(x, model(x))
         assert forward.fast is not None
         torch.testing.assert_close(forward(x), model(x), atol=1e-5, rtol=1e-4)
-    assert BatchedForward(Branchy().eval(), x, None).fast is None
+    branchy = Branchy().eval()
+    folded = BatchedForward(branchy, x, None)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.fast.modules())
+    with torch.no_grad():
+        folded.check(x, branchy(x))
+        torch.testing.assert_close(folded(x), branchy(x), atol=1e-5, rtol=1e-4)
+    reread = ReadsConvTwice().eval()  # folding changes the convolution's other reader
+    wrong = BatchedForward(reread, x, None)
+    assert wrong.fast is not None
+    with torch.no_grad():
+        wrong.check(x, reread(x))
+    assert wrong.fast is None
     plain = cnnlens.explain(model, x, "occlusion", window=8, optimize=False)
     fast = cnnlens.explain(model, x, "occlusion", window=8)
     torch.testing.assert_close(fast.raw, plain.raw, atol=1e-5, rtol=1e-4)
 
-    def wrong_copy(net: nn.Module) -> nn.Module:
+    def wrong_copy(net: nn.Module, x: torch.Tensor | None = None) -> nn.Module:
         twin = make_model("gap")  # another network: the check must refuse it
         return twin
 

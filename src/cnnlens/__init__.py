@@ -14,6 +14,7 @@ import cnnlens.methods  # noqa: F401  (registers the built-in methods)
 from cnnlens._version import __version__ as __version__
 from cnnlens.api import explain
 from cnnlens.core.explanation import Explanation
+from cnnlens.core.layers import clear_cache
 from cnnlens.core.registry import get_method, list_methods, register
 from cnnlens.errors import CnnlensError
 from cnnlens.summary import summary
@@ -33,6 +34,7 @@ _LAZY = {
 __all__ = [
     "CnnlensError",
     "Explanation",
+    "clear_cache",
     "explain",
     "get_method",
     "list_methods",

@@ -9,9 +9,9 @@ from torch import Tensor, nn
 from cnnlens.core.explanation import Explanation
 from cnnlens.core.layers import LayersLike
 from cnnlens.core.outputs import OutputLike
-from cnnlens.core.registry import get_method
+from cnnlens.core.registry import check_options, get_method
 from cnnlens.core.targets import TargetLike
-from cnnlens.errors import InputError
+from cnnlens.errors import InputError, MethodNotFoundError
 
 
 def explain(
@@ -53,7 +53,12 @@ def explain(
     Example:
         >>> exp = cnnlens.explain(model, x, "gradcam", layer="layer4", topk=2)  # doctest: +SKIP
     """
+    if not isinstance(method, str):
+        raise MethodNotFoundError(
+            f"method must be a name from cnnlens.list_methods(), got {type(method).__name__}"
+        )
     cls = get_method(method)
+    check_options(cls, options)
     if layer is not None:
         if not cls.takes_layer(options):
             raise InputError(f"method {cls.name!r} works on the input and takes no layer argument")

@@ -4,12 +4,22 @@
 forward records no graph for the weights), and restores every submodule's train/eval flag and
 every parameter's ``requires_grad`` on exit, also when an exception is raised.
 :class:`capture` records the outputs of chosen layers during one forward.
+
+Threads. A model may be shared by threads that explain with it at the same time. The state
+:func:`frozen` changes is the model's own, so it is shared: the first call to enter saves
+it and applies the frozen state, later calls in the same mode join it (a count per model,
+under one lock), and the last call to leave restores it; a call that wants the other mode
+(``eval_mode=False`` while ``True`` calls run) waits for the model to be free. Hooks fire
+for every thread's forward of the module they sit on, so every hook cnnlens registers on a
+caller's model acts only in the thread that registered it (:func:`this_thread_only`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +36,95 @@ def modes_restored(model: nn.Module) -> Iterator[None]:
             m.training = training
 
 
+def this_thread_only(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """``hook`` made to act only in the thread that calls this: a forward of the same module
+    in another thread (a model shared by threads) passes through it untouched."""
+    owner = threading.get_ident()
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        if threading.get_ident() != owner:
+            return None
+        return hook(*args, **kwargs)
+
+    return guarded
+
+
+class _FrozenState:
+    """The state of one model saved by the first of its concurrent :func:`frozen` calls."""
+
+    def __init__(self, model: nn.Module, eval_mode: bool) -> None:
+        self.eval_mode = eval_mode
+        self.count = 0
+        self.threads: dict[int, int] = {}
+        self.modes = [(m, m.training) for m in model.modules()]
+        self.flags = [(p, p.requires_grad) for p in model.parameters()]
+        self.buffers: list[tuple[Tensor, Tensor]] = []
+        if not eval_mode:
+            seen: set[int] = set()
+            for m in model.modules():
+                if m.training:
+                    for b in m.buffers(recurse=False):
+                        if id(b) not in seen:
+                            seen.add(id(b))
+                            self.buffers.append((b, b.detach().clone()))
+        try:
+            if eval_mode:
+                model.eval()
+            for p, _ in self.flags:
+                p.requires_grad_(False)
+        except BaseException:
+            self.restore()
+            raise
+
+    def restore(self) -> None:
+        for m, training in self.modes:
+            m.training = training
+        for p, requires_grad in self.flags:
+            p.requires_grad_(requires_grad)
+        with torch.no_grad():
+            for b, value in self.buffers:
+                b.copy_(value)
+
+
+_FROZEN_LOCK = threading.Condition()
+_FROZEN: dict[int, tuple[nn.Module, _FrozenState]] = {}
+
+
+def _join(model: nn.Module, eval_mode: bool) -> _FrozenState | None:
+    """Enter the model's shared frozen state (waiting while calls of the other mode hold it);
+    None for a nested call of the other mode in a thread that already holds it."""
+    me = threading.get_ident()
+    with _FROZEN_LOCK:
+        while True:
+            entry = _FROZEN.get(id(model))
+            if entry is None or entry[0] is not model:
+                state = _FrozenState(model, eval_mode)
+                _FROZEN[id(model)] = (model, state)
+                break
+            state = entry[1]
+            if state.eval_mode == eval_mode:
+                break
+            if me in state.threads:
+                return None
+            _FROZEN_LOCK.wait()
+        state.count += 1
+        state.threads[me] = state.threads.get(me, 0) + 1
+        return state
+
+
+def _leave(model: nn.Module, state: _FrozenState) -> None:
+    me = threading.get_ident()
+    with _FROZEN_LOCK:
+        state.count -= 1
+        state.threads[me] -= 1
+        if not state.threads[me]:
+            del state.threads[me]
+        if state.count == 0:
+            del _FROZEN[id(model)]
+            state.restore()
+            _FROZEN_LOCK.notify_all()
+
+
 @contextmanager
 def frozen(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Module]:
     """Evaluate ``model`` with its parameters frozen, restoring its state afterwards.
@@ -34,33 +133,26 @@ def frozen(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Module]:
     its flag, and the buffers of modules in train mode (BatchNorm's running statistics) are
     saved first and put back afterwards, so that the call leaves no trace either way.
 
+    Concurrent calls on one model share one saved state (see the module docstring): the
+    model is restored exactly when the last of them ends. A nested call of the other mode in
+    the same thread saves and restores on its own.
+
     Example:
         >>> with frozen(model):                      # doctest: +SKIP
         ...     scores = model(x)
     """
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    saved: list[tuple[Tensor, Tensor]] = []
-    if not eval_mode:
-        seen: set[int] = set()
-        for m in model.modules():
-            if m.training:
-                for b in m.buffers(recurse=False):
-                    if id(b) not in seen:
-                        seen.add(id(b))
-                        saved.append((b, b.detach().clone()))
-    try:
-        with modes_restored(model):
-            if eval_mode:
-                model.eval()
-            for p, _ in flags:
-                p.requires_grad_(False)
+    state = _join(model, eval_mode)
+    if state is None:  # nested, other mode, same thread: nobody else can enter meanwhile
+        nested = _FrozenState(model, eval_mode)
+        try:
             yield model
+        finally:
+            nested.restore()
+        return
+    try:
+        yield model
     finally:
-        for p, requires_grad in flags:
-            p.requires_grad_(requires_grad)
-        with torch.no_grad():
-            for b, value in saved:
-                b.copy_(value)
+        _leave(model, state)
 
 
 @contextmanager
@@ -120,7 +212,8 @@ class capture:
     def __enter__(self) -> capture:
         try:
             for name, module in self.modules:
-                self._handles.append(module.register_forward_hook(self._hook(name)))
+                hook = this_thread_only(self._hook(name))
+                self._handles.append(module.register_forward_hook(hook))
         except BaseException:
             self.remove()
             raise

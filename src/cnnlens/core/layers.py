@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import logging
 import re
+import threading
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cnnlens.core.capture import this_thread_only
 from cnnlens.core.keras import is_keras, keras_layers
 from cnnlens.core.layouts import decide_layout
 from cnnlens.core.outputs import select_output
@@ -128,7 +130,7 @@ def resolve_layers(
     model: nn.Module, layers: LayerLike | Sequence[LayerLike]
 ) -> list[tuple[str, nn.Module]]:
     """Resolve one layer or a list of layers (duplicates removed, order kept)."""
-    items = [layers] if isinstance(layers, (str, nn.Module)) else list(layers)
+    items = list(layers) if isinstance(layers, (list, tuple)) else [layers]
     if not items:
         raise LayerNotFoundError("layer list is empty; give at least one layer name or module")
     out: list[tuple[str, nn.Module]] = []
@@ -142,9 +144,21 @@ def resolve_layers(
 # The automatic choice per model and input shape, so that repeated calls (one image at a
 # time, say) do not pay for a probe forward each: model -> {(C, H, W, dtype, device type):
 # (name, the chosen module)}. Entries go with the model; a replaced submodule is re-probed.
+# It is the only thing cnnlens keeps between calls: at most _MAX_SHAPES input shapes per live
+# model (the oldest dropped first), nothing that holds a model or a tensor alive, read and
+# written under a lock; clear_cache() empties it.
 _CHOSEN: weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], tuple[str, object]]] = (
     weakref.WeakKeyDictionary()
 )
+_CHOSEN_LOCK = threading.Lock()
+_MAX_SHAPES = 16
+
+
+def clear_cache() -> None:
+    """Forget every remembered automatic layer choice (see :func:`find_spatial_layer`), the
+    only state cnnlens keeps between calls; the next call of each model probes again."""
+    with _CHOSEN_LOCK:
+        _CHOSEN.clear()
 
 
 def find_spatial_layer(
@@ -167,11 +181,15 @@ def find_spatial_layer(
     class token), a detector never its ROI heads (their batch is the proposals). The caller's
     model state is not changed (the probe runs inside :func:`cnnlens.core.capture.frozen`).
     With the default score the choice is remembered for the model and the input's shape,
-    dtype and device, so later calls need no probe pass.
+    dtype and device (at most 16 shapes per model, the oldest forgotten first), so later calls
+    need no probe pass; :func:`clear_cache` forgets it all.
     """
     key = (*x.shape[1:], x.dtype, x.device.type)
     cache = score is None and not is_keras(model)
-    known = _CHOSEN.get(model, {}).get(key) if cache else None
+    known = None
+    if cache:
+        with _CHOSEN_LOCK:
+            known = _CHOSEN.get(model, {}).get(key)
     if known is not None:
         name, module_ref = known
         try:
@@ -182,7 +200,13 @@ def find_spatial_layer(
             pass
     name = _probe_spatial_layer(model, x, score or _top_score, channels_last)
     if cache:
-        _CHOSEN.setdefault(model, {})[key] = (name, weakref.ref(model.get_submodule(name)))
+        chosen = (name, weakref.ref(model.get_submodule(name)))
+        with _CHOSEN_LOCK:
+            shapes = _CHOSEN.setdefault(model, {})
+            shapes.pop(key, None)
+            while len(shapes) >= _MAX_SHAPES:
+                del shapes[next(iter(shapes))]
+            shapes[key] = chosen
     return name
 
 
@@ -228,7 +252,7 @@ def _probe_spatial_layer(
                     return out.clone()  # an in-place op downstream leaves the record intact
                 return None
 
-            handles.append(module.register_forward_hook(hook))
+            handles.append(module.register_forward_hook(this_thread_only(hook)))
         with torch.inference_mode(False), torch.enable_grad():
             total = score(model(x.detach().requires_grad_(True)))
             maps = []

@@ -8,10 +8,11 @@ built-in ones are registered when :mod:`cnnlens` (its ``__init__``) imports
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from cnnlens.errors import MethodNotFoundError
+from cnnlens.errors import InputError, MethodNotFoundError
 
 T = TypeVar("T")
 _METHODS: dict[str, type] = {}
@@ -80,3 +81,23 @@ def preset_options(methods: Sequence[str], tier: str = "light") -> dict[str, dic
         if preset:
             out[name] = dict(preset)
     return out
+
+
+def check_options(cls: type, options: dict[str, Any]) -> None:
+    """Refuse an option the method's class does not take, naming the method and its options
+    (a method whose constructor takes ``**options`` checks them itself)."""
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    known = [n for n in params if n not in ("self", "model", "layer")]
+    for name in options:
+        if name not in params or name in ("self", "model"):
+            hint = (
+                "; move the model and x with .to(device) instead"
+                if name in ("device", "cuda")
+                else ""
+            )
+            raise InputError(
+                f"method {cls.name!r} takes no option {name!r}; its options: "
+                f"{', '.join(known) or 'none'}{hint}"
+            )

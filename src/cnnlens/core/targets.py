@@ -140,6 +140,8 @@ def resolve_targets(
     if isinstance(target, bool):
         raise TargetError(f"target must be a class index, got {target!r}")
     if isinstance(target, int):
+        if not -(2**62) < target < 2**62:  # torch.full would overflow int64 first
+            raise TargetError(f"target must be a class index of the model's outputs, got {target}")
         idx = torch.full((batch, 1), target, dtype=torch.long, device=device)
     else:
         try:

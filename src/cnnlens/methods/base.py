@@ -36,7 +36,10 @@ from cnnlens.errors import InputError, LayerNotFoundError, ModelError
 from cnnlens.methods.engine import (
     BatchedForward,
     channels_last_forward,
+    check_finite_outputs,
+    check_finite_result,
     check_reduce,
+    explain_runtime_error,
     pixel_explanation,
     prepare_input,
     reduce_channels,
@@ -112,8 +115,20 @@ class Explainer:
         bound = bind(self.model) if callable(bind) else nullcontext()
         if output is not None:
             target = WithOutput(target, output)
-        with frozen(self.model, eval_mode=self.eval_mode), bound:
-            exp = self.explain_batch(xb, target, topk)
+        version = None if x.is_inference() else x._version
+        try:
+            with frozen(self.model, eval_mode=self.eval_mode), bound:
+                exp = check_finite_result(self.model, self.explain_batch(xb, target, topk))
+        except RuntimeError as err:
+            said = explain_runtime_error(err, xb)
+            if said is None:
+                raise
+            raise said from err
+        if version is not None and x._version != version:
+            raise ModelError(
+                "the model modifies its input in place (x was changed by the call); copy it "
+                "first in forward (x = x.clone())"
+            )
         return exp.to(x.device) if exp.maps.device != x.device else exp
 
     def explain_batch(self, x: Tensor, target: TargetLike, topk: int | None) -> Explanation:
@@ -242,6 +257,7 @@ class BaseCAM(Explainer):
         hooks = capture([*layers, *extra], track_grad=self.needs_grad, record_inputs=bool(extra))
         with grad_ctx, hooks as cap:
             outputs = self._forward(x)
+            check_finite_outputs(self.model, outputs)
             targets = resolve_targets(target, outputs, topk, batch=x.shape[0])
             acts, lays = [], []
             for name, module in layers:
@@ -432,6 +448,7 @@ class GradientMethod(Explainer):
             with self.rule():
                 if forward is None:
                     leaf, outputs = self._forward(x)
+                    check_finite_outputs(self.model, outputs)
                 else:
                     leaf, outputs = forward.forward(x, requires_grad=True)
             if targets is None:

@@ -6,6 +6,15 @@ targets for rows of a batch (:func:`first_pass`, :func:`rows_targets`, :func:`ro
 batch sizes, baselines broadcast to the input, channel reductions and the
 :class:`~cnnlens.core.explanation.Explanation` of a pixel method.
 
+Threads. A model may be explained from several threads at once (README, "Thread safety"):
+the engine never patches process-wide state. The fast path's BatchNorm folding used to trace
+the model with torch.fx, whose tracer replaces ``nn.Module.__call__`` for the whole process
+while it runs, breaking any forward another thread runs meanwhile (a lock cannot help: the
+other thread's code does not take it). :func:`folded_copy` instead finds the
+convolution -> BatchNorm pairs with hooks on the private copy during one real forward, and
+the copy is used only once it reproduces the model's outputs. It also leaves no reference
+cycles (an fx GraphModule did), so a call's copy is freed when the call ends.
+
 It lives in ``methods/`` rather than ``core/`` although it is torch-only: it holds the
 policies of the methods (when the fast path is taken, default batch sizes, how pixel
 attributions become maps and results), which no other layer needs; ``core/`` stays what
@@ -31,7 +40,7 @@ from cnnlens.core.keras import is_keras
 from cnnlens.core.maps import normalize_maps
 from cnnlens.core.outputs import detach_outputs
 from cnnlens.core.targets import TargetLike, Targets, resolve_targets
-from cnnlens.errors import InputError
+from cnnlens.errors import InputError, ModelError
 
 log = logging.getLogger("cnnlens")
 
@@ -42,8 +51,13 @@ __all__ = [
     "batch_for",
     "broadcast_to_input",
     "channels_last_forward",
+    "check_channels",
+    "check_finite_input",
+    "check_finite_outputs",
+    "check_finite_result",
     "check_reduce",
     "detach_outputs",
+    "explain_runtime_error",
     "first_component",
     "first_pass",
     "folded_copy",
@@ -102,10 +116,134 @@ def prepare_input(x: Any, model: nn.Module) -> Tensor:
             f"x must be a floating-point tensor preprocessed as the model expects, got dtype "
             f"{x.dtype}{hint}"
         )
+    check_finite_input(x)
+    check_channels(model, x)
     device, dtype = model_device_dtype(model)
     if x.is_inference():
         x = x.clone()
     return x.to(device=device or x.device, dtype=dtype or torch.float32)
+
+
+_CONVS_IN = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def check_channels(model: nn.Module, x: Tensor) -> None:
+    """Refuse ``x`` when the model's first layer (the first module, in registration order,
+    with parameters of its own) is a convolution taking another number of channels."""
+    for name, module in model.named_modules():
+        if next(module.parameters(recurse=False), None) is None:
+            continue
+        want = getattr(module, "in_channels", 0) if isinstance(module, _CONVS_IN) else 0
+        if want and x.dim() >= 2 and want != x.shape[1]:
+            raise InputError(
+                f"the model takes {want}-channel input (its first layer {name or 'model'!r}), "
+                f"got {x.shape[1]} channels in x of shape {tuple(x.shape)}"
+            )
+        return
+
+
+#: torch's words for shape and autograd errors a user's input or model causes, and the
+#: one line cnnlens says instead (see :func:`explain_runtime_error`).
+_RUNTIME_ERRORS: tuple[tuple[tuple[str, ...], type[Exception], str], ...] = (
+    (
+        (
+            "Output size is too small",
+            "can't be greater than actual input size",
+            "smaller than kernel",
+        ),
+        InputError,
+        "the input is too small for the model: x of size {size} shrinks to nothing in a layer",
+    ),
+    (
+        ("channels, but got",),
+        InputError,
+        "x has {channels} channels, which a layer of the model does not take ({torch})",
+    ),
+    (
+        ("leaf Variable that requires grad is being used in an in-place operation",),
+        ModelError,
+        "the model modifies its input in place; copy it first in forward (x = x.clone())",
+    ),
+    (
+        ("does not require grad and does not have a grad_fn",),
+        ModelError,
+        "the model's outputs do not depend differentiably on x (does its forward run under "
+        "torch.no_grad() or detach?); use a perturbation method such as occlusion or rise",
+    ),
+)
+
+
+def explain_runtime_error(err: RuntimeError, x: Tensor) -> Exception | None:
+    """A :class:`~cnnlens.errors.CnnlensError` saying in one line what a ``RuntimeError`` of
+    torch during an explanation means for the user's input or model; None for any other."""
+    text = str(err)
+    for parts, kind, message in _RUNTIME_ERRORS:
+        if any(p in text for p in parts):
+            size = "x".join(str(int(s)) for s in x.shape[2:])
+            first = text.strip().splitlines()[0][:160] if text.strip() else ""
+            return kind(message.format(size=size, channels=x.shape[1], torch=first))
+    return None
+
+
+def check_finite_input(x: Tensor, name: str = "x") -> None:
+    """Refuse an input holding NaN or an infinity: no explanation of it means anything."""
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        nan = int(torch.isnan(x).sum())
+        raise InputError(
+            f"{name} holds {bad} non-finite values of {x.numel()} ({nan} NaN, {bad - nan} "
+            f"infinite); give a finite input (replace or drop those pixels)"
+        )
+
+
+def _nonfinite_parameter(model: nn.Module) -> str | None:
+    """The name of the first parameter or buffer of ``model`` holding NaN or an infinity."""
+    for name, t in (*model.named_parameters(), *model.named_buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
+def check_finite_outputs(model: nn.Module, outputs: Any) -> None:
+    """Refuse non-finite model outputs for the explained (finite) input, naming the parameter
+    that holds NaN or an infinity when one does (e.g. a checkpoint with NaN weights).
+
+    Raises:
+        ModelError: ``outputs`` (a tensor) holds NaN or an infinity.
+    """
+    if not isinstance(outputs, Tensor) or not outputs.is_floating_point():
+        return
+    bad = int((~torch.isfinite(outputs.detach())).sum())
+    if bad:
+        culprit = _nonfinite_parameter(model)
+        why = (
+            f"its parameter {culprit!r} holds NaN or infinite values (broken weights?)"
+            if culprit
+            else "check the model for an overflow or a division by zero"
+        )
+        raise ModelError(
+            f"the model's outputs for x hold {bad} non-finite values of {outputs.numel()}; {why}"
+        )
+
+
+def check_finite_result(model: nn.Module, exp: Explanation) -> Explanation:
+    """Refuse a result computed from non-finite model outputs or gradients, naming which.
+
+    Raises:
+        ModelError: the model's outputs for the (finite) input hold NaN or an infinity (see
+            :func:`check_finite_outputs`), or the attributions do (a gradient that
+            overflowed or is NaN).
+    """
+    check_finite_outputs(model, exp.scores)
+    bad = int((~torch.isfinite(exp.raw)).sum())
+    if bad:
+        what = "gradient" if exp.layer is None else "activations or gradient of the layer"
+        raise ModelError(
+            f"{exp.method}: the attributions hold {bad} non-finite values of "
+            f"{exp.raw.numel()}: the {what} overflowed or is NaN although the outputs are "
+            "finite; try a float32 model or another method"
+        )
+    return exp
 
 
 def batch_for(x: Tensor, batch_size: int | None) -> int:
@@ -181,29 +319,126 @@ def channels_last_forward(
         return None
 
 
-def folded_copy(model: nn.Module) -> nn.Module | None:
-    """A private copy of ``model`` with every BatchNorm folded into the convolution or linear
-    layer before it (torch.fx), parameters frozen, hooks dropped and weights stored
-    channels-last; None when the model has no BatchNorm in eval mode or cannot be traced
-    symbolically."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms or any(m.training for m in norms):
-        return None
-    from torch.fx.experimental.optimization import fuse
+def _strip_hooks(model: nn.Module) -> None:
+    """Drop every hook of a private copy (the caller's hooks must not run on it)."""
+    for module in model.modules():
+        for hooks in (
+            module._forward_hooks,
+            module._forward_pre_hooks,
+            module._backward_hooks,
+            module._backward_pre_hooks,
+        ):
+            hooks.clear()
 
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _conv_norm_pairs(twin: nn.Module, x: Tensor) -> list[tuple[str, nn.Module, str]]:
+    """``(conv name, conv, norm name)`` for each BatchNorm whose input, in one forward of the
+    private ``twin`` on ``x``, is the untouched output of a convolution; each module of a
+    pair runs once per forward. Found with hooks on the twin alone, never by tracing."""
+    produced: dict[int, tuple[str, Tensor, int]] = {}
+    calls: dict[str, int] = {}
+    pairs: dict[str, str] = {}
+    handles = []
+
+    def after_conv(name: str):
+        def hook(_m: nn.Module, _i: object, out: object) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            if isinstance(out, Tensor):
+                produced[id(out)] = (name, out, out._version)
+
+        return hook
+
+    def before_norm(name: str):
+        def hook(_m: nn.Module, args: tuple) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            if args and isinstance(args[0], Tensor) and id(args[0]) in produced:
+                conv, out, version = produced[id(args[0])]
+                if out is args[0] and out._version == version:
+                    pairs[name] = conv
+
+        return hook
+
+    modules = dict(twin.named_modules())
+    try:
+        for name, m in modules.items():
+            if isinstance(m, _CONVS):
+                handles.append(m.register_forward_hook(after_conv(name)))
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                handles.append(m.register_forward_pre_hook(before_norm(name)))
+        with torch.no_grad():  # not inference mode: its tensors keep no version counter
+            twin(x)
+    finally:
+        for h in handles:
+            h.remove()
+        produced.clear()
+    return [
+        (conv, modules[conv], norm)
+        for norm, conv in pairs.items()
+        if calls.get(conv) == 1 and calls.get(norm) == 1
+    ]
+
+
+@torch.no_grad()
+def _fold_into(conv: nn.Module, norm: nn.Module) -> bool:
+    """Fold an eval-mode BatchNorm into the convolution before it (in place), with
+    $s = \\gamma/\\sqrt{\\sigma^2+\\epsilon}$: $w' = s\\,w$, $b' = s\\,(b-\\mu) + \\beta$.
+    False when the shapes do not fit."""
+    mean, var = norm.running_mean, norm.running_var
+    if mean is None or var is None or mean.numel() != conv.out_channels:
+        return False
+    scale = torch.rsqrt(var + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
+    w = conv.weight
+    conv.weight = nn.Parameter(w * scale.reshape(-1, *([1] * (w.dim() - 1))).to(w.dtype))
+    conv.bias = nn.Parameter(shift.to(w.dtype))
+    return True
+
+
+def folded_copy(model: nn.Module, x: Tensor | None = None) -> nn.Module | None:
+    """A private copy of ``model`` with every BatchNorm folded into the convolution before it,
+    parameters frozen, hooks dropped and weights stored channels-last; None when the model has
+    no BatchNorm in eval mode, cannot be copied, or no BatchNorm directly follows a
+    convolution.
+
+    The pairs are found by one forward of the copy on ``x[:1]`` with hooks on the copy's own
+    modules (see :func:`_conv_norm_pairs`), not by torch.fx: symbolic tracing patches
+    ``nn.Module.__call__`` for the whole process while it runs, which breaks any forward
+    another thread runs meanwhile, and leaves the traced graph in reference cycles. A pair
+    found this way can still be wrong (the convolution's output also read elsewhere, as in a
+    residual branch): :meth:`BatchedForward.check` drops a copy whose outputs differ.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or any(m.training for m in norms) or x is None:
+        return None
     try:
         twin = copy.deepcopy(model)
-        for module in twin.modules():
-            for hooks in (
-                module._forward_hooks,
-                module._forward_pre_hooks,
-                module._backward_hooks,
-                module._backward_pre_hooks,
-            ):
-                hooks.clear()
-        twin = fuse(twin, inplace=True)
-    except Exception as err:  # an untraceable or uncopyable model runs as it is
+    except Exception as err:  # an uncopyable model runs as it is
         log.debug("no BatchNorm folding for %s: %s", type(model).__name__, err)
+        return None
+    _strip_hooks(twin)
+    for p in twin.parameters():
+        p.requires_grad_(False)
+    try:
+        pairs = _conv_norm_pairs(twin, x[:1])
+    except Exception as err:  # the private copy's forward failed: no fast copy
+        log.debug("no BatchNorm folding for %s: %s", type(model).__name__, err)
+        return None
+    folded = 0
+    for _conv_name, conv, norm_name in pairs:
+        if _fold_into(conv, twin.get_submodule(norm_name)):
+            parent, _, leaf = norm_name.rpartition(".")
+            setattr(twin.get_submodule(parent) if parent else twin, leaf, nn.Identity())
+            folded += 1
+    if not folded:
         return None
     for p in twin.parameters():
         p.requires_grad_(False)
@@ -236,7 +471,7 @@ class BatchedForward:
     ) -> None:
         self.model = model
         self.channels_last = wants_optimize(model, x, optimize)
-        self.fast: nn.Module | None = folded_copy(model) if self.channels_last and fold else None
+        self.fast: nn.Module | None = folded_copy(model, x) if self.channels_last and fold else None
         self.checked = self.fast is None
 
     def check(self, x: Tensor, outputs: Any) -> None:
@@ -288,6 +523,7 @@ def first_pass(
     of ``forward`` is checked against them."""
     with torch.no_grad():
         outputs = forward.model(x)
+    check_finite_outputs(forward.model, outputs)
     targets = resolve_targets(target, outputs, topk, batch=x.shape[0])
     forward.check(x, outputs)
     return outputs, targets

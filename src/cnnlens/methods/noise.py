@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from cnnlens.core.checks import check_choice, check_float, check_int
 from cnnlens.core.explanation import Explanation
 from cnnlens.core.progress import progress_bar
-from cnnlens.core.registry import get_method, register
+from cnnlens.core.registry import check_options, get_method, register
 from cnnlens.core.targets import TargetLike
 from cnnlens.errors import InputError
 from cnnlens.methods.base import Explainer, GradientMethod
@@ -101,6 +101,7 @@ class SmoothGrad(Explainer):
                     f"integrated_gradients, guided_backprop, deconvnet, guided_gradcam); "
                     f"got {base!r}"
                 )
+            check_options(cls, base_options)
             inner = cls(method, eval_mode=eval_mode, **base_options)
         else:
             raise InputError(

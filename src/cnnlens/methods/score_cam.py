@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cnnlens.core.capture import this_thread_only
 from cnnlens.core.checks import check_float, check_int, check_optional_int
 from cnnlens.core.explanation import Explanation
 from cnnlens.core.layers import LayersLike
@@ -291,8 +292,8 @@ class AblationCAM(BaseCAM):
 
         n_rows, bad, bs = len(todo), 0, batch_for(x, self.batch_size)
         handles = [
-            self.model.register_forward_pre_hook(restart),
-            module.register_forward_hook(ablate),
+            self.model.register_forward_pre_hook(this_thread_only(restart)),
+            module.register_forward_hook(this_thread_only(ablate)),
         ]
         try:
             with (
@@ -336,8 +337,8 @@ class AblationCAM(BaseCAM):
             calls[0] += 1
 
         handles = [
-            self.model.register_forward_pre_hook(restart),
-            module.register_forward_hook(count),
+            self.model.register_forward_pre_hook(this_thread_only(restart)),
+            module.register_forward_hook(this_thread_only(count)),
         ]
         try:
             with torch.inference_mode():

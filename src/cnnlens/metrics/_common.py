@@ -55,7 +55,7 @@ def probabilities(logits: Tensor, activation: Activation) -> Tensor:
 
 
 def check_images(x: Tensor, name: str = "x") -> Tensor:
-    """Images as (B, C, H, W); a single (C, H, W) image gains a batch axis."""
+    """Finite images as (B, C, H, W); a single (C, H, W) image gains a batch axis."""
     if not isinstance(x, Tensor):
         raise InputError(f"{name} must be a tensor (B, C, H, W), got {type(x).__name__}")
     if x.dim() == 3:
@@ -64,6 +64,12 @@ def check_images(x: Tensor, name: str = "x") -> Tensor:
         raise InputError(f"{name} must have shape (B, C, H, W) or (C, H, W), got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise InputError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise InputError(
+            f"{name} holds {bad} non-finite values (NaN or infinite) of {x.numel()}; "
+            "a metric of such images means nothing"
+        )
     return x
 
 
