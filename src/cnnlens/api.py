@@ -58,6 +58,9 @@ def explain(
             f"method must be a name from cnnlens.list_methods(), got {type(method).__name__}"
         )
     cls = get_method(method)
+    from cnnlens.methods.cam_smoothing import SMOOTHING_OPTIONS, smooth_cam
+
+    smoothing = {k: options.pop(k) for k in SMOOTHING_OPTIONS if k in options}
     check_options(cls, options)
     if layer is not None:
         if not cls.takes_layer(options):
@@ -67,9 +70,6 @@ def explain(
         if not cls.takes_layer(options):
             raise InputError(f"method {cls.name!r} works on the input and takes no layout")
         options["layout"] = layout
-    from cnnlens.methods.cam_smoothing import SMOOTHING_OPTIONS, smooth_cam
-
-    smoothing = {k: options.pop(k) for k in SMOOTHING_OPTIONS if k in options}
     explainer = cls(model, **options)
     run = smooth_cam(explainer, **smoothing) if smoothing else explainer
     exp = run(x, target, topk=topk, output=output)

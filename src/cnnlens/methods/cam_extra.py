@@ -23,10 +23,10 @@ from cnnlens.core.explanation import Explanation
 from cnnlens.core.layers import LayersLike
 from cnnlens.core.layouts import Layout
 from cnnlens.core.registry import register
-from cnnlens.core.targets import TargetLike, Targets, logits_of, resolve_targets
+from cnnlens.core.targets import TargetLike, Targets, resolve_targets
 from cnnlens.errors import InputError, LayerNotFoundError, ModelError, TargetError
 from cnnlens.methods.base import BaseCAM, CAMContext, Explainer, normalize_maps, upsample
-from cnnlens.methods.engine import first_component, prepare_input
+from cnnlens.methods.engine import detach_outputs, first_component, prepare_input
 
 __all__ = [
     "KPCACAM",
@@ -196,7 +196,7 @@ class ShapleyCAM(BaseCAM):
         y = targets.scores(outputs)
         if self.score == "logit" or targets.fn is not None:
             return y
-        logits = logits_of(outputs)
+        logits = targets.logits(outputs)
         return y + logits.log_softmax(dim=1).gather(1, targets.indices.to(logits.device))
 
     def _layer_maps(
@@ -241,7 +241,7 @@ class _FinerTargets(Targets):
     ranks: tuple[int, ...] = (1, 2, 3)
 
     def scores(self, outputs: Any) -> Tensor:
-        y = logits_of(outputs)
+        y = self.logits(outputs)
         idx = self.indices.to(y.device)
         main = y.gather(1, idx)  # (B, K)
         gap = (y.detach()[:, None, :] - main.detach()[:, :, None]).abs()
@@ -301,7 +301,15 @@ class FinerCAM(BaseCAM):
         targets = ctx.targets
         if targets.fn is not None:
             raise TargetError("finercam compares class scores: give class indices as target")
-        finer = _FinerTargets(targets.indices, None, targets.per_image, self.alpha, self.ranks)
+        finer = _FinerTargets(
+            targets.indices,
+            None,
+            targets.per_image,
+            output=targets.output,
+            chosen=targets.chosen,
+            alpha=self.alpha,
+            ranks=self.ranks,
+        )
         return super()._layer_maps(acts, dataclasses.replace(ctx, targets=finer), names, lays)
 
 
@@ -430,7 +438,7 @@ class FullGrad(Explainer):
             maps.append(total)
         raw = torch.stack(maps, dim=1)
         norm = normalize_maps(raw)
-        scores = outputs.detach() if isinstance(outputs, Tensor) else outputs
+        scores = detach_outputs(outputs)
         if targets.per_image:
             raw, norm = raw[:, 0], norm[:, 0]
         return Explanation(
@@ -440,6 +448,7 @@ class FullGrad(Explainer):
             scores=scores,
             method=self.name,
             layer=None,
+            output=targets.chosen,
         )
 
 
