@@ -18,7 +18,7 @@ from cnnlens.core.capture import this_thread_only
 from cnnlens.core.keras import is_keras, keras_layers
 from cnnlens.core.layouts import decide_layout
 from cnnlens.core.outputs import select_output
-from cnnlens.errors import LayerNotFoundError, TargetError
+from cnnlens.errors import LayerNotFoundError, ModelError, TargetError
 
 log = logging.getLogger("cnnlens")
 
@@ -255,6 +255,12 @@ def _probe_spatial_layer(
             handles.append(module.register_forward_hook(this_thread_only(hook)))
         with torch.inference_mode(False), torch.enable_grad():
             total = score(model(x.detach().requires_grad_(True)))
+            if not total.requires_grad and not seen:
+                raise ModelError(
+                    f"{type(model).__name__}'s forward records no autograd graph (does it run "
+                    "under torch.no_grad() or detach?); give layer= explicitly, or use a "
+                    "perturbation method such as occlusion or rise"
+                )
             maps = []
             for name, (out, module) in seen.items():
                 lay = decide_layout(

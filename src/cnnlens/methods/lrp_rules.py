@@ -213,6 +213,7 @@ class RuleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, call: LayerCall) -> Tensor:
         out = call.output if call.output is not None else call.f(x, call.weight, call.bias)
+        call.output = None  # held by the graph through ctx.call: keeping it would be a cycle
         if call.rule in _NEEDS_Z:
             # a copy: an in-place ReLU downstream may overwrite the returned tensor
             call.z = out.detach().clone()
