@@ -303,7 +303,7 @@ class BaseCAM(Explainer):
                         )
                 grads = [lay.read(g.float()) for g, lay in zip(grads, lays)]
                 for name, g in zip(names, grads):
-                    if k == 0 and not bool(g.abs().amax() > 0):
+                    if k == 0 and bool(g.isfinite().all()) and not bool(g.abs().amax() > 0):
                         warnings.warn(
                             f"{self.name}: the target score does not depend on layer "
                             f"{name!r} (its gradient is zero), so its map is empty; choose a "
