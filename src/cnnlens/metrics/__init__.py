@@ -14,6 +14,12 @@ device; :func:`aggregate` turns them into a mean with a 95% confidence interval,
 from __future__ import annotations
 
 from cnnlens.metrics.aggregate import Summary, aggregate
+from cnnlens.metrics.axiomatic import (
+    Completeness,
+    completeness,
+    input_invariance,
+    non_sensitivity,
+)
 from cnnlens.metrics.baselines import centre_maps, random_maps
 from cnnlens.metrics.complexity import entropy, sparseness
 from cnnlens.metrics.continuity import continuity, translate_x
@@ -34,6 +40,13 @@ from cnnlens.metrics.faithfulness import (
     increase_in_confidence,
     insertion,
     make_substrate,
+)
+from cnnlens.metrics.faithfulness_extra import (
+    SensitivityN,
+    infidelity,
+    irof,
+    sensitivity_n,
+    sufficiency,
 )
 from cnnlens.metrics.grid_pointing import cell_masks, grid_pointing_game, make_mosaics
 from cnnlens.metrics.localization import (
@@ -149,4 +162,14 @@ __all__ = [  # noqa: RUF022 (the trust-measurement names are kept together below
     "selectivity",
     "top_k_intersection",
     "translate_x",
+    # issue 15, part A: IROF, sensitivity-n, infidelity, sufficiency; the axiomatic family
+    "Completeness",
+    "SensitivityN",
+    "completeness",
+    "infidelity",
+    "input_invariance",
+    "irof",
+    "non_sensitivity",
+    "sensitivity_n",
+    "sufficiency",
 ]
