@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 import cnnlens
+from bench_metrics_extra import extra_rows
 from cnnlens.metrics import removal, robustness
 from cnnlens.models.seeds import GapCNN
 from common import interleaved_medians, machine, setup_threads
@@ -129,6 +130,7 @@ def main() -> None:
     med = interleaved_medians({"cnnlens": fc_ours, "quantus": fc_quantus}, args.repeats)
     diff = np.nanmax(np.abs(out["cnnlens"].numpy() - np.asarray(out["quantus"])))
     rows.append(("faithfulness correlation", med, diff))
+    rows += extra_rows(model, x, args.repeats)  # issue 15 part A: bench_metrics_extra.py
 
     print(f"machine: {machine()}\n")
     print(f"batch {args.batch} x 3x64x64, gap-cnn, saliency; {args.samples} draws (robustness),")

@@ -14,6 +14,7 @@ differences named in each docstring) and runs batched on the model's device.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -282,6 +283,14 @@ def _groups(x: Tensor, features_in_step: int, patch_size: int | None) -> Tensor:
     options_of=completeness,
 )
 def _completeness(inputs: MetricInputs, **options: Any) -> Tensor:
+    maps = inputs.maps
+    if bool(maps.min() >= 0) and bool(maps.max() <= 1):
+        warnings.warn(
+            "completeness of maps normalized to [0, 1]: their sum and the score change are in "
+            "different units, so the error ranks methods only roughly; give raw "
+            "attributions to completeness() for the axiom itself",
+            stacklevel=2,
+        )
     settings = {"activation": inputs.activation, **options}
     got = completeness(inputs.model, inputs.x, inputs.maps, inputs.target, **settings)
     return got.relative_error
