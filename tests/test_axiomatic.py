@@ -208,6 +208,12 @@ def test_non_sensitivity_by_hand():
     assert uniform.tolist() == (36 + at_min).float().tolist()  # right half: 2 x 18 values
     patches = non_sensitivity(model, x, torch.ones(2, 6, 6), y, patch_size=3, activation=None)
     assert patches.tolist() == [2.0, 2.0]  # two of four 3x3 patches lie on the right
+    steps = non_sensitivity(model, x, torch.ones(2, 6, 6), y, features_in_step=3, activation=None)
+    assert steps.tolist() == [12.0, 12.0]  # half rows: 12 of the 24 groups lie on the right
+    # Quantus compares per-step flags with per-value ones: any step > 1 is a shape error
+    metric = quantus.NonSensitivity(features_in_step=3, normalise=False, disable_warnings=True)
+    with pytest.raises(ValueError):
+        _quantus(metric, model.eval(), x, y, exact, softmax=False)
 
 
 def test_registry_scorers():

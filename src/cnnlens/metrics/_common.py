@@ -35,6 +35,19 @@ def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
         yield model
 
 
+def fast_forward(model: nn.Module, x: Tensor) -> Callable[[Tensor], Tensor]:
+    """``model``'s forward for batches like ``x`` on cnnlens' fast CPU path (channels-last
+    inputs, BatchNorm folded into a private copy; see
+    :class:`cnnlens.methods.engine.BatchedForward`), kept only once it has reproduced the
+    model's outputs on ``x``; the plain forward elsewhere. Call it inside :func:`frozen_eval`.
+    """
+    from cnnlens.methods.engine import BatchedForward
+
+    forward = BatchedForward(model, x, optimize=None)
+    forward.check(x, model(x))
+    return lambda batch: forward.forward(batch)[1]
+
+
 def check_activation(activation: Activation) -> None:
     if activation not in ACTIVATIONS:
         raise InputError(f"activation must be 'softmax', 'sigmoid' or None, got {activation!r}")

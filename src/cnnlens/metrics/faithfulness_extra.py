@@ -13,12 +13,14 @@
 Each follows Quantus 0.6 on the same inputs (``tests/test_faithfulness_extra.py``; the
 deliberate differences, fixes of Quantus bugs, are named in each docstring) and runs
 batched on the model's device: the perturbed copies go through the model ``batch_size``
-images at a time.
+images at a time, on the CPU through cnnlens' fast path (channels-last inputs, BatchNorm
+folded into a private copy; :func:`cnnlens.metrics._common.fast_forward`).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +36,7 @@ from cnnlens.metrics._common import (
     check_batch_size,
     check_images,
     check_maps,
+    fast_forward,
     fit_maps,
     frozen_eval,
     probabilities,
@@ -52,7 +55,9 @@ def _prepare(x: Tensor, maps: Tensor, activation: Activation, batch_size: int):
     return x, maps
 
 
-def _scores(model: nn.Module, xs: Tensor, target: Tensor, activation: Activation) -> Tensor:
+def _scores(
+    model: Callable[[Tensor], Tensor], xs: Tensor, target: Tensor, activation: Activation
+) -> Tensor:
     """The target's score of each of k stacked batches xs (k, B, C, H, W), float64 (k, B)."""
     k, b = xs.shape[:2]
     probs = probabilities(model(xs.reshape(-1, *xs.shape[2:])), activation)
@@ -81,12 +86,13 @@ def _cumulative_curve(
     """The target's score (K, B) as values are set to ``fill`` cumulatively: at step k every
     value with ``step_of <= k`` (``step_of`` broadcasts to x) is replaced."""
     per_call = max(1, batch_size // x.shape[0])
+    fast = fast_forward(model, x)
     curve = []
     for start in range(0, n_steps, per_call):
         ks = torch.arange(start, min(n_steps, start + per_call), device=x.device)
         gone = step_of.unsqueeze(0) <= ks.view(-1, 1, 1, 1, 1)
         xs = torch.where(gone, fill.unsqueeze(0), x.unsqueeze(0))
-        curve.append(_scores(model, xs, target, activation))
+        curve.append(_scores(fast, xs, target, activation))
     return torch.cat(curve)
 
 
@@ -362,8 +368,9 @@ def _given_perturbations(
     if pert.shape[2] == 1 and c > 1:
         pred = pred * c
     per_call = max(1, batch_size // b)
+    fast = fast_forward(model, x)
     curve = [
-        _scores(model, x.unsqueeze(0) - pert[s : s + per_call], target, activation)
+        _scores(fast, x.unsqueeze(0) - pert[s : s + per_call], target, activation)
         for s in range(0, pert.shape[0], per_call)
     ]
     return pred.T, torch.cat(curve)
