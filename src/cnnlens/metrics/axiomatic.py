@@ -108,7 +108,7 @@ def completeness(
         a :class:`Completeness`.
     """
     x = check_images(x)
-    maps = check_maps(maps, x.shape[0])
+    maps = check_maps(maps, x.shape[0]).to(x.device)
     check_activation(activation)
     if baseline is None:
         ref = x.flatten(1).min(1).values.view(-1, 1, 1, 1).expand_as(x)
