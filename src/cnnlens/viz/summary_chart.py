@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 
 from cnnlens.errors import InputError
 
-__all__ = ["relative_scores", "summary_chart"]
+__all__ = ["family_scores", "relative_scores", "summary_chart"]
 
 
 def _direction(metric: str, higher_is_better: Mapping[str, bool]) -> bool:
@@ -70,6 +70,35 @@ def relative_scores(
             if not math.isnan(row[j]):
                 row[j] = 1.0 if best == worst else (row[j] - worst) / (best - worst)
     return methods, metrics, table
+
+
+def family_scores(
+    means: Mapping[str, Mapping[str, float]],
+    higher_is_better: Mapping[str, bool],
+    families: Mapping[str, str],
+) -> dict[str, dict[str, float]]:
+    """Per method, the mean of its :func:`relative_scores` over each family's metrics.
+
+    $$F_{m,f} = \\frac{1}{|K_f|} \\sum_{k \\in K_f} s'_{m,k}$$
+
+    over the metrics $K_f$ of family $f$ the method has a score for (a family it has none
+    for is left out of its row). Every family score is then "higher is better", 1 when the
+    method is the best shown on every metric of the family.
+
+    Args:
+        means: method -> metric -> mean score.
+        higher_is_better: metric -> direction, for every metric in ``means``.
+        families: metric -> family name (the metric registry's ``family``).
+    """
+    methods, metrics, table = relative_scores(means, higher_is_better)
+    out: dict[str, dict[str, float]] = {}
+    for method, row in zip(methods, table, strict=True):
+        groups: dict[str, list[float]] = {}
+        for metric, value in zip(metrics, row, strict=True):
+            if not math.isnan(value):
+                groups.setdefault(families.get(metric, metric), []).append(value)
+        out[method] = {f: sum(v) / len(v) for f, v in groups.items()}
+    return out
 
 
 def summary_chart(
