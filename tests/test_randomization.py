@@ -189,3 +189,32 @@ def test_registered_and_run_by_score_methods() -> None:
     with pytest.warns(UserWarning, match="registered method"):
         out = get_metric("efficient_mprt").scorer(inputs)
     assert bool(out.isnan().all())
+
+
+class _Counting(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net, self.calls = net, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.net(x)
+
+
+def test_a_registered_method_shares_its_forward_with_the_prediction_check() -> None:
+    from cnnlens.metrics import robustness
+
+    model = _Counting(_gap()).eval()
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    maps = cnnlens.explain(model, x, "saliency").maps
+    noise = robustness.draw_noise(x, 3, low=0.02, high=0.2, seed=1)
+
+    def plain(xx: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return cnnlens.explain(model, xx, "saliency", target=t).maps
+
+    model.calls = 0
+    by_fn = robustness.relative_output_stability(model, x, maps, plain, noise=noise)
+    calls_fn, model.calls = model.calls, 0
+    by_name = robustness.relative_output_stability(model, x, maps, "saliency", noise=noise)
+    torch.testing.assert_close(by_name, by_fn, equal_nan=True)
+    assert model.calls < calls_fn  # the check reads the explanation's own logits

@@ -243,12 +243,27 @@ class MethodExplainer:
         self.options = dict(options or {})
 
     def __call__(self, x: Tensor, target: Tensor) -> Tensor:
+        return self.with_scores(x, target)[0]
+
+    def with_scores(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The maps and the model's (B, N) outputs of the same forward pass in eval mode,
+        so a metric that needs both runs the model once; the outputs are None when they are
+        not such a tensor or the method runs the model in train mode."""
         from cnnlens.api import explain as run
 
-        maps = run(self.model, x, method=self.method, target=target, **self.options).maps
+        exp = run(self.model, x, method=self.method, target=target, **self.options)
+        maps = exp.maps
         if maps.dim() == 4:  # one class per row was asked; be lenient with (B, 1, H, W)
             maps = maps[:, 0]
-        return maps.detach().float()
+        scores = exp.scores
+        usable = (
+            isinstance(scores, Tensor)
+            and scores.dim() == 2
+            and scores.shape[0] == x.shape[0]
+            and self.options.get("eval_mode", True)
+            and exp.output in (None, "tensor")
+        )
+        return maps.detach().float(), scores.detach() if usable else None
 
     def with_model(self, model: nn.Module) -> MethodExplainer:
         """The same method and options on ``model``."""
