@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnnlens.core.checks import check_float, check_int
-from cnnlens.errors import InputError
+from cnnlens.errors import InputError, ModelError
 from cnnlens.metrics._common import check_batch_size, check_maps, frozen_eval
 from cnnlens.metrics.registry import MetricInputs, register_metric
 from cnnlens.metrics.sanity import ExplainFn, MethodLike, _as_2d, _setup
@@ -59,7 +59,12 @@ def randomized_copy(model: nn.Module, seed: int = 42) -> nn.Module:
     last model of its bottom-up randomization). A module that owns parameters but has no
     ``reset_parameters`` (which Quantus leaves trained) gets normal noise with its
     parameters' standard deviation, and the fact is logged. The global RNG is forked.
+
+    Raises:
+        ModelError: a model without parameters (nothing to randomize).
     """
+    if not any(p.numel() for p in model.parameters()):
+        raise ModelError(f"model {type(model).__name__} has no parameters to randomize")
     work = copy.deepcopy(model)
     devices = sorted({p.device.index or 0 for p in work.parameters() if p.device.type == "cuda"})
     covered: set[int] = set()
