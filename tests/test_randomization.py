@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import cnnlens
-from cnnlens.errors import InputError
+from cnnlens.errors import InputError, ModelError
 from cnnlens.metrics import randomization as R
 from cnnlens.metrics import score_methods
 from cnnlens.metrics.registry import MetricInputs, get_metric
@@ -161,6 +161,8 @@ def test_bad_arguments_name_what_was_expected() -> None:
         R.smooth_mprt(model, x, _saliency, target=y, n_samples=3, noise=torch.zeros(3, 1))
     with pytest.raises(InputError, match="options"):
         R.efficient_mprt(model, x, _saliency, target=y, layer="conv1")
+    with pytest.raises(ModelError, match="no parameters"):
+        R.randomized_copy(nn.Sequential(nn.Flatten(), nn.ReLU()))
 
 
 def test_registered_and_run_by_score_methods() -> None:
