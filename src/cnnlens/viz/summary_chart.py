@@ -129,10 +129,15 @@ def summary_chart(
     labels = [(short_labels or {}).get(k, k) for k in metrics]
     if kind == "radar" and len(metrics) < 3:
         raise InputError(f"a radar chart needs at least 3 metrics, got {len(metrics)}; use bars")
-    width = size * (1.3 if kind == "radar" else max(1.2, 0.35 * len(metrics) * len(methods) / 3))
-    fig = Figure(figsize=(width, size), dpi=100, layout="constrained")
     if kind == "radar":
-        ax = fig.add_subplot(projection="polar")
+        # the polar axes on the left, room around it for the axis labels, the legend right
+        legend_in = 0.6 + 0.075 * max(len(m) for m in methods)
+        width = size * 1.06 + legend_in
+        fig = Figure(figsize=(width, size), dpi=100)
+        ax = fig.add_axes(
+            (0.16 * size / width, 0.09, 0.72 * size / width, 0.72), projection="polar"
+        )
+        ax.tick_params(axis="x", pad=6)
         angles = [2 * math.pi * i / len(metrics) for i in range(len(metrics))]
         for name, row in zip(methods, table, strict=True):
             ax.plot([*angles, angles[0]], [*row, row[0]], label=name, linewidth=1.5)
@@ -140,8 +145,10 @@ def summary_chart(
         ax.set_xticks(angles, labels)
         ax.set_ylim(0, 1.05)
         ax.set_yticks([0.25, 0.5, 0.75, 1.0], ["", "", "", "best"], fontsize=7)
-        ax.legend(loc="upper left", bbox_to_anchor=(1.05, 1.0), fontsize=8, frameon=False)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.15, 1.1), fontsize=8, frameon=False)
     else:
+        width = size * max(1.2, 0.35 * len(metrics) * len(methods) / 3)
+        fig = Figure(figsize=(width, size), dpi=100, layout="constrained")
         ax = fig.add_subplot()
         step = 0.8 / len(methods)
         for i, (name, row) in enumerate(zip(methods, table, strict=True)):
@@ -151,5 +158,9 @@ def summary_chart(
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("relative score (1 = best shown)")
         ax.legend(fontsize=8, frameon=False, ncols=min(4, len(methods)))
-    ax.set_title(title or "methods compared on each metric (1 = best, 0 = worst)", fontsize=10)
+    ax.set_title(
+        title or "methods compared on each metric (1 = best, 0 = worst)",
+        fontsize=10,
+        pad=22 if kind == "radar" else 6,
+    )
     return fig
