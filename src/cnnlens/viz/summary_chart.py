@@ -155,7 +155,9 @@ def summary_chart(
             xs = [j - 0.4 + step * (i + 0.5) for j in range(len(metrics))]
             ax.bar(xs, row, width=step, label=name)
         ax.set_xticks(range(len(metrics)), labels, rotation=30, ha="right")
-        ax.set_ylim(0, 1.05)
+        # headroom above the bars for the legend's rows
+        ax.set_ylim(0, 1.08 + 0.09 * math.ceil(len(methods) / 4))
+        ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
         ax.set_ylabel("relative score (1 = best shown)")
         ax.legend(fontsize=8, frameon=False, ncols=min(4, len(methods)))
     ax.set_title(
