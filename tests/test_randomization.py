@@ -220,3 +220,14 @@ def test_a_registered_method_shares_its_forward_with_the_prediction_check() -> N
     by_name = robustness.relative_output_stability(model, x, maps, "saliency", noise=noise)
     torch.testing.assert_close(by_name, by_fn, equal_nan=True)
     assert model.calls < calls_fn  # the check reads the explanation's own logits
+
+
+def test_a_plain_callable_leaves_randomization_out_of_the_default_metrics() -> None:
+    from cnnlens.metrics.evaluate import choose_metrics
+
+    randomization = {"efficient_mprt", "smooth_mprt", "random_logit"}
+    assert randomization <= set(choose_metrics(None, False, True))
+    plain = choose_metrics(None, False, True, can_rebind=False)
+    assert not randomization & set(plain) and "max_sensitivity" in plain
+    # asked for by name, they run and say why their scores are NaN (tested above)
+    assert choose_metrics(["random_logit"], False, True, can_rebind=False) == ["random_logit"]
