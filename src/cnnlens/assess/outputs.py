@@ -31,6 +31,8 @@ def write_outputs(
     verdicts = run.verdicts()
     files = _write_tables(run, table, columns, verdicts)
     figures = _write_figures(run, examples, files)
+    figures += _summary_figure(run, table, files)
+    sections = _robustness_section(run, table, files)
     results = {
         "title": title or f"cnnlens assess: {_arch(run.model, model_info)} on {run.data.name}",
         "model": _model_card(run.model, model_info, run.data, run.num_classes),
@@ -47,6 +49,7 @@ def write_outputs(
             {"method": v.method, "check": v.check, "passed": v.passed, "detail": v.detail}
             for v in verdicts
         ],
+        "sections": sections,
     }
     files["results"] = write_results(run.out, json_safe(results))
     files["report"] = build_report(run.out)
@@ -123,6 +126,105 @@ def _write_figures(run: Run, examples: int, files: dict[str, Path]) -> list[dict
         "The first rows explained by every method, next to the ground-truth mask.",
     )
     return figures
+
+
+def _means(table: list[dict[str, Any]], family: str | None = None) -> tuple[dict, dict, dict]:
+    """``{method: {metric: mean}}``, each metric's direction and family, from the table (of
+    one ``family`` when given); rows without a finite mean or a direction are left out."""
+    means: dict[str, dict[str, float]] = {}
+    up: dict[str, bool] = {}
+    families: dict[str, str] = {}
+    for r in table:
+        if r.get("higher_is_better") is None or not math.isfinite(r["mean"]):
+            continue
+        if family is not None and r.get("family") != family:
+            continue
+        means.setdefault(r["method"], {})[r["metric"]] = r["mean"]
+        up[r["metric"]] = bool(r["higher_is_better"])
+        families[r["metric"]] = r.get("family") or r["metric"]
+    return means, up, families
+
+
+def _summary_figure(
+    run: Run, table: list[dict[str, Any]], files: dict[str, Path]
+) -> list[dict[str, str]]:
+    """One picture to compare the methods on: each family's metrics rescaled across the
+    methods and baselines (1 = best shown, 0 = worst, by each metric's direction), averaged
+    per family; a radar with three families or more, bars otherwise."""
+    from cnnlens.viz import save_png
+    from cnnlens.viz.summary_chart import family_scores, summary_chart
+
+    means, up, families = _means(table)
+    if len(means) < 2:
+        return []
+    scores = family_scores(means, up, families)
+    shown = list(dict.fromkeys(f for row in scores.values() for f in row))
+    fig = summary_chart(
+        scores,
+        kind="radar" if len(shown) >= 3 else "bars",
+        higher_is_better={f: True for f in shown},
+        title="methods per metric family (1 = best shown, 0 = worst)",
+    )
+    files["summary"] = save_png(fig, run.out / "figures" / "summary.png")
+    caption = (
+        "Every method and baseline on each metric family: each metric's means rescaled "
+        "across the rows shown (1 for the best, 0 for the worst, by the metric's direction), "
+        "then averaged over the family's metrics ("
+        + "; ".join(f"{f}: {', '.join(k for k in up if families[k] == f)}" for f in shown)
+        + "). The table keeps the raw numbers."
+    )
+    return [{"png": "figures/summary.png", "caption": caption}]
+
+
+def _robustness_section(
+    run: Run, table: list[dict[str, Any]], files: dict[str, Path]
+) -> list[dict[str, Any]]:
+    """The robustness metrics the run computed: what each measures, a table and a chart."""
+    from cnnlens.assess.tables import _cell
+    from cnnlens.metrics import metric_infos
+    from cnnlens.viz import save_png
+    from cnnlens.viz.summary_chart import summary_chart
+
+    rows = [r for r in table if r.get("family") == "robustness" and r["method"] not in BASELINES]
+    if not rows:
+        return []
+    infos = metric_infos()
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    head = {m: f"{infos[m].label} {'↑' if infos[m].higher_is_better else '↓'}" for m in metrics}
+    by = {(r["method"], r["metric"]): r for r in rows}
+    cells = [
+        {
+            "method": method,
+            **{head[m]: _cell(by[(method, m)]) for m in metrics if (method, m) in by},
+        }
+        for method in dict.fromkeys(r["method"] for r in rows)
+    ]
+    text = (
+        "How far each method's map moves when the input barely changes (each perturbed "
+        "input is explained again for the same class; lower is better). "
+        + " ".join(f"{infos[m].label} ({m}): {infos[m].summary}." for m in metrics)
+        + " Mean [95% confidence interval] over the rows; the baselines' maps do not "
+        "depend on the input, so they have no row here."
+    )
+    pictures = []
+    means, up, _ = _means(rows)
+    if means:
+        fig = summary_chart(
+            means,
+            kind="bars",
+            higher_is_better=up,
+            short_labels={m: infos[m].label for m in metrics},
+            title="robustness per metric (1 = most stable shown, 0 = least)",
+        )
+        files["robustness"] = save_png(fig, run.out / "figures" / "robustness.png")
+        pictures.append(
+            {
+                "png": "figures/robustness.png",
+                "caption": "Each robustness metric rescaled across the methods: 1 for the "
+                "most stable method, 0 for the least.",
+            }
+        )
+    return [{"title": "Robustness", "text": text, "pictures": pictures, "table": cells}]
 
 
 def _report_rows(run: Run, table: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -60,6 +60,12 @@ from cnnlens.metrics.mask_localization import (
     roc_auc,
     top_k_intersection,
 )
+from cnnlens.metrics.randomization import (
+    efficient_mprt,
+    random_logit,
+    randomized_copy,
+    smooth_mprt,
+)
 from cnnlens.metrics.registry import (
     MetricInfo,
     MetricInputs,
@@ -172,4 +178,9 @@ __all__ = [  # noqa: RUF022 (the trust-measurement names are kept together below
     "non_sensitivity",
     "sensitivity_n",
     "sufficiency",
+    # issue 15, part B: randomization
+    "efficient_mprt",
+    "random_logit",
+    "randomized_copy",
+    "smooth_mprt",
 ]

@@ -243,21 +243,54 @@ def order_ranks(maps: Tensor, descending: bool = True) -> Tensor:
 ExplainFn = Callable[[Tensor, Tensor], Tensor]
 
 
+class MethodExplainer:
+    """A registered method bound to a model and options: ``explainer(x, target) -> maps``.
+
+    :meth:`with_model` binds the same method and options to another model (a randomized
+    copy, for the randomization metrics).
+    """
+
+    def __init__(self, model: nn.Module, method: str, options: Mapping[str, Any] | None = None):
+        self.model = model
+        self.method = method
+        self.options = dict(options or {})
+
+    def __call__(self, x: Tensor, target: Tensor) -> Tensor:
+        return self.with_scores(x, target)[0]
+
+    def with_scores(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The maps and the model's (B, N) outputs of the same forward pass in eval mode,
+        so a metric that needs both runs the model once; the outputs are None when they are
+        not such a tensor or the method runs the model in train mode."""
+        from cnnlens.api import explain as run
+
+        exp = run(self.model, x, method=self.method, target=target, **self.options)
+        maps = exp.maps
+        if maps.dim() == 4:  # one class per row was asked; be lenient with (B, 1, H, W)
+            maps = maps[:, 0]
+        scores = exp.scores
+        usable = (
+            isinstance(scores, Tensor)
+            and scores.dim() == 2
+            and scores.shape[0] == x.shape[0]
+            and self.options.get("eval_mode", True)
+            and exp.output in (None, "tensor")
+        )
+        return maps.detach().float(), scores.detach() if usable else None
+
+    def with_model(self, model: nn.Module) -> MethodExplainer:
+        """The same method and options on ``model``."""
+        return MethodExplainer(model, self.method, self.options)
+
+
 def explainer(
     model: nn.Module, explain: str | ExplainFn, options: Mapping[str, Any] | None = None
 ) -> ExplainFn:
     """``explain`` as a function ``(x, target) -> maps``: a registry name runs
-    :func:`cnnlens.explain` with ``options``; a callable is used as is (without options)."""
+    :func:`cnnlens.explain` with ``options`` (a :class:`MethodExplainer`); a callable is used
+    as is (without options)."""
     if isinstance(explain, str):
-        from cnnlens.api import explain as run
-
-        def maps_of(x: Tensor, target: Tensor) -> Tensor:
-            maps = run(model, x, method=explain, target=target, **(options or {})).maps
-            if maps.dim() == 4:  # one class per row was asked; be lenient with (B, 1, H, W)
-                maps = maps[:, 0]
-            return maps.detach().float()
-
-        return maps_of
+        return MethodExplainer(model, explain, options)
     if callable(explain):
         if options:
             raise InputError(

@@ -58,12 +58,18 @@ BASELINES: tuple[str, ...] = ("random", "centre")
 
 
 def choose_metrics(
-    metrics: Sequence[str] | str | None, has_masks: bool, has_explain: bool = True
+    metrics: Sequence[str] | str | None,
+    has_masks: bool,
+    has_explain: bool = True,
+    can_rebind: bool = True,
 ) -> list[str]:
     """Registry names from ``metrics`` (None: every metric that applies).
 
     Without masks the localization metrics do not apply; without an ``explain`` callable
-    (fixed maps, the baselines) the metrics that re-explain their inputs do not.
+    (fixed maps, the baselines) the metrics that re-explain their inputs do not; without
+    one that can be re-bound to another model (``can_rebind``: made by :func:`explainer`
+    from a registry name) the randomization metrics, which re-explain a randomized copy,
+    do not.
 
     Raises:
         InputError: an unknown name, a metric that needs masks when there are none, or an
@@ -74,7 +80,9 @@ def choose_metrics(
         return [
             n
             for n, info in infos.items()
-            if (has_masks or not info.needs_masks) and (has_explain or not info.needs_explain)
+            if (has_masks or not info.needs_masks)
+            and (has_explain or not info.needs_explain)
+            and (can_rebind or not (info.needs_explain and info.family == "randomization"))
         ]
     names = list(dict.fromkeys([metrics] if isinstance(metrics, str) else metrics))
     unknown = [n for n in names if n not in infos]
@@ -167,14 +175,17 @@ def evaluate_maps(
             options go under ``"road"`` and serve ``road_morf`` and ``road_lerf`` too.
         explain: ``explain(x, target) -> maps`` re-explains a batch with the method being
             scored, for the metrics registered with ``needs_explain``; None (fixed maps)
-            leaves those metrics out.
+            leaves those metrics out. The randomization metrics re-explain a randomized
+            copy of the model, so they need an ``explain`` made by :func:`explainer` from a
+            registry name; by default they are left out for another callable.
         method: the method's (or baseline's) name, for the metrics that read it.
         seed: seed of the random draws of the metrics that make them.
 
     Returns:
         ``{metric: (B,) tensor}`` in the order asked.
     """
-    names = choose_metrics(metrics, masks is not None, explain is not None)
+    rebind = callable(getattr(explain, "with_model", None))
+    names = choose_metrics(metrics, masks is not None, explain is not None, rebind)
     check_metric_options(options)
     if explain is not None and any(get_metric(n).needs_explain for n in names):
         with frozen_eval(model):  # the re-explained maps need one class per image

@@ -124,8 +124,16 @@ def _runs(
     for start in range(0, noise.shape[0], per_call):
         k = min(per_call, noise.shape[0] - start)
         xp = (x.unsqueeze(0) + noise[start : start + k]).reshape(k * b, *x.shape[1:])
-        maps = check_maps(explain(xp, target.repeat(k)), k * b, name="perturbed maps")
-        if forward:
+        scores = None
+        if forward and layer is None and callable(getattr(explain, "with_scores", None)):
+            # a registered method's own forward gives the logits: one model pass, not two
+            maps, scores = explain.with_scores(xp, target.repeat(k))  # type: ignore[attr-defined]
+        else:
+            maps = explain(xp, target.repeat(k))
+        maps = check_maps(maps, k * b, name="perturbed maps")
+        if scores is not None:
+            logits, rep = scores.double(), None
+        elif forward:
             logits, rep = _forward(model, xp, layer)
         else:
             logits, rep = torch.zeros(k * b, 0, dtype=torch.float64, device=x.device), None

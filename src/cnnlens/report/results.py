@@ -47,7 +47,10 @@ unknown)::
         "notes"?: "..."
       },
       "sanity"?: [{"method": "gradcam", "check": "model randomization",
-                   "passed": true, "detail": "..."}, ...]
+                   "passed": true, "detail": "..."}, ...],
+      "sections"?: [{"title": "Robustness", "text"?: "...",   # -> Section
+                     "pictures"?: [{"png": "figures/robustness.png", "caption": "..."}],
+                     "table"?: [{"method": "gradcam", "max-sens": "0.12 [0.10, 0.14]"}]}]
     }
 
 Unknown keys are ignored, so writers may add fields; readers never need them.
@@ -75,6 +78,7 @@ from cnnlens.report.content import (
     Prototype,
     ReportImage,
     SanityVerdict,
+    Section,
     Skipped,
 )
 
@@ -96,6 +100,7 @@ class Results:
     prototypes: list[Prototype] | None = None
     metrics: MetricsTable | None = None
     sanity: list[SanityVerdict] | None = None
+    sections: list[Section] = field(default_factory=list)
 
 
 class _Reader:
@@ -377,7 +382,29 @@ def parse_results(
         prototypes=prototypes,
         metrics=_metrics(r, d["metrics"]) if d.get("metrics") is not None else None,
         sanity=sanity,
+        sections=_sections(r, d.get("sections") or []),
     )
+
+
+def _sections(r: _Reader, value: Any) -> list[Section]:
+    sections = []
+    for s, w in r.objs(value, "sections"):
+        table = [
+            {str(k): v for k, v in row.items()}
+            for row, _ in r.objs(s.get("table") or [], f"{w}.table")
+        ]
+        sections.append(
+            Section(
+                title=r.text(s, "title", w, required=True),
+                text=r.text(s, "text", w) or "",
+                pictures=[
+                    Picture(**r.picture(p, wp))
+                    for p, wp in r.objs(s.get("pictures") or [], f"{w}.pictures")
+                ],
+                table=table,
+            )
+        )
+    return sections
 
 
 def _results_path(path: str | os.PathLike[str]) -> Path:
@@ -455,4 +482,5 @@ def build_report(
         metrics=res.metrics,
         sanity=res.sanity,
         skipped=res.skipped,
+        extra_sections=res.sections,
     )

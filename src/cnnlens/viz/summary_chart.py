@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 
 from cnnlens.errors import InputError
 
-__all__ = ["relative_scores", "summary_chart"]
+__all__ = ["family_scores", "relative_scores", "summary_chart"]
 
 
 def _direction(metric: str, higher_is_better: Mapping[str, bool]) -> bool:
@@ -72,6 +72,35 @@ def relative_scores(
     return methods, metrics, table
 
 
+def family_scores(
+    means: Mapping[str, Mapping[str, float]],
+    higher_is_better: Mapping[str, bool],
+    families: Mapping[str, str],
+) -> dict[str, dict[str, float]]:
+    """Per method, the mean of its :func:`relative_scores` over each family's metrics.
+
+    $$F_{m,f} = \\frac{1}{|K_f|} \\sum_{k \\in K_f} s'_{m,k}$$
+
+    over the metrics $K_f$ of family $f$ the method has a score for (a family it has none
+    for is left out of its row). Every family score is then "higher is better", 1 when the
+    method is the best shown on every metric of the family.
+
+    Args:
+        means: method -> metric -> mean score.
+        higher_is_better: metric -> direction, for every metric in ``means``.
+        families: metric -> family name (the metric registry's ``family``).
+    """
+    methods, metrics, table = relative_scores(means, higher_is_better)
+    out: dict[str, dict[str, float]] = {}
+    for method, row in zip(methods, table, strict=True):
+        groups: dict[str, list[float]] = {}
+        for metric, value in zip(metrics, row, strict=True):
+            if not math.isnan(value):
+                groups.setdefault(families.get(metric, metric), []).append(value)
+        out[method] = {f: sum(v) / len(v) for f, v in groups.items()}
+    return out
+
+
 def summary_chart(
     means: Mapping[str, Mapping[str, float]],
     *,
@@ -100,10 +129,15 @@ def summary_chart(
     labels = [(short_labels or {}).get(k, k) for k in metrics]
     if kind == "radar" and len(metrics) < 3:
         raise InputError(f"a radar chart needs at least 3 metrics, got {len(metrics)}; use bars")
-    width = size * (1.3 if kind == "radar" else max(1.2, 0.35 * len(metrics) * len(methods) / 3))
-    fig = Figure(figsize=(width, size), dpi=100, layout="constrained")
     if kind == "radar":
-        ax = fig.add_subplot(projection="polar")
+        # the polar axes on the left, room around it for the axis labels, the legend right
+        legend_in = 0.6 + 0.075 * max(len(m) for m in methods)
+        width = size * 1.06 + legend_in
+        fig = Figure(figsize=(width, size), dpi=100)
+        ax = fig.add_axes(
+            (0.16 * size / width, 0.09, 0.72 * size / width, 0.72), projection="polar"
+        )
+        ax.tick_params(axis="x", pad=6)
         angles = [2 * math.pi * i / len(metrics) for i in range(len(metrics))]
         for name, row in zip(methods, table, strict=True):
             ax.plot([*angles, angles[0]], [*row, row[0]], label=name, linewidth=1.5)
@@ -111,16 +145,24 @@ def summary_chart(
         ax.set_xticks(angles, labels)
         ax.set_ylim(0, 1.05)
         ax.set_yticks([0.25, 0.5, 0.75, 1.0], ["", "", "", "best"], fontsize=7)
-        ax.legend(loc="upper left", bbox_to_anchor=(1.05, 1.0), fontsize=8, frameon=False)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.15, 1.1), fontsize=8, frameon=False)
     else:
+        width = size * max(1.2, 0.35 * len(metrics) * len(methods) / 3)
+        fig = Figure(figsize=(width, size), dpi=100, layout="constrained")
         ax = fig.add_subplot()
         step = 0.8 / len(methods)
         for i, (name, row) in enumerate(zip(methods, table, strict=True)):
             xs = [j - 0.4 + step * (i + 0.5) for j in range(len(metrics))]
             ax.bar(xs, row, width=step, label=name)
         ax.set_xticks(range(len(metrics)), labels, rotation=30, ha="right")
-        ax.set_ylim(0, 1.05)
+        # headroom above the bars for the legend's rows
+        ax.set_ylim(0, 1.08 + 0.09 * math.ceil(len(methods) / 4))
+        ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
         ax.set_ylabel("relative score (1 = best shown)")
         ax.legend(fontsize=8, frameon=False, ncols=min(4, len(methods)))
-    ax.set_title(title or "methods compared on each metric (1 = best, 0 = worst)", fontsize=10)
+    ax.set_title(
+        title or "methods compared on each metric (1 = best, 0 = worst)",
+        fontsize=10,
+        pad=22 if kind == "radar" else 6,
+    )
     return fig
