@@ -72,6 +72,8 @@ def test_keras_errors() -> None:
     x = torch.randn(1, 32, 32, 3)
     with pytest.raises(LayerNotFoundError, match="block5_conv3"):
         cnnlens.explain(model, x, "gradcam", layer="block5_conv")
-    with pytest.raises(ModelError, match="Keras"):
-        cnnlens.explain(model, x, "saliency")
+    with pytest.raises(ModelError, match="Keras models: its class weights"):
+        cnnlens.explain(model, x, "cam")
+    with pytest.raises(ModelError, match="Keras models: its bias terms"):
+        cnnlens.explain(model, x, "fullgrad")
     assert cnnlens.explain(model, x, "gradcam").layer == "block5_conv3"

@@ -7,6 +7,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from cnnlens.core.explanation import Explanation
+from cnnlens.core.keras import nchw_images
 from cnnlens.core.layers import LayersLike
 from cnnlens.core.outputs import OutputLike
 from cnnlens.core.registry import check_options, get_method
@@ -73,5 +74,7 @@ def explain(
     explainer = cls(model, **options)
     run = smooth_cam(explainer, **smoothing) if smoothing else explainer
     exp = run(x, target, topk=topk, output=output)
-    exp.inputs = x.detach()  # a reference (no copy), so the result can draw itself
+    # a reference (no copy), so the result can draw itself; a Keras model's (B, H, W, C)
+    # images as (B, C, H, W), like its maps and raw attributions
+    exp.inputs = nchw_images(x.detach()) if explainer.channels_last_input else x.detach()
     return exp

@@ -20,6 +20,7 @@ __all__ = [
     "check_int",
     "check_optional_int",
     "check_pair",
+    "check_sides",
 ]
 
 T = TypeVar("T")
@@ -105,6 +106,22 @@ def check_pair(name: str, value: Any) -> tuple[int, int]:
             f"{name} must be a positive integer or an (h, w) pair of them, got {value!r}"
         )
     return int(pair[0]), int(pair[1])
+
+
+def check_sides(name: str, value: Any) -> tuple[int, ...]:
+    """An int (as an (h, w) pair), an (h, w) pair or a video's (t, h, w) triple of positive
+    ints, as a tuple."""
+    sides = (value, value) if _is_int(value) else value
+    if (
+        not isinstance(sides, (tuple, list))
+        or len(sides) not in (2, 3)
+        or any(not _is_int(v) or v < 1 for v in sides)
+    ):
+        raise InputError(
+            f"{name} must be a positive integer, an (h, w) pair or a (t, h, w) triple of them "
+            f"(video), got {value!r}"
+        )
+    return tuple(int(v) for v in sides)
 
 
 def check_flag(name: str, value: Any) -> bool | None:

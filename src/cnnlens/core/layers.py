@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from cnnlens.core.capture import this_thread_only
-from cnnlens.core.keras import is_keras, keras_layers
+from cnnlens.core.keras import keras_layers, keras_model
 from cnnlens.core.layouts import decide_layout
 from cnnlens.core.outputs import select_output
 from cnnlens.errors import LayerNotFoundError, ModelError, TargetError
@@ -71,8 +71,9 @@ def _walk(model: nn.Module, path: str) -> nn.Module | None:
 
 def named_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of the model's layers as the user names them: the dotted names of
-    ``named_modules`` (the root left out), or a Keras model's layer names."""
-    if is_keras(model):
+    ``named_modules`` (the root left out), or a Keras model's layer names (also through
+    its channels-first view)."""
+    if keras_model(model) is not None:
         return keras_layers(model)
     return [(n, m) for n, m in model.named_modules() if n]
 
@@ -95,6 +96,8 @@ def resolve_layer(model: nn.Module, layer: LayerLike) -> tuple[str, nn.Module]:
             nearest candidate names, as the user can type them.
     """
     if isinstance(layer, nn.Module):
+        if layer is keras_model(model):
+            layer = model
         for name, module in model.named_modules():
             if module is layer and name:
                 return name, module
@@ -106,7 +109,7 @@ def resolve_layer(model: nn.Module, layer: LayerLike) -> tuple[str, nn.Module]:
             f"layer must be a dotted name, a module or a list of those, got {type(layer).__name__}"
         )
     name = layer.strip()
-    if is_keras(model):
+    if keras_model(model) is not None:
         named = dict(keras_layers(model))
         if name in named:
             return name, named[name]
@@ -185,7 +188,7 @@ def find_spatial_layer(
     need no probe pass; :func:`clear_cache` forgets it all.
     """
     key = (*x.shape[1:], x.dtype, x.device.type)
-    cache = score is None and not is_keras(model)
+    cache = score is None and keras_model(model) is None
     known = None
     if cache:
         with _CHOSEN_LOCK:

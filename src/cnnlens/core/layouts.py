@@ -114,11 +114,10 @@ def parse_layout(layout: str | None) -> tuple[str | None, int | None]:
     return kind, int(rest) if rest else None
 
 
-def input_size(x: Tensor, channels_last: bool = False) -> tuple[int, int]:
-    """The (H, W) of an input batch: (B, C, H, W), a video's (B, C, T, H, W), or with
-    ``channels_last`` a Keras batch (B, H, W, C)."""
-    if channels_last and x.dim() == 4:
-        return int(x.shape[1]), int(x.shape[2])
+def input_size(x: Tensor) -> tuple[int, int]:
+    """The (H, W) of an input batch as the engine holds it: (B, C, H, W) or a video's
+    (B, C, T, H, W) (a Keras model's (B, H, W, C) batch is made (B, C, H, W) on entry, see
+    :mod:`cnnlens.core.keras`)."""
     return int(x.shape[-2]), int(x.shape[-1])
 
 
@@ -160,8 +159,8 @@ def decide_layout(
     Automatic (``layout`` None) when one reading fits: a 5-D output of a video input is
     ``ncthw``; a 4-D output is ``nchw`` or ``nhwc`` when only one of them is a downsampling
     of the input (both fit only when channels equal the grid's sides: then a torch layer of
-    a known kind or a torch model is ``nchw``, a Keras one (``channels_last``, whose input
-    ``x`` is then (B, H, W, C) too) ``nhwc``);
+    a known kind or a torch model is ``nchw``, a Keras one (``channels_last``: its layers
+    output channels-last maps) ``nhwc``);
     3-D output is ``tokens`` when one prefix of at most 8 tokens leaves a patch grid.
 
     Raises:
@@ -171,7 +170,7 @@ def decide_layout(
     """
     kind, prefix = parse_layout(layout)
     video = x.dim() == 5
-    size = input_size(x, channels_last)
+    size = input_size(x)
     shape = tuple(act.shape)
 
     def fail(why: str) -> None:

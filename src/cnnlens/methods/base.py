@@ -26,9 +26,9 @@ from torch import Tensor, nn
 from cnnlens.core.capture import capture, frozen, grad_enabled
 from cnnlens.core.checks import check_flag
 from cnnlens.core.explanation import Explanation
-from cnnlens.core.keras import is_keras
+from cnnlens.core.keras import channels_first, is_keras, keras_model
 from cnnlens.core.layers import LayersLike, find_spatial_layer, resolve_layers
-from cnnlens.core.layouts import Layout, decide_layout, input_size, parse_layout
+from cnnlens.core.layouts import Layout, decide_layout, parse_layout
 from cnnlens.core.maps import normalize_maps, upsample
 from cnnlens.core.outputs import OutputLike, detach_outputs, select_output
 from cnnlens.core.targets import TargetLike, Targets, WithOutput, resolve_targets
@@ -87,17 +87,20 @@ class Explainer:
     def __init__(self, model: nn.Module, *, eval_mode: bool = True) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.model = model
-        self.eval_mode = eval_mode
-        if is_keras(model) and not self.keras_ready:
+        #: the user's images are (B, H, W, C): a Keras model, run in its channels-first view
+        #: (:mod:`cnnlens.core.keras`; the batch is made (B, C, H, W) on entry)
+        self.channels_last_input = is_keras(model)
+        if self.channels_last_input and self.keras_refusal:
             raise ModelError(
-                f"{self.name or type(self).__name__} does not take Keras models yet (their "
-                "input is channels-last); use a CAM method: gradcam, gradcam++, xgradcam, "
-                "hirescam, layercam, eigencam, scorecam or ablationcam"
+                f"{self.name or type(self).__name__} does not take Keras models: "
+                f"{self.keras_refusal}"
             )
+        self.model = channels_first(model)
+        self.eval_mode = eval_mode
 
-    #: Whether the method explains Keras models (channels-last inputs): the CAM family.
-    keras_ready: ClassVar[bool] = False
+    #: Why the method cannot explain a Keras model ("" when it can: most methods do, through
+    #: the channels-first view of :mod:`cnnlens.core.keras`).
+    keras_refusal: ClassVar[str] = ""
 
     def __call__(
         self,
@@ -109,7 +112,7 @@ class Explainer:
     ) -> Explanation:
         """Explain ``x`` for ``target``; ``output`` chooses the scores tensor of the model's
         output (see :mod:`cnnlens.core.outputs`; recorded in ``Explanation.output``)."""
-        xb = prepare_input(x, self.model)
+        xb = prepare_input(x, self.model, channels_last=self.channels_last_input)
         # a target object may bind to the model for the call (cnnlens.targets)
         bind = getattr(target, "bind", None)
         bound = bind(self.model) if callable(bind) else nullcontext()
@@ -192,7 +195,6 @@ class BaseCAM(Explainer):
     #: (``eigen_smooth``, see :mod:`cnnlens.methods.cam_smoothing`, swaps in their first
     #: principal component)
     reduce_channels: Callable[[Tensor], Tensor] = staticmethod(lambda t: t.sum(dim=1))
-    keras_ready: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -210,7 +212,8 @@ class BaseCAM(Explainer):
         self.optimize = check_flag("optimize", optimize)
         parse_layout(layout)
         self.layout = layout
-        self.channels_last = is_keras(model)  # a Keras model: NHWC inputs and activations
+        # a Keras model: its layers output channels-last maps (its input is made NCHW on entry)
+        self.channels_last = keras_model(self.model) is not None
 
     def _forward(self, x: Tensor) -> Any:
         """The model's forward of the explained batch, channels-last when :attr:`optimize`
@@ -325,8 +328,7 @@ class BaseCAM(Explainer):
         x: Tensor,
         lays: list[Layout],
     ) -> Explanation:
-        # (H, W), (T, H, W) for a video
-        size = input_size(x, True) if self.channels_last else tuple(int(s) for s in x.shape[2:])
+        size = tuple(int(s) for s in x.shape[2:])  # (H, W), (T, H, W) for a video
         dims = len(size)
         maps = [normalize_maps(lay.to_input(F.relu(r), size), dims) for r, lay in zip(raws, lays)]
         raws = [lay.unfold(r) for r, lay in zip(raws, lays)]

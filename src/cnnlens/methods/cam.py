@@ -43,6 +43,10 @@ class CAM(BaseCAM):
     """
 
     needs_grad: ClassVar[bool] = False
+    keras_refusal: ClassVar[str] = (
+        "its class weights are read from a torch nn.Linear head; use gradcam, which equals "
+        "CAM on a global-average-pooling and Dense head"
+    )
 
     def __init__(
         self,

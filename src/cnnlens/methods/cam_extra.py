@@ -362,6 +362,10 @@ class FullGrad(Explainer):
         nn.Conv2d,
         nn.modules.batchnorm._BatchNorm,
     )
+    keras_refusal: ClassVar[str] = (
+        "its bias terms are read from torch convolution, BatchNorm and linear layers, which a "
+        "Keras model does not have; use gradcam, integrated_gradients or smoothgrad"
+    )
 
     def __init__(self, model: nn.Module, *, eval_mode: bool = True) -> None:
         super().__init__(model, eval_mode=eval_mode)
@@ -378,7 +382,7 @@ class FullGrad(Explainer):
         ``x * grad_x`` (B, C, H, W), the bias terms ``b * grad_z`` (B, C[, h, w]) of every
         layer run (in forward order), and the resolved targets. Their sum is ``f(x)``
         for a piecewise-linear network."""
-        xb = prepare_input(x, self.model)
+        xb = prepare_input(x, self.model, channels_last=self.channels_last_input)
         with frozen(self.model, eval_mode=self.eval_mode):
             leaf, terms, targets, _ = self._terms(xb, target, None, k_only=0, spatial=False)
         return leaf.detach() * terms[0][0], [t for t in terms[0][1]], targets

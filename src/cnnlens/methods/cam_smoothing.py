@@ -134,10 +134,11 @@ class SmoothedCAM(Explainer):
         )
         size = tuple(first.maps.shape[-2:])
         total = torch.zeros_like(first.maps)
+        last = self.method.channels_last_input  # a Keras model's (B, H, W, C) images
         for scale in self.scales:
             for flip in self.flips:
                 for factor in self.factors:
-                    xt = self._transform(x, scale, flip, factor)
+                    xt = self._transform(x, scale, flip, factor, last)
                     maps = self.method(xt, fixed, output=output).maps
                     if flip:
                         maps = maps.flip(-1)
@@ -154,14 +155,19 @@ class SmoothedCAM(Explainer):
         )
 
     @staticmethod
-    def _transform(x: Tensor, scale: float, flip: bool, factor: float) -> Tensor:
+    def _transform(
+        x: Tensor, scale: float, flip: bool, factor: float, channels_last: bool = False
+    ) -> Tensor:
         xt = x if x.dim() == 4 else x.unsqueeze(0)
+        if channels_last:
+            xt = xt.permute(0, 3, 1, 2)
         if scale != 1.0:
             h, w = xt.shape[-2:]
             xt = upsample(xt, (max(1, round(h * scale)), max(1, round(w * scale))))
         if flip:
             xt = xt.flip(-1)
-        return xt * factor if factor != 1.0 else xt
+        xt = xt * factor if factor != 1.0 else xt
+        return xt.permute(0, 2, 3, 1) if channels_last else xt
 
 
 def smooth_cam(method: Explainer, **options: Any) -> Explainer:

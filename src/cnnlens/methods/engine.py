@@ -36,7 +36,6 @@ from torch import Tensor, nn
 from cnnlens.core.checks import check_choice
 from cnnlens.core.device import model_device_dtype
 from cnnlens.core.explanation import Explanation
-from cnnlens.core.keras import is_keras
 from cnnlens.core.maps import normalize_maps
 from cnnlens.core.outputs import detach_outputs
 from cnnlens.core.targets import TargetLike, Targets, resolve_targets
@@ -81,13 +80,26 @@ __all__ = [
 _IMAGE_CHANNELS = (1, 2, 3, 4)
 
 
-def prepare_input(x: Any, model: nn.Module) -> Tensor:
+def prepare_input(x: Any, model: nn.Module, *, channels_last: bool = False) -> Tensor:
     """Check ``x`` and return a (B, C, H, W) (or video (B, C, T, H, W)) tensor on the model's
-    device and dtype."""
+    device and dtype.
+
+    With ``channels_last`` (a Keras model) ``x`` is (B, H, W, C) or (H, W, C) images, returned
+    as a (B, C, H, W) view: the one place where the input layout of a Keras model is turned
+    into the engine's (see :mod:`cnnlens.core.keras`).
+    """
     if not isinstance(x, Tensor):
-        raise InputError(f"x must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
+        want = "(B, H, W, C)" if channels_last else "(B, C, H, W)"
+        raise InputError(f"x must be a torch.Tensor of shape {want}, got {type(x).__name__}")
     if x.dim() == 3:
         x = x.unsqueeze(0)
+    if channels_last:
+        if x.dim() != 4:
+            raise InputError(
+                f"x must have shape (B, H, W, C) or (H, W, C) for a Keras model, got "
+                f"{tuple(x.shape)} (Keras video models are not supported)"
+            )
+        x = x.permute(0, 3, 1, 2)
     if x.dim() not in (4, 5):
         raise InputError(
             f"x must have shape (B, C, H, W), (C, H, W) or video (B, C, T, H, W), got "
@@ -95,7 +107,7 @@ def prepare_input(x: Any, model: nn.Module) -> Tensor:
         )
     if (
         x.dim() == 4
-        and not is_keras(model)
+        and not channels_last
         and x.shape[-1] in _IMAGE_CHANNELS
         and x.shape[1] not in _IMAGE_CHANNELS
         and x.shape[2] > 4

@@ -109,6 +109,7 @@ class SmoothGrad(Explainer):
                 f"base=...; got {type(method).__name__}"
             )
         super().__init__(inner.model, eval_mode=eval_mode)
+        self.channels_last_input = inner.channels_last_input  # a Keras model's images
         self.method = inner
         self.n_samples = check_int("n_samples", n_samples)
         self.noise = check_float("noise (a fraction of the input range)", noise, minimum=0.0)

@@ -19,8 +19,8 @@ from torch import Tensor, nn
 from cnnlens.core.capture import this_thread_only
 from cnnlens.core.checks import check_float, check_int, check_optional_int
 from cnnlens.core.explanation import Explanation
-from cnnlens.core.layers import LayersLike
-from cnnlens.core.layouts import Layout, input_size
+from cnnlens.core.layers import LayersLike, resolve_layer
+from cnnlens.core.layouts import Layout
 from cnnlens.core.progress import progress_bar
 from cnnlens.core.registry import register
 from cnnlens.core.targets import TargetLike, Targets
@@ -152,8 +152,7 @@ class ScoreCAM(BaseCAM):
         x: Tensor = ctx.x
         targets: Targets = ctx.targets
         b, c = acts.shape[:2]
-        # (H, W), or (T, H, W) for a video; a Keras model's input is (B, H, W, C)
-        size = input_size(x, True) if self.channels_last else tuple(int(s) for s in x.shape[2:])
+        size = tuple(int(s) for s in x.shape[2:])  # (H, W), or (T, H, W) for a video
         layout = ctx.layout or Layout("nchw", (acts.shape[2], acts.shape[3]))
         constant = _constant_channels(acts)
         selected = _top_channels(acts, self.top_channels)
@@ -172,8 +171,6 @@ class ScoreCAM(BaseCAM):
                 masks = layout.to_input(acts[img, ch].unsqueeze(1), size)
                 lo = masks.flatten(2).amin(2).view(-1, *[1] * (masks.dim() - 1))
                 hi = masks.flatten(2).amax(2).view(-1, *[1] * (masks.dim() - 1))
-                if self.channels_last:
-                    masks = masks.permute(0, 2, 3, 1)
                 masks = (masks - lo) / (hi - lo).clamp(min=_TINY)
                 s = row_scores(targets, forward(x[img] * masks.to(x.dtype)), img)
                 bad += int((~torch.isfinite(s)).any(dim=1).sum())
@@ -321,10 +318,10 @@ class AblationCAM(BaseCAM):
 
     def _module_of(self, name: str) -> nn.Module:
         """The module of layer ``name`` (also a given module not registered in the model)."""
-        modules = dict(self.model.named_modules())
-        if name in modules:
-            return modules[name]
-        return next(m for n, m in self._resolved or [] if n == name)
+        for n, m in self._resolved or []:
+            if n == name:
+                return m
+        return resolve_layer(self.model, name)[1]  # the automatic choice (a Keras name too)
 
     def _calls_per_forward(self, module: nn.Module, forward: BatchedForward, x: Tensor) -> int:
         """How many times ``module`` runs in one forward (one image, no graph)."""

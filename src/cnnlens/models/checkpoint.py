@@ -456,7 +456,9 @@ def load(
 
     Args:
         path_or_name: A checkpoint written by :func:`save_checkpoint` (rebuilt from its
-            metadata alone), or an architecture name (``"resnet50"``, ``"gap-cnn"``).
+            metadata alone), a saved Keras 3 model (``.keras``, loaded in safe mode and
+            returned in its channels-first view: :mod:`cnnlens.models.keras`), or an
+            architecture name (``"resnet50"``, ``"gap-cnn"``).
         weights: With a name only: a weights file or a torchvision weights name
             (``"DEFAULT"``, ``"IMAGENET1K_V2"``).
         device: Where to put the model.
@@ -476,12 +478,17 @@ def load(
     if (
         isinstance(path_or_name, os.PathLike)
         or Path(text).expanduser().is_file()
-        or (looks_like_path(text))
+        or looks_like_path(text)
+        or text.lower().endswith(".keras")
     ):
         if weights is not None:
             raise InputError(
                 "weights= goes with a model name; a checkpoint file already holds its weights"
             )
+        from cnnlens.models.keras import is_keras_file, load_keras
+
+        if is_keras_file(text):  # a saved Keras 3 model, in its channels-first view
+            return load_keras(text, dev)
         info = read_checkpoint_info(text)
         try:
             arch = resolve_name(info.arch)
