@@ -23,9 +23,11 @@ from torch import Tensor, nn
 
 from cnnlens.core.checks import check_float, check_int
 from cnnlens.data.objects import ShapesObjects, make_shapes_objects
+from cnnlens.metrics.tasks import box_masks, localize_objects
 from cnnlens.models.tasks import ShapesSegmenter, shapes_detector
+from cnnlens.targets import Detection, SegmentationRegion
 
-__all__ = ["TaskTraining", "train_shapes_detector", "train_shapes_segmenter"]
+__all__ = ["TaskTraining", "shapes_trust", "train_shapes_detector", "train_shapes_segmenter"]
 
 logger = logging.getLogger(__name__)
 
@@ -138,3 +140,42 @@ def train_shapes_segmenter(
     logger.info("shapes segmenter: %d steps in %.1f s, last loss %.3f", steps, seconds, losses[-1])
     recipe = {"steps": steps, "batch_size": batch_size, "lr": lr, "n": n, "size": size}
     return TaskTraining(model, data, losses, seconds, {**recipe, "seed": seed})
+
+
+#: The shapes detector's layer where only the class evidence flows (see docs/tasks.md).
+DETECTOR_CLASS_LAYER = "head.classification_head.conv"
+
+
+def shapes_trust(
+    run: TaskTraining,
+    *,
+    n_test: int = 64,
+    method: str = "gradcam",
+    layer: str | None = None,
+    **options: object,
+) -> list[dict[str, float]]:
+    """Localization of a trained shapes detector's or segmenter's maps on ``n_test`` test
+    images: per object slot, the means of :class:`~cnnlens.metrics.tasks.ObjectLocalization`.
+
+    Detector: each object's :class:`~cnnlens.targets.Detection` (its true box and label),
+    scored against its box; segmenter: each object's class over its predicted region
+    (:class:`~cnnlens.targets.SegmentationRegion`), scored against its mask.
+    """
+    check_int("n_test", n_test)
+    size = int(run.recipe["size"])
+    data = make_shapes_objects(n_test, size=size, seed=int(run.recipe["seed"]), split="test")
+    if isinstance(run.model, ShapesSegmenter):
+        masks = data.masks
+
+        def target(i: int, k: int) -> object:
+            return SegmentationRegion(int(data.labels[i, k]))
+    else:
+        masks = box_masks(data.boxes, (size, size))
+
+        def target(i: int, k: int) -> object:
+            return Detection(box=data.boxes[i, k].tolist(), label=int(data.labels[i, k]))
+
+    slots = localize_objects(
+        run.model, data.images, masks, target, method=method, layer=layer, **options
+    )
+    return [s.means() for s in slots]
