@@ -68,14 +68,24 @@ def test_task_models_by_name():
 
 
 @pytest.fixture(scope="module")
-def detector():
+def one_thread():
+    """Train on one thread: on a shared, loaded machine two spinning threads per process
+    slow training down several-fold."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def detector(one_thread):
     from cnnlens.pipelines.task_models import train_shapes_detector
 
     return train_shapes_detector(steps=500, n=1024, size=64, seed=0).model
 
 
 @pytest.fixture(scope="module")
-def segmenter():
+def segmenter(one_thread):
     from cnnlens.pipelines.task_models import train_shapes_segmenter
 
     return train_shapes_segmenter(steps=300, n=1024, size=64, seed=0).model
@@ -106,15 +116,18 @@ def test_trained_shapes_detector_gradcam_lands_on_each_detection(detector):
         hit, base = slot.means()["pointing"], slot.means()["baseline"]
         assert hit >= 0.85 and hit > 5 * base
         assert slot.means()["pointing_other"] <= 0.15
-    # deletion on a detection's score: removing the most relevant pixels first hurts it
-    i, k = 0, 0
-    t = target(i, k)
-    exp = cnnlens.explain(detector, data.images[:1], "gradcam", target=t, layer=layer)
-    curve = deletion(TargetScore(detector, t), data.images[:1], exp.maps, target=0,
-                     activation=None, step=64)  # fmt: skip
-    rand = deletion(TargetScore(detector, t), data.images[:1], torch.rand(1, 64, 64),
-                    target=0, activation=None, step=64)  # fmt: skip
-    assert float(curve.auc[0]) < float(rand.auc[0])
+    # deletion on a detection's score: removing the pixels its Grad-CAM ranks first makes the
+    # score fall faster than a random order does (mean AUC over 8 detections)
+    gen = torch.Generator().manual_seed(0)
+    ours, rand = [], []
+    for i in range(8):
+        t, x = target(i, 0), data.images[i : i + 1]
+        score = TargetScore(detector, t)
+        exp = cnnlens.explain(detector, x, "gradcam", target=t, layer=layer)
+        for maps, into in ((exp.maps, ours), (torch.rand(1, 64, 64, generator=gen), rand)):
+            curve = deletion(score, x, maps, target=0, activation=None, step=64)
+            into.append(float(curve.auc[0]))
+    assert sum(ours) < 0.5 * sum(rand)
 
 
 @pytest.mark.slow
