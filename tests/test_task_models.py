@@ -61,6 +61,8 @@ def test_task_models_by_name():
     assert not det.training and det.backbone.return_layers == {"body": "0"}
     with pytest.raises(ModelError, match="not a segmentation model"):
         create_task_model("shapes-detector", "segmentation")
+    with pytest.raises(ModelError, match="num_classes is for random weights"):
+        create_task_model("fcn_resnet50", "segmentation", num_classes=3, weights="DEFAULT")
     with pytest.raises(ModelError, match="no named weights"):
         create_task_model("shapes-segmenter", "segmentation", weights="DEFAULT")
     # the detection target's automatic layer on the shapes backbone

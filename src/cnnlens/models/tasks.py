@@ -204,6 +204,11 @@ def _torchvision_task_model(
     from torchvision.models import get_model
 
     kwargs: dict[str, Any] = {}
+    if weights is not None and num_classes is not None:
+        raise ModelError(
+            f"num_classes is for random weights; {name}'s weights {weights!r} bring their own "
+            "classes (fine-tune and give a weights file to change them)"
+        )
     if weights is None:
         kwargs.update(weights=None, weights_backbone=None)
         if num_classes is not None:
