@@ -45,6 +45,17 @@ def test_shapes_objects_boxes_masks_and_class_maps_agree():
         boxes_from_masks(torch.zeros(2, 5, 5, dtype=torch.bool))
 
 
+def test_shapes_pair_dataset_has_the_same_boxes():
+    from cnnlens.data import get_dataset
+
+    ds = get_dataset("shapes-pair", split="test", n=4, size=48, seed=1)
+    data = make_shapes_objects(4, size=48, seed=1, split="test")
+    for i in range(4):
+        assert torch.equal(ds.object_boxes(i), data.boxes[i].long())
+        assert torch.equal(ds.object_classes(i) + 1, data.labels[i])
+        assert torch.equal(ds.object_masks(i), data.masks[i])
+
+
 def test_box_masks_by_hand():
     m = box_masks(torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.5, 6.0]]), (5, 6))
     expected = torch.zeros(2, 5, 6, dtype=torch.bool)

@@ -19,39 +19,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from cnnlens.data.shapes import SHAPE_CLASSES, make_shapes_pair
-from cnnlens.errors import InputError
+from cnnlens.data.shapes import SHAPE_CLASSES, boxes_from_masks, make_shapes_pair
 
 __all__ = ["OBJECT_TASK_CLASSES", "ShapesObjects", "boxes_from_masks", "make_shapes_objects"]
 
 #: Class names of detection/segmentation on shapes: index 0 is the background.
 OBJECT_TASK_CLASSES = ["background", *SHAPE_CLASSES]
-
-
-def boxes_from_masks(masks: Tensor) -> Tensor:
-    """Tight boxes ``(x0, y0, x1, y1)`` in pixels (inclusive-exclusive) of boolean masks.
-
-    Args:
-        masks: bool (..., H, W); every mask must hold at least one pixel.
-
-    Returns:
-        float32 (..., 4).
-    """
-    if masks.dim() < 2:
-        raise InputError(f"masks must be (..., H, W), got shape {tuple(masks.shape)}")
-    m = masks.bool()
-    rows, cols = m.any(dim=-1), m.any(dim=-2)  # (..., H), (..., W)
-    if not bool(rows.any(dim=-1).all()):
-        raise InputError("boxes_from_masks: a mask is empty, it has no box")
-    h, w = m.shape[-2:]
-    ys = torch.arange(h, device=m.device)
-    xs = torch.arange(w, device=m.device)
-    big = max(h, w) + 1
-    y0 = torch.where(rows, ys, big).amin(dim=-1)
-    y1 = torch.where(rows, ys, -1).amax(dim=-1) + 1
-    x0 = torch.where(cols, xs, big).amin(dim=-1)
-    x1 = torch.where(cols, xs, -1).amax(dim=-1) + 1
-    return torch.stack([x0, y0, x1, y1], dim=-1).float()
 
 
 @dataclass(frozen=True)
