@@ -309,83 +309,9 @@ def test_trust_metrics_read_a_region_score_through_target_score():
     assert pointing_game(exp.maps, mask[None].bool()).shape == (1,)
 
 
+# The small segmenter and detector trained on generated shapes (Grad-CAM on each object):
+# tests/test_task_models.py
 # ---------------------------------------------------------------------------------------------
-# A small segmenter trained on generated shapes (two objects of different classes per image)
-# ---------------------------------------------------------------------------------------------
-
-
-class ShapesFCN(nn.Module):
-    """A dilated fully-convolutional segmenter: background + 5 shape classes, stride 2."""
-
-    def __init__(self, k: int = 6, c: int = 48):
-        super().__init__()
-
-        def block(cin, cout, **kw):
-            return [nn.Conv2d(cin, cout, 3, **kw), nn.BatchNorm2d(cout), nn.ReLU()]
-
-        self.features = nn.Sequential(
-            *block(3, 24, padding=1),
-            *block(24, c, stride=2, padding=1),
-            *block(c, c, padding=2, dilation=2),
-            *block(c, c, padding=4, dilation=4),
-            *block(c, c, padding=4, dilation=4),
-        )
-        self.classifier = nn.Conv2d(c, k, 1)
-
-    def forward(self, x):
-        z = self.classifier(self.features(x))
-        return {"out": F.interpolate(z, size=x.shape[-2:], mode="bilinear", align_corners=False)}
-
-
-def _shapes_segmentation(n: int, split: str, size: int = 32):
-    from cnnlens.data.shapes import make_shapes_pair
-
-    images, pair, masks = make_shapes_pair(n, size=size, seed=0, split=split)
-    m = torch.from_numpy(masks)
-    labels = torch.zeros(n, size, size, dtype=torch.long)
-    for slot in range(2):
-        cls = torch.from_numpy(pair[:, slot] + 1)[:, None, None].expand(-1, size, size)
-        labels[m[:, slot]] = cls[m[:, slot]]
-    return torch.from_numpy(images).float() / 255, labels, torch.from_numpy(pair) + 1, m
-
-
-@pytest.mark.slow
-def test_trained_shapes_segmenter_gradcam_lands_on_each_object():
-    from cnnlens.metrics import energy_pointing_game, pointing_game
-
-    torch.manual_seed(0)
-    x, y, _, _ = _shapes_segmentation(2048, "train")
-    model = ShapesFCN()
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 1e-2, total_steps=500)
-    for _ in range(500):
-        i = torch.randint(0, len(x), (32,))
-        loss = F.cross_entropy(model(x[i])["out"], y[i])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    model.eval()
-    xt, _, pair, masks = _shapes_segmentation(32, "test")
-    for slot in range(2):  # each object's class, explained over its predicted region
-        maps = torch.cat(
-            [
-                cnnlens.explain(
-                    model,
-                    xt[b : b + 1],
-                    "gradcam",
-                    target=SegmentationRegion(int(pair[b, slot])),
-                    layer="features",  # the last feature map before the 1x1 classifier
-                ).maps
-                for b in range(len(xt))
-            ]
-        )
-        own, other = masks[:, slot], masks[:, 1 - slot]
-        hit = pointing_game(maps, own).float().mean()
-        area = own.float().mean()  # a random point's chance of a hit
-        assert hit >= 0.85 and hit > 5 * area
-        assert pointing_game(maps, other).float().mean() <= 0.15
-        assert energy_pointing_game(maps, own).mean() > 5 * area
 
 
 def test_multilabel_labels_above_give_one_map_per_label():

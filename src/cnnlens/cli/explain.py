@@ -69,6 +69,25 @@ def explain_command(
         False, "--overwrite", help="Replace a folder or store written by another run."
     ),
     workers: int = typer.Option(2, "--workers", help="Loader threads (local engine)."),
+    # tasks beyond single-label classification (pipelines/explain_tasks.py, docs/tasks.md)
+    task: str | None = typer.Option(
+        None, "--task", help="detection, segmentation or multilabel (default: classification)."
+    ),
+    class_: list[str] | None = typer.Option(
+        None, "--class", help="Segmentation: class name or index to explain (repeat)."
+    ),
+    score_threshold: float = typer.Option(
+        0.5, "--score-threshold", help="Least detection score / multi-label probability."
+    ),
+    max_detections: int = typer.Option(
+        5, "--max-detections", help="Detections (labels) per image."
+    ),
+    size: int | None = typer.Option(
+        None, "--size", help="Detection/segmentation: resize the shorter side to SIZE pixels."
+    ),
+    num_classes: int | None = typer.Option(
+        None, "--num-classes", help="Classes of a random-weight detector or segmenter."
+    ),
 ) -> None:
     """Explain a model's predictions for images: PNGs, results.json and report.html in OUT.
 
@@ -77,6 +96,14 @@ def explain_command(
     """
     from cnnlens.cli import _dataset
 
+    if task is not None and task != "classification":
+        _explain_task(
+            inputs, task=task, model=model, out=out, weights=weights, methods=method or (),
+            options=option or (), classes=class_ or (), score_threshold=score_threshold,
+            max_detections=max_detections, layer=layer, size=size, num_classes=num_classes,
+            device=device, title=title, overwrite=overwrite,
+        )  # fmt: skip
+        return
     if _dataset.wants_store(fmt, engine):
         _dataset.explain_store(
             inputs, model=model, out=out, weights=weights, methods=method or (),
@@ -121,6 +148,23 @@ def explain_command(
             + ", ".join(s["file"] for s in run.skipped[:10])
             + (" ..." if len(run.skipped) > 10 else "")
         )
+    typer.echo(f"results: {run.results}")
+    typer.echo(f"report: {run.report}")
+
+
+def _explain_task(inputs: list[str], *, layer: list[str] | None, **kwargs) -> None:
+    """``--task detection|segmentation|multilabel``: one map per detection, class region or
+    label (cnnlens.pipelines.explain_tasks)."""
+    from cnnlens.errors import InputError
+    from cnnlens.pipelines.explain_tasks import run_explain_task
+
+    if layer and len(layer) > 1:
+        raise InputError("--task takes one --layer")
+    run = run_explain_task(inputs, layer=layer[0] if layer else None, **kwargs)
+    typer.echo(
+        f"explained {len(run.explained)} image(s) ({kwargs['task']}) with "
+        f"{len(run.methods)} method(s): {run.maps} pictures in {run.seconds:.1f} s"
+    )
     typer.echo(f"results: {run.results}")
     typer.echo(f"report: {run.report}")
 

@@ -29,6 +29,7 @@ __all__ = [
     "SHAPE_CLASSES",
     "ShapesDataset",
     "ShapesPairDataset",
+    "boxes_from_masks",
     "draw_shapes",
     "make_shapes",
     "make_shapes_pair",
@@ -262,6 +263,32 @@ def make_shapes_pair(
     return images, pair.astype(np.int64), masks
 
 
+def boxes_from_masks(masks: Tensor) -> Tensor:
+    """Tight boxes ``(x0, y0, x1, y1)`` in pixels (inclusive-exclusive) of boolean masks.
+
+    Args:
+        masks: bool (..., H, W); every mask must hold at least one pixel.
+
+    Returns:
+        float32 (..., 4).
+    """
+    if masks.dim() < 2:
+        raise InputError(f"masks must be (..., H, W), got shape {tuple(masks.shape)}")
+    m = masks.bool()
+    rows, cols = m.any(dim=-1), m.any(dim=-2)  # (..., H), (..., W)
+    if not bool(rows.any(dim=-1).all()):
+        raise InputError("boxes_from_masks: a mask is empty, it has no box")
+    h, w = m.shape[-2:]
+    ys = torch.arange(h, device=m.device)
+    xs = torch.arange(w, device=m.device)
+    big = max(h, w) + 1
+    y0 = torch.where(rows, ys, big).amin(dim=-1)
+    y1 = torch.where(rows, ys, -1).amax(dim=-1) + 1
+    x0 = torch.where(cols, xs, big).amin(dim=-1)
+    x1 = torch.where(cols, xs, -1).amax(dim=-1) + 1
+    return torch.stack([x0, y0, x1, y1], dim=-1).float()
+
+
 class ShapesDataset(ImageTensorDataset):
     """``shapes``: one shape per image, label = shape class, with its ground-truth mask.
 
@@ -295,6 +322,19 @@ class ShapesPairDataset(ImageTensorDataset):
     def pair_labels(self, index: int) -> Tensor:
         """The two class indices of image ``index``, in the order of :meth:`masks`."""
         return self._pairs[index]
+
+    def object_classes(self, index: int) -> Tensor:
+        """Class indices into :data:`SHAPE_CLASSES` of the image's objects, long (2,)."""
+        return self._pairs[index]
+
+    def object_masks(self, index: int) -> Tensor:
+        """Masks of the image's objects, bool (2, H, W), in :meth:`object_classes` order."""
+        return self._masks[index]
+
+    def object_boxes(self, index: int) -> Tensor:
+        """Boxes (x0, y0, x1, y1) in pixels, inclusive-exclusive, long (2, 4), from the masks
+        (the detection view; :func:`cnnlens.data.objects.make_shapes_objects` has them all)."""
+        return boxes_from_masks(self._masks[index]).long()
 
 
 _D = TypeVar("_D", bound=ImageTensorDataset)

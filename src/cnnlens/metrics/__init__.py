@@ -102,6 +102,7 @@ from cnnlens.metrics.sanity import (
     train_on_permuted_labels,
 )
 from cnnlens.metrics.similarity import spearman, ssim
+from cnnlens.metrics.tasks import ObjectLocalization, box_masks, localize_objects
 
 __all__ = [  # noqa: RUF022 (the trust-measurement names are kept together below)
     "BASELINES",
@@ -129,6 +130,9 @@ __all__ = [  # noqa: RUF022 (the trust-measurement names are kept together below
     "independent_randomization",
     "insertion",
     "iou",
+    "box_masks",
+    "localize_objects",
+    "ObjectLocalization",
     "list_metrics",
     "make_substrate",
     "metric_infos",

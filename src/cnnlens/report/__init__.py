@@ -28,6 +28,8 @@ from cnnlens.report.content import (
     SanityVerdict,
     Section,
     Skipped,
+    TaskRow,
+    TaskTable,
 )
 from cnnlens.report.render import render_report, write_report
 from cnnlens.report.results import (
@@ -57,6 +59,8 @@ __all__ = [
     "SanityVerdict",
     "Section",
     "Skipped",
+    "TaskRow",
+    "TaskTable",
     "build_report",
     "load_results",
     "parse_results",

@@ -109,6 +109,35 @@ class Prediction:
 
 
 @dataclass
+class TaskRow:
+    """One row of a :class:`TaskTable`: a label (a detection, a class region, a method) and
+    its pictures, one per column."""
+
+    label: str
+    pictures: list[Picture] = field(default_factory=list)
+
+
+@dataclass
+class TaskTable:
+    """A task's view of one image: a table of pictures.
+
+    Detection: a row per detection, columns "detection" (its box, label and score on the
+    input) and one per method (its map, the box drawn); segmentation: a row per explained
+    class, columns "predicted region" (outlined on the input) and one per method (the map,
+    the region outlined); multi-label: a row per method, a column per label.
+
+    Attributes:
+        kind: ``"detection"``, ``"segmentation"`` or ``"multilabel"``.
+        columns: the column headings.
+        rows: the rows, each with one picture per column.
+    """
+
+    kind: str
+    columns: list[str]
+    rows: list[TaskRow] = field(default_factory=list)
+
+
+@dataclass
 class ReportImage:
     """Everything the report shows about one input image.
 
@@ -119,6 +148,7 @@ class ReportImage:
         maps: explanation maps, shown side by side in a responsive grid.
         figures: wider pictures (e.g. a methods x layers grid), shown full width.
         notes: a short free text shown under the heading.
+        task: the task's table of pictures (detections, regions, labels), or None.
     """
 
     name: str
@@ -127,6 +157,7 @@ class ReportImage:
     maps: list[MapEntry] = field(default_factory=list)
     figures: list[Picture] = field(default_factory=list)
     notes: str = ""
+    task: TaskTable | None = None
 
 
 @dataclass

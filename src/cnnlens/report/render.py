@@ -34,6 +34,8 @@ from cnnlens.report.content import (
     SanityVerdict,
     Section,
     Skipped,
+    TaskRow,
+    TaskTable,
 )
 
 logger = logging.getLogger(__name__)
@@ -309,7 +311,23 @@ def _image_view(im: ReportImage, where: str, anchor: str) -> dict[str, Any]:
             _picture_view(_coerce(f, Picture, f"{where}.figures[{j}]"), f"{where}.figures[{j}]")
             for j, f in enumerate(im.figures)
         ],
+        "task": _task_view(im.task, f"{where}.task") if im.task is not None else None,
     }
+
+
+def _task_view(task: TaskTable, where: str) -> dict[str, Any]:
+    """A task's table: column headings, then per row its label and one picture per column."""
+    task = _coerce(task, TaskTable, where)
+    rows = []
+    for i, row in enumerate(task.rows):
+        row = _coerce(row, TaskRow, f"{where}.rows[{i}]")
+        pics = [
+            _picture_view(_coerce(p, Picture, f"{where}.rows[{i}][{j}]"), f"{where}.rows[{i}][{j}]")
+            for j, p in enumerate(row.pictures)
+        ]
+        rows.append({"label": row.label, "pictures": pics})
+    heading = {"detection": "Detections", "segmentation": "Regions", "multilabel": "Labels"}
+    return {"heading": heading.get(task.kind, task.kind), "columns": task.columns, "rows": rows}
 
 
 def _prototype_views(prototypes: Sequence[Prototype]) -> list[dict[str, Any]]:

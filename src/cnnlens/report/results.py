@@ -32,7 +32,11 @@ unknown)::
           "stats"?: {"max": 1.0, "mean": 0.31}, "caption"?: "...", "alt"?: "..."
         }, ...],
         "figures"?: [{"png": "figures/cat_grid.png", "caption": "..."}],
-        "notes"?: "..."
+        "notes"?: "...",
+        "task"?: {"kind": "detection",    # -> TaskTable (detection | segmentation | multilabel)
+                  "columns": ["detection", "gradcam"],
+                  "rows": [{"label": "circle 0.93",
+                            "pictures": [{"png": "maps/a_det0.png", "caption"?: "..."}]}]}
       }, ...],
       "skipped"?: [{"file": "broken.jpg", "reason": "cannot decode"} | "broken.jpg", ...],
       "prototypes"?: [{"class": "tabby", "index": 281, "png": "prototypes/281.png",
@@ -80,6 +84,8 @@ from cnnlens.report.content import (
     SanityVerdict,
     Section,
     Skipped,
+    TaskRow,
+    TaskTable,
 )
 
 logger = logging.getLogger(__name__)
@@ -276,7 +282,23 @@ def _image(r: _Reader, d: Any, where: str) -> ReportImage:
         maps=maps,
         figures=_pictures(r, d.get("figures") or [], f"{where}.figures"),
         notes=r.text(d, "notes", where) or "",
+        task=_task(r, d["task"], f"{where}.task") if d.get("task") is not None else None,
     )
+
+
+def _task(r: _Reader, d: Any, where: str) -> TaskTable:
+    d = r.obj(d, where)
+    columns = r.arr(d.get("columns") or [], f"{where}.columns")
+    if not all(isinstance(c, str) for c in columns):
+        raise r.fail(f"{where}.columns", "a list of strings", columns)
+    rows = [
+        TaskRow(
+            label=r.text(row, "label", w) or "",
+            pictures=_pictures(r, row.get("pictures") or [], f"{w}.pictures"),
+        )
+        for row, w in r.objs(d.get("rows") or [], f"{where}.rows")
+    ]
+    return TaskTable(kind=r.text(d, "kind", where, required=True), columns=columns, rows=rows)
 
 
 def _metrics(r: _Reader, m: Any) -> MetricsTable:
