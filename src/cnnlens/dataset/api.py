@@ -130,8 +130,8 @@ def _targets_layer_names(
 ) -> tuple[list[int], str | list[str] | None, list[str]]:
     """Checked class indices, the layer argument and the class names (indices as names when
     the model has none, or a wrong count)."""
+    from cnnlens.core.classes import parse_class_list
     from cnnlens.core.layers import resolve_layer
-    from cnnlens.pipelines.options import parse_class_list
 
     num_classes = _num_classes(net, info, dev)
     given = [target] if isinstance(target, int | str) else list(target or [])
@@ -237,7 +237,7 @@ def explain(
         ... # doctest: +SKIP
         >>> table = cnnlens.dataset.load(s.store)                               # doctest: +SKIP
     """
-    from cnnlens.pipelines.options import resolve_device
+    from cnnlens.core.device import resolve_device
 
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
