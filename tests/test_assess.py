@@ -22,7 +22,7 @@ from scipy import stats
 
 import cnnlens
 import cnnlens.assess as A
-import cnnlens.assess.run as R
+import cnnlens.assess.job as J
 from cnnlens import models
 from cnnlens.assess.tables import csv_table, markdown_table
 from cnnlens.cli.main import main
@@ -73,7 +73,14 @@ def _run(*args: object) -> int:
 
 
 def _rows(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    """The rows of the run's Parquet store, in the order written, scores and curves as dicts."""
+    import cnnlens.dataset as cd
+
+    store = cd.Store.read(out / "rows", kind="assessment")
+    if not store.parts():
+        return []
+    rows = store.dataset().to_table().to_pylist()
+    return [r | {k: dict(r[k] or []) for k in ("scores", "curves")} for r in rows]
 
 
 # --------------------------------------------------------------------------- the CLI
@@ -146,33 +153,36 @@ def test_resume_after_interruption_skips_finished_rows(
         metric_options=FAST, sanity_images=0, examples=0,
     )  # fmt: skip
     out = tmp_path / "run"
-    real = R.Run.score
+    real = J.AssessJob.run
     done: list[int] = []
 
-    def interrupted(self: R.Run, method: str, idx: list[int]) -> int:
+    def interrupted(self: J.AssessJob, batch: list[dict]) -> object:
         if len(done) == 2:
             raise KeyboardInterrupt
-        done.append(real(self, method, idx))
-        return done[-1]
+        done.append(len(batch))
+        return real(self, batch)
 
-    monkeypatch.setattr(R.Run, "score", interrupted)
+    monkeypatch.setattr(J.AssessJob, "run", interrupted)
     with pytest.raises(KeyboardInterrupt):
         A.assess(net, data, out, **kw)
     assert len(_rows(out)) == sum(done) == 6  # two batches of three rows kept
-    with open(out / "rows.jsonl", "a") as fh:  # a write cut short by the crash
-        fh.write('{"method": "gradcam", "row": "6", "sco')
+    assert not (out / "rows" / "_cnnlens_store.lock").exists()  # the lock is released
+    stale = out / "rows" / ".part-0-killed.parquet.tmp"  # a write cut short by a kill
+    stale.write_bytes(b"PAR1 half a file")
 
-    calls: list[tuple[str, int]] = []
+    calls: list[list[tuple[str, int]]] = []
 
-    def counted(self: R.Run, method: str, idx: list[int]) -> int:
-        calls.append((method, len(idx)))
-        return real(self, method, idx)
+    def counted(self: J.AssessJob, batch: list[dict]) -> object:
+        calls.append([(b["method"], b["i"]) for b in batch])
+        return real(self, batch)
 
-    monkeypatch.setattr(R.Run, "score", counted)
+    monkeypatch.setattr(J.AssessJob, "run", counted)
     res = A.assess(net, data, out, **kw)
     assert res.reused == 6 and res.computed == 8 * 4 - 6
-    assert sum(n for _, n in calls) == 26
-    assert ("gradcam", 3) not in calls[:1]  # gradcam's first six rows were not redone
+    assert sum(len(c) for c in calls) == 26 and not stale.exists()
+    assert calls[0][0] == ("gradcam", 6)  # gradcam's first six rows were not redone
+    rows = _rows(out)
+    assert len(rows) == 32 and len({r["key"] for r in rows}) == 32  # each row once
 
     fresh = A.assess(net, data, tmp_path / "fresh", **kw)
     got = {(r["method"], r["metric"]): r["mean"] for r in res.rows}
@@ -189,23 +199,63 @@ def test_resume_after_interruption_skips_finished_rows(
     # a third run reads everything back; other settings in the same folder are refused
     again = A.assess(net, data, out, **kw)
     assert again.computed == 0 and again.reused == 32
-    with pytest.raises(InputError, match="other settings"):
+    with pytest.raises(InputError, match=r"other settings.*--fresh"):
         A.assess(net, data, out, **{**kw, "metrics": ["deletion"]})
+
+
+def test_jsonl_rows_of_an_earlier_version_are_imported_or_refused(
+    net: torch.nn.Module, data: A.AssessData, tmp_path: Path
+) -> None:
+    kw = dict(
+        methods=["saliency"], metrics=["sparseness"], n=4, batch_size=4, sanity_images=0,
+        examples=0,
+    )  # fmt: skip
+    ref = A.assess(net, data, tmp_path / "ref", **kw)
+    # the same rows as an earlier cnnlens wrote them: rows.jsonl and run.json (format 2)
+    old = tmp_path / "old"
+    old.mkdir()
+    lines = [
+        {k: r[k] for k in ("method", "row", "image", "target", "image_hash", "options")}
+        | {"scores": r["scores"], "curves": r["curves"]}
+        for r in _rows(tmp_path / "ref")
+    ]
+    lines[0]["scores"] = {"sparseness": 0.123456}  # so that the import is seen in the table
+    (old / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    run = json.loads((tmp_path / "ref" / "run.json").read_text())
+    run["settings"]["format"] = 2
+    (old / "run.json").write_text(json.dumps(run))
+    res = A.assess(net, data, old, **kw)
+    assert res.computed == 0 and res.reused == 4 * 3
+    assert (old / "rows.jsonl.imported").is_file() and not (old / "rows.jsonl").exists()
+    first = next(r for r in _rows(old) if r["method"] == lines[0]["method"] and r["row"] == "0")
+    assert first["scores"]["sparseness"] == pytest.approx(0.123456)
+    assert {r["method"] for r in res.rows} == {r["method"] for r in ref.rows}
+
+    # rows of other settings are refused with one line; --fresh starts over
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    run["settings"]["seed"] = 7
+    (other / "run.json").write_text(json.dumps(run))
+    with pytest.raises(InputError, match=r"rows\.jsonl of an earlier cnnlens assess run"):
+        A.assess(net, data, other, **kw)
+    again = A.assess(net, data, other, fresh=True, **kw)
+    assert again.computed == 12 and not (other / "rows.jsonl").exists()
 
 
 def test_cli_interrupt_keeps_rows_and_says_how_to_resume(
     checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    real = R.Run.score
+    real = J.AssessJob.run
     calls = []
 
-    def once(self: R.Run, method: str, idx: list[int]) -> int:
+    def once(self: J.AssessJob, batch: list[dict]) -> object:
         if calls:
             raise KeyboardInterrupt
-        calls.append(method)
-        return real(self, method, idx)
+        calls.append(len(batch))
+        return real(self, batch)
 
-    monkeypatch.setattr(R.Run, "score", once)
+    monkeypatch.setattr(J.AssessJob, "run", once)
     out = tmp_path / "run"
     rc = _run(
         "--model", checkpoint, "--dataset", "shapes", "--methods", "gradcam", "--n", 4,
@@ -334,7 +384,7 @@ def test_warnings_n_too_large_empty_mask_and_nan_maps(
         tmp_path / "d", {"square/a.png": _square(), "square/b.png": np.zeros((20, 20), np.uint8)}
     )
     data = A.load_masked_folder(root, size=SIZE, preset="none")
-    real = R._method_maps
+    real = J.method_maps
 
     def nan_first(model, method, x, targets, ids, seed, options):  # type: ignore[no-untyped-def]
         maps = real(model, method, x, targets, ids, seed, options)
@@ -343,7 +393,7 @@ def test_warnings_n_too_large_empty_mask_and_nan_maps(
             maps[0, 0, 0] = float("nan")
         return maps
 
-    monkeypatch.setattr(R, "_method_maps", nan_first)
+    monkeypatch.setattr(J, "method_maps", nan_first)
     with pytest.warns(UserWarning) as record:
         res = A.assess(
             net, data, tmp_path / "o", methods=["gradcam", "saliency"],

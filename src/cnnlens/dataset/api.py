@@ -12,17 +12,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cnnlens.dataset.job import SCHEMA, SCHEMA_VERSION, ExplainJob, model_hash
-from cnnlens.dataset.local import BatchDone, RunStats, check_positive, run_local
+from cnnlens.dataset.job import KIND, SCHEMA_VERSION, ExplainJob, model_hash
+from cnnlens.dataset.jobs import BatchDone, RunStats, check_positive, open_job_store
+from cnnlens.dataset.local import run_local
 from cnnlens.dataset.sources import resolve_source
-from cnnlens.dataset.store import Store, canonical_hash
+from cnnlens.dataset.store import canonical_hash
 from cnnlens.errors import InputError, ModelError, TargetError
 
 __all__ = ["ENGINES", "KIND", "ExplainSummary", "explain"]
 
 logger = logging.getLogger(__name__)
 
-KIND = "explanations"
 ENGINES = ("local", "ray")
 
 
@@ -256,37 +256,35 @@ def explain(
     common["crop"] = crop
     settings = {"schema": SCHEMA_VERSION, "model_hash": mhash, "methods": methods, **common}
     source = resolve_source(dataset, split=split, options=dict(dataset_options or {}))
-    store = Store.open(
+    job = ExplainJob(
+        model=net,
+        source=source,
+        methods=methods,
+        options_hash={
+            m: canonical_hash({"method": m, "options": o, **common}) for m, o in methods.items()
+        },
+        model_hash=mhash,
+        class_names=names,
+        input_size=info["input_size"],
+        in_channels=info["in_channels"],
+        preset=info["preset"],
+        crop=crop,
+        layer=layer_arg,
+        target=targets,
+        topk=topk,
+        map_size=map_size,
+        multilabel=info["multilabel"],
+        device=str(dev) if engine == "local" else ("cuda" if gpus_per_actor else "cpu"),
+    )
+    store = open_job_store(
         out,
-        kind=KIND,
+        job,
         settings=settings,
-        schema=SCHEMA,
-        version=SCHEMA_VERSION,
         overwrite=overwrite,
         info={"arch": info["arch"], "model": info["source"], "class_names": names},
     )
     with store.writing():
         store.remove_stale_temporaries()
-        job = ExplainJob(
-            model=net,
-            source=source,
-            methods=methods,
-            options_hash={
-                m: canonical_hash({"method": m, "options": o, **common}) for m, o in methods.items()
-            },
-            model_hash=mhash,
-            class_names=names,
-            input_size=info["input_size"],
-            in_channels=info["in_channels"],
-            preset=info["preset"],
-            crop=crop,
-            layer=layer_arg,
-            target=targets,
-            topk=topk,
-            map_size=map_size,
-            multilabel=info["multilabel"],
-            device=str(dev) if engine == "local" else ("cuda" if gpus_per_actor else "cpu"),
-        )
         if engine == "local":
             stats = run_local(
                 job,

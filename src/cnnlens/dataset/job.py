@@ -30,11 +30,21 @@ from torch import Tensor, nn
 from cnnlens.core.capture import frozen
 from cnnlens.dataset.sources import Source
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "ExplainJob", "map_statistics", "model_hash"]
+__all__ = [
+    "KIND",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "ExplainJob",
+    "channels_last_copy",
+    "map_statistics",
+    "model_hash",
+]
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+#: The kind of an explanation store.
+KIND = "explanations"
 TOP_PREDICTIONS = 5
 
 #: The row schema of an explanation store (documented in docs/scale.md).
@@ -138,7 +148,7 @@ class ExplainJob:
     """Explain batches of images with one model and a fixed set of methods.
 
     Built by :func:`cnnlens.dataset.explain`; picklable (a Ray actor receives it once and
-    holds the model). See :mod:`cnnlens.dataset.local` for the job protocol.
+    holds the model). A :class:`cnnlens.dataset.jobs.Job` of kind ``"explanations"``.
     """
 
     model: nn.Module
@@ -158,6 +168,8 @@ class ExplainJob:
     multilabel: bool = False
     device: str = "cpu"
     schema: pa.Schema = SCHEMA
+    kind: str = KIND
+    version: int = SCHEMA_VERSION
     _net: nn.Module | None = field(default=None, init=False, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:  # the working copy is made again per actor
