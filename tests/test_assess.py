@@ -364,6 +364,7 @@ def test_missing_mask_is_an_error(tmp_path: Path) -> None:
         (["--option", "rise.n_masks=3"], "not among the methods run"),
         (["--target", "guess"], "target must be 'label' or 'predicted'"),
         (["--dataset", "digits"], "cannot take the digits images (1x8x8)"),
+        (["--engine", "spark"], "engine must be one of local, ray, got 'spark'"),
     ],
 )
 def test_user_errors_print_one_line(
@@ -552,3 +553,39 @@ def test_two_sanity_images_never_give_an_interval_outside_the_range(
     for v in saved:
         assert v["n"] == 2 and v["outcome"] in ("passes", "fails", "inconclusive")
         assert v["passed"] == {"passes": True, "fails": False}.get(v["outcome"])
+
+
+# --------------------------------------------------------------------------- Ray
+
+
+@pytest.mark.slow
+def test_ray_engine_gives_the_rows_of_the_local_engine(
+    net: torch.nn.Module, data: A.AssessData, tmp_path: Path
+) -> None:
+    ray_mod = pytest.importorskip(
+        "ray", reason="the Ray extra is not installed: pip install 'cnnlens[ray]'"
+    )
+    kw = dict(
+        methods=["gradcam", "saliency"], metrics=QUICK_METRICS, n=6, batch_size=4,
+        metric_options=FAST, sanity_images=0, examples=0,
+    )  # fmt: skip
+    local = A.assess(net, data, tmp_path / "local", **kw)
+    # one local Ray instance with 2 CPUs for both runs (run_ray leaves it running)
+    ray_mod.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        ray = A.assess(net, data, tmp_path / "ray", engine="ray", actors=2, **kw)
+        again = A.assess(net, data, tmp_path / "ray", engine="ray", actors=2, **kw)
+    finally:
+        ray_mod.shutdown()
+    assert local.computed == ray.computed == 6 * 4 and again.computed == 0
+    a = sorted(_rows(tmp_path / "local"), key=lambda r: r["key"])
+    b = sorted(_rows(tmp_path / "ray"), key=lambda r: r["key"])
+    assert [r["key"] for r in a] == [r["key"] for r in b]
+    for x, y in zip(a, b, strict=True):
+        assert x["scores"].keys() == y["scores"].keys() == set(QUICK_METRICS)
+        for metric, value in x["scores"].items():
+            assert y["scores"][metric] == pytest.approx(value, abs=1e-5), (x["key"], metric)
+        assert y["curves"]["deletion"] == pytest.approx(x["curves"]["deletion"], abs=1e-4)
+    got = {(r["method"], r["metric"]): r["mean"] for r in ray.rows}
+    for r in local.rows:
+        assert got[(r["method"], r["metric"])] == pytest.approx(r["mean"], abs=1e-5)
