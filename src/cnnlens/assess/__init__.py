@@ -27,8 +27,9 @@ rule, and :func:`sanity_verdicts` gives it for any model and a few images.
 The modules: :mod:`~cnnlens.assess.protocol` (constants and name resolution),
 :mod:`~cnnlens.assess.data` (images, masks, rows), :mod:`~cnnlens.assess.job` (the
 rows as a :class:`cnnlens.dataset.Job`), :mod:`~cnnlens.assess.store` (hashes, JSON
-files), :mod:`~cnnlens.assess.sanity`, :mod:`~cnnlens.assess.run` (one run's steps), :mod:`~cnnlens.assess.tables`, :mod:`~cnnlens.assess.outputs` (files and report)
-and :mod:`~cnnlens.assess.pipeline` (:func:`assess`); the figures are in
+files), :mod:`~cnnlens.assess.sanity`, :mod:`~cnnlens.assess.run` (one run's steps),
+:mod:`~cnnlens.assess.tables`, :mod:`~cnnlens.assess.outputs` (files and report) and
+:mod:`~cnnlens.assess.pipeline` (:func:`assess`); the figures are in
 :mod:`cnnlens.viz.assess`.
 
 The datasets: ``shapes`` (one shape per image, its mask), ``shapes-pair`` (two shapes per
