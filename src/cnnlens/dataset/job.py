@@ -247,7 +247,7 @@ class ExplainJob:
             dtype = param.dtype if floating else torch.float32
             dev = param.device if param is not None else torch.device(self.device)
             x = torch.stack([b["x"] for b in ok]).to(device=dev, dtype=dtype)
-            if self._net is not self.model:
+            if self._net is not None and self._net is not self.model:
                 x = x.contiguous(memory_format=torch.channels_last)
             probs, exps = self._explain(x)
             top_p, top_i = probs.topk(min(TOP_PREDICTIONS, probs.shape[1]), dim=1)
