@@ -171,8 +171,8 @@ def interleaved_ratio(files: list[Path], net: torch.nn.Module, work: Path, commo
     listing.write_text("\n".join(str(f) for f in files))
     runs = iter(range(1000))
 
-    def engine(batch: int) -> None:
-        opts = common | {"batch_size": batch}
+    def engine(batch: int, channels_last: bool = True) -> None:
+        opts = common | {"batch_size": batch, "channels_last": channels_last}
         cd.explain(listing, net, out=work / f"ratio-{next(runs)}", **opts)
 
     med = interleaved_medians(
@@ -180,6 +180,9 @@ def interleaved_ratio(files: list[Path], net: torch.nn.Module, work: Path, commo
             "plain loop over cnnlens.explain": lambda: plain_loop(files, net),
             "local engine, batch 8": lambda: engine(8),
             "local engine, batch 16": lambda: engine(16),
+            "local engine, batch 16, model as given (no channels-last copy)": lambda: engine(
+                16, channels_last=False
+            ),
             "local engine, batch 32": lambda: engine(32),
         },
         repeats=3,

@@ -182,6 +182,7 @@ def explain(
     input_size: Sequence[int] | None = None,
     preset: str | None = None,
     class_names: Sequence[str] | None = None,
+    channels_last: bool = True,
 ) -> ExplainSummary:
     """Explain every image of ``dataset`` into a Parquet store at ``out`` (resumable).
 
@@ -224,6 +225,8 @@ def explain(
         input_size: (C, H, W) or (H, W) the model takes (default: the model's).
         preset: normalization preset (default: the model's).
         class_names: names of the classes (default: the model's).
+        channels_last: run a channels-last copy of the model (faster convolutions; see
+            :func:`cnnlens.dataset.job.channels_last_copy`); False runs the model as given.
 
     Returns:
         An :class:`ExplainSummary` (``.store`` is the store's path).
@@ -275,6 +278,7 @@ def explain(
         map_size=map_size,
         multilabel=info["multilabel"],
         device=str(dev) if engine == "local" else ("cuda" if gpus_per_actor else "cpu"),
+        channels_last=bool(channels_last),
     )
     store = open_job_store(
         out,

@@ -167,6 +167,7 @@ class ExplainJob:
     map_size: int = 64
     multilabel: bool = False
     device: str = "cpu"
+    channels_last: bool = True
     schema: pa.Schema = SCHEMA
     kind: str = KIND
     version: int = SCHEMA_VERSION
@@ -179,7 +180,8 @@ class ExplainJob:
         """Put the model on the job's device (once per process or actor), as a
         channels-last copy when it runs in that layout (see :func:`channels_last_copy`)."""
         self.model.to(torch.device(self.device))
-        self._net = channels_last_copy(self.model, (self.in_channels, *self.input_size))
+        shape = (self.in_channels, *self.input_size)
+        self._net = channels_last_copy(self.model, shape) if self.channels_last else self.model
 
     @staticmethod
     def key_of(item_id: str, digest: str) -> str:
