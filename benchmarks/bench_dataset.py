@@ -1,6 +1,6 @@
 """Dataset-scale Grad-CAM: the local engine vs a plain loop over cnnlens.explain vs Ray.
 
-    python benchmarks/bench_dataset.py [--n 2000] [--batch 32] [--plain-n N] [--ray-n N]
+    python benchmarks/bench_dataset.py [--n 2000] [--batch 16] [--plain-n N] [--ray-n N]
     python benchmarks/bench_dataset.py --n 64 --ratio-n 64     # interleaved ratio only
     python benchmarks/bench_dataset.py --n 32 --profile        # per-step cost per image
 
@@ -201,7 +201,7 @@ def interleaved_ratio(files: list[Path], net: torch.nn.Module, work: Path, commo
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument("--plain-n", type=int, help="images for the plain loop (default: N)")
     parser.add_argument("--ray-n", type=int, help="images for Ray (default: N)")

@@ -165,7 +165,7 @@ def explain(
     options: Mapping[str, Any] | None = None,
     map_size: int = 64,
     engine: str = "local",
-    batch_size: int = 32,
+    batch_size: int = 16,
     workers: int = 2,
     prefetch: int = 2,
     device: str = "cpu",
@@ -208,7 +208,8 @@ def explain(
             ``{"integrated_gradients": {"n_steps": 16}}``.
         map_size: longer side of the stored maps (smaller inputs keep their size).
         engine: ``"local"`` (in-process) or ``"ray"`` (Ray Data; ``pip install 'cnnlens[ray]'``).
-        batch_size: images per device batch and per part file.
+        batch_size: images per device batch and per part file (16: the fastest on a CPU in
+            docs/benchmarks.md; larger on a GPU).
         workers: loader threads (local engine).
         prefetch: batches loaded ahead (local engine).
         device: ``cpu``, ``cuda`` or ``cuda:N`` (local engine; Ray uses ``gpus_per_actor``).
