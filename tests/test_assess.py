@@ -239,6 +239,7 @@ def test_jsonl_rows_of_an_earlier_version_are_imported_or_refused(
     (other / "run.json").write_text(json.dumps(run))
     with pytest.raises(InputError, match=r"rows\.jsonl of an earlier cnnlens assess run"):
         A.assess(net, data, other, **kw)
+    assert not (other / "rows").exists()  # the refusal created no store
     again = A.assess(net, data, other, fresh=True, **kw)
     assert again.computed == 12 and not (other / "rows.jsonl").exists()
 

@@ -129,6 +129,8 @@ class Run:
         if fresh:
             clear_sanity(self.out)
             legacy.unlink(missing_ok=True)
+        elif legacy.is_file():
+            self._check_legacy()  # before the store is created: a refusal leaves nothing
         self.store = open_job_store(
             self.out / STORE,
             self.job(),
@@ -206,10 +208,8 @@ class Run:
                 n += 1
         return n
 
-    def _import_jsonl(self, legacy: Path) -> None:
-        """Rows of the JSONL store of an earlier cnnlens, written into the Parquet store
-        once when they were computed with this run's settings (the file is then renamed
-        ``rows.jsonl.imported``); refused otherwise."""
+    def _check_legacy(self) -> None:
+        """Refuse the JSONL rows of an earlier cnnlens computed with other settings."""
         old = (read_json(self.out / "run.json") or {}).get("settings")
         new = {k: v for k, v in json.loads(json.dumps(self.settings)).items() if k != "format"}
         if not isinstance(old, dict) or {k: v for k, v in old.items() if k != "format"} != new:
@@ -218,7 +218,13 @@ class Run:
                 "(before the Parquet store) with other or unknown settings; use another --out, "
                 "or --fresh to start over"
             )
-        records = read_jsonl(legacy)
+
+    def _import_jsonl(self, legacy: Path) -> None:
+        """Rows of the JSONL store of an earlier cnnlens (checked by :meth:`_check_legacy`),
+        written into the Parquet store once; the file is then renamed
+        ``rows.jsonl.imported``."""
+        fields = ("image_hash", "target", "options")
+        records = [r for r in read_jsonl(legacy) if all(r.get(k) is not None for k in fields)]
         rows = [
             {
                 "key": row_key(r["method"], r["row"], r["image_hash"], r["target"], r["options"]),

@@ -208,8 +208,8 @@ def explain(
             ``{"integrated_gradients": {"n_steps": 16}}``.
         map_size: longer side of the stored maps (smaller inputs keep their size).
         engine: ``"local"`` (in-process) or ``"ray"`` (Ray Data; ``pip install 'cnnlens[ray]'``).
-        batch_size: images per device batch and per part file (16: the fastest on a CPU in
-            docs/benchmarks.md; larger on a GPU).
+        batch_size: images per device batch and per part file (docs/benchmarks.md compares
+            batch sizes on a CPU; a GPU takes larger ones).
         workers: loader threads (local engine).
         prefetch: batches loaded ahead (local engine).
         device: ``cpu``, ``cuda`` or ``cuda:N`` (local engine; Ray uses ``gpus_per_actor``).

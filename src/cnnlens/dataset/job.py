@@ -117,12 +117,11 @@ def map_statistics(maps: Tensor) -> dict[str, Tensor]:
 def channels_last_copy(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
     """A copy of ``model`` in channels-last memory format, or ``model`` itself.
 
-    Convolutions run faster on channels-last tensors (oneDNN on CPU, cuDNN on GPU: 1.3x
-    for resnet18 on one CPU thread, docs/benchmarks.md); the maps are the same up to float
-    rounding. The caller's model keeps its own layout (a copy is converted). A model that
-    cannot run in that layout (a ``.view`` of a channels-last activation, say) or whose
-    input is not an image batch is returned as it is; a probe forward of one zero image
-    decides.
+    Convolutions usually run faster on channels-last tensors (oneDNN on CPU, cuDNN on GPU;
+    measured in docs/benchmarks.md); the maps are the same up to float rounding. The
+    caller's model keeps its own layout (a copy is converted). A model that cannot run in
+    that layout (a ``.view`` of a channels-last activation, say) or whose input is not an
+    image batch is returned as it is; a probe forward of one zero image decides.
     """
     if len(input_shape) != 3 or not any(p.dim() == 4 for p in model.parameters()):
         return model
