@@ -590,3 +590,25 @@ def test_ray_engine_gives_the_rows_of_the_local_engine(
     got = {(r["method"], r["metric"]): r["mean"] for r in ray.rows}
     for r in local.rows:
         assert got[(r["method"], r["metric"])] == pytest.approx(r["mean"], abs=1e-5)
+
+
+def test_a_method_that_does_not_apply_is_skipped_and_stays_skipped_on_resume(
+    data: A.AssessData, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    flat = torch.nn.Sequential(  # no global pooling before the classifier: CAM cannot apply
+        torch.nn.Conv2d(3, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * SIZE * SIZE, len(SHAPE_CLASSES)),
+    ).eval()
+    kw = dict(methods=["cam", "saliency"], metrics=["sparseness"], n=4, batch_size=3,
+              sanity_images=0, examples=0)  # fmt: skip
+    res = A.assess(flat, data, tmp_path / "o", **kw)
+    assert set(res.methods_skipped) == {"cam"} and res.methods == ["saliency"]
+    errors = [r for r in _rows(tmp_path / "o") if r["error"]]
+    assert {r["method"] for r in errors} == {"cam"} and len(errors) == 4
+    assert all(r["scores"] == {} for r in errors)
+    again = A.assess(flat, data, tmp_path / "o", **kw)
+    assert again.computed == 0 and set(again.methods_skipped) == {"cam"}
+    assert again.methods_skipped["cam"] == res.methods_skipped["cam"]

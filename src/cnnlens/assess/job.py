@@ -164,8 +164,7 @@ class AssessJob:
                 try:
                     rows.extend(self._scored(method, idx))
                     continue
-                except ModelError as err:
-                    logger.warning("method %s skipped: %s", method, err)
+                except ModelError as err:  # the run names the method as skipped
                     self._failed[method] = str(err)
             rows.extend(self._row(method, i) | {"error": self._failed[method]} for i in idx)
         return pa.Table.from_pylist(rows, schema=self.schema)
