@@ -1,6 +1,8 @@
 """Dataset-scale Grad-CAM: the local engine vs a plain loop over cnnlens.explain vs Ray.
 
-    python benchmarks/bench_dataset.py [--n 2000] [--batch 32] [--plain-n N] [--ray-n N]
+    python benchmarks/bench_dataset.py [--n 2000] [--batch 16] [--plain-n N] [--ray-n N]
+    python benchmarks/bench_dataset.py --n 64 --ratio-n 64     # interleaved ratio only
+    python benchmarks/bench_dataset.py --n 32 --profile        # per-step cost per image
 
 resnet18 (random weights, seed 0) at 224 px, Grad-CAM at layer4, top class, over N generated
 JPEG photos of 256 x 320 px (each decoded, resized to 256 and centre-cropped to 224, the
@@ -113,20 +115,74 @@ def per_batch_costs(folder: Path, net: torch.nn.Module, batch: int, store: Path)
     }
 
 
+def profile(files: list[Path], net: torch.nn.Module, work: Path) -> int:
+    """Where a local-engine image's time goes, per image (interleaved, median of 3): the
+    loader's step (read, sha256, JPEG decode, resize, crop), Grad-CAM at batch 1, 8 and 32
+    on the model as given and on its channels-last copy (what the job runs), and the rest of
+    the batch step (statistics, float16 maps, Arrow rows) and the Parquet write."""
+    from cnnlens.dataset.job import SCHEMA, ExplainJob, channels_last_copy
+
+    src = cd.resolve_source(files[0].parent.parent)
+    items = [it for it in src.items if Path(it["path"]) in set(files)][:32]
+    job = ExplainJob(
+        model=net, source=src, methods={"gradcam": {}}, options_hash={"gradcam": "x"},
+        model_hash="x", class_names=[str(i) for i in range(1000)], input_size=(224, 224),
+        in_channels=3, preset="imagenet", crop=True, layer="layer4",
+    )  # fmt: skip
+    loaded = [job.load(it, set()) for it in items]
+    x = torch.stack([b["x"] for b in loaded])
+    fast = channels_last_copy(net, (3, 224, 224))
+    xc = x.contiguous(memory_format=torch.channels_last)
+    store = cd.Store.open(work / "profile", kind="bench", settings={}, schema=SCHEMA)
+
+    def gradcam(model: torch.nn.Module, xs: torch.Tensor, b: int) -> None:
+        for i in range(0, len(xs), b):
+            cnnlens.explain(model, xs[i : i + b], method="gradcam", layer="layer4")
+
+    job.setup()
+    table = job.run(loaded)
+    n = len(loaded)
+    med = interleaved_medians(
+        {
+            "load (read, sha256, decode, resize, crop; one thread)": lambda: [
+                job.load(it, set()) for it in items
+            ],
+            "Grad-CAM, batch 1": lambda: gradcam(net, x, 1),
+            "Grad-CAM, batch 8": lambda: gradcam(net, x, 8),
+            "Grad-CAM, batch 32": lambda: gradcam(net, x, 32),
+            "Grad-CAM, batch 8, channels-last copy": lambda: gradcam(fast, xc, 8),
+            "Grad-CAM, batch 32, channels-last copy": lambda: gradcam(fast, xc, 32),
+            "job.run, batch 32 (Grad-CAM channels-last + rows)": lambda: job.run(loaded),
+            "Parquet part file (zstd), batch 32": lambda: store.write_part(table),
+        },
+        repeats=3,
+    )
+    print(f"{n} images, interleaved, median of 3; torch threads {torch.get_num_threads()}\n")
+    print("| step | ms per image |")
+    print("|---|---:|")
+    for name, t in med.items():
+        print(f"| {name} | {1000 * t / n:.1f} |")
+    return 0
+
+
 def interleaved_ratio(files: list[Path], net: torch.nn.Module, work: Path, common: dict) -> int:
     """Plain loop vs the local engine on the same few images, runs interleaved (medians)."""
     listing = work / "ratio.txt"
     listing.write_text("\n".join(str(f) for f in files))
     runs = iter(range(1000))
 
-    def engine(batch: int) -> None:
-        opts = common | {"batch_size": batch}
+    def engine(batch: int, channels_last: bool = True) -> None:
+        opts = common | {"batch_size": batch, "channels_last": channels_last}
         cd.explain(listing, net, out=work / f"ratio-{next(runs)}", **opts)
 
     med = interleaved_medians(
         {
             "plain loop over cnnlens.explain": lambda: plain_loop(files, net),
             "local engine, batch 8": lambda: engine(8),
+            "local engine, batch 16": lambda: engine(16),
+            "local engine, batch 16, model as given (no channels-last copy)": lambda: engine(
+                16, channels_last=False
+            ),
             "local engine, batch 32": lambda: engine(32),
         },
         repeats=3,
@@ -145,7 +201,7 @@ def interleaved_ratio(files: list[Path], net: torch.nn.Module, work: Path, commo
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument("--plain-n", type=int, help="images for the plain loop (default: N)")
     parser.add_argument("--ray-n", type=int, help="images for Ray (default: N)")
@@ -154,6 +210,9 @@ def main() -> int:
         type=int,
         help="only time the plain loop and the local engine (batches of 8 and 32) on this "
         "many images, interleaved, median of 3 (for a loaded machine)",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="only the per-image cost of each step"
     )
     args = parser.parse_args()
     threads = setup_threads()
@@ -169,6 +228,8 @@ def main() -> int:
         files = [Path(it["path"]) for it in cd.resolve_source(images).items]
         common = dict(method="gradcam", layer="layer4", input_size=(3, 224, 224),
                       preset="imagenet", batch_size=args.batch, map_size=64)  # fmt: skip
+        if args.profile:
+            return profile(files[:32], net, work)
         if args.ratio_n:
             return interleaved_ratio(files[: args.ratio_n], net, work, common)
         costs = per_batch_costs(images, net, args.batch, work / "costs")

@@ -22,7 +22,7 @@ from scipy import stats
 
 import cnnlens
 import cnnlens.assess as A
-import cnnlens.assess.run as R
+import cnnlens.assess.job as J
 from cnnlens import models
 from cnnlens.assess.tables import csv_table, markdown_table
 from cnnlens.cli.main import main
@@ -73,7 +73,14 @@ def _run(*args: object) -> int:
 
 
 def _rows(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    """The rows of the run's Parquet store, in the order written, scores and curves as dicts."""
+    import cnnlens.dataset as cd
+
+    store = cd.Store.read(out / "rows", kind="assessment")
+    if not store.parts():
+        return []
+    rows = store.dataset().to_table().to_pylist()
+    return [r | {k: dict(r[k] or []) for k in ("scores", "curves")} for r in rows]
 
 
 # --------------------------------------------------------------------------- the CLI
@@ -146,33 +153,36 @@ def test_resume_after_interruption_skips_finished_rows(
         metric_options=FAST, sanity_images=0, examples=0,
     )  # fmt: skip
     out = tmp_path / "run"
-    real = R.Run.score
+    real = J.AssessJob.run
     done: list[int] = []
 
-    def interrupted(self: R.Run, method: str, idx: list[int]) -> int:
+    def interrupted(self: J.AssessJob, batch: list[dict]) -> object:
         if len(done) == 2:
             raise KeyboardInterrupt
-        done.append(real(self, method, idx))
-        return done[-1]
+        done.append(len(batch))
+        return real(self, batch)
 
-    monkeypatch.setattr(R.Run, "score", interrupted)
+    monkeypatch.setattr(J.AssessJob, "run", interrupted)
     with pytest.raises(KeyboardInterrupt):
         A.assess(net, data, out, **kw)
     assert len(_rows(out)) == sum(done) == 6  # two batches of three rows kept
-    with open(out / "rows.jsonl", "a") as fh:  # a write cut short by the crash
-        fh.write('{"method": "gradcam", "row": "6", "sco')
+    assert not (out / "rows" / "_cnnlens_store.lock").exists()  # the lock is released
+    stale = out / "rows" / ".part-0-killed.parquet.tmp"  # a write cut short by a kill
+    stale.write_bytes(b"PAR1 half a file")
 
-    calls: list[tuple[str, int]] = []
+    calls: list[list[tuple[str, int]]] = []
 
-    def counted(self: R.Run, method: str, idx: list[int]) -> int:
-        calls.append((method, len(idx)))
-        return real(self, method, idx)
+    def counted(self: J.AssessJob, batch: list[dict]) -> object:
+        calls.append([(b["method"], b["i"]) for b in batch])
+        return real(self, batch)
 
-    monkeypatch.setattr(R.Run, "score", counted)
+    monkeypatch.setattr(J.AssessJob, "run", counted)
     res = A.assess(net, data, out, **kw)
     assert res.reused == 6 and res.computed == 8 * 4 - 6
-    assert sum(n for _, n in calls) == 26
-    assert ("gradcam", 3) not in calls[:1]  # gradcam's first six rows were not redone
+    assert sum(len(c) for c in calls) == 26 and not stale.exists()
+    assert calls[0][0] == ("gradcam", 6)  # gradcam's first six rows were not redone
+    rows = _rows(out)
+    assert len(rows) == 32 and len({r["key"] for r in rows}) == 32  # each row once
 
     fresh = A.assess(net, data, tmp_path / "fresh", **kw)
     got = {(r["method"], r["metric"]): r["mean"] for r in res.rows}
@@ -189,23 +199,64 @@ def test_resume_after_interruption_skips_finished_rows(
     # a third run reads everything back; other settings in the same folder are refused
     again = A.assess(net, data, out, **kw)
     assert again.computed == 0 and again.reused == 32
-    with pytest.raises(InputError, match="other settings"):
+    with pytest.raises(InputError, match=r"other settings.*--fresh"):
         A.assess(net, data, out, **{**kw, "metrics": ["deletion"]})
+
+
+def test_jsonl_rows_of_an_earlier_version_are_imported_or_refused(
+    net: torch.nn.Module, data: A.AssessData, tmp_path: Path
+) -> None:
+    kw = dict(
+        methods=["saliency"], metrics=["sparseness"], n=4, batch_size=4, sanity_images=0,
+        examples=0,
+    )  # fmt: skip
+    ref = A.assess(net, data, tmp_path / "ref", **kw)
+    # the same rows as an earlier cnnlens wrote them: rows.jsonl and run.json (format 2)
+    old = tmp_path / "old"
+    old.mkdir()
+    lines = [
+        {k: r[k] for k in ("method", "row", "image", "target", "image_hash", "options")}
+        | {"scores": r["scores"], "curves": r["curves"]}
+        for r in _rows(tmp_path / "ref")
+    ]
+    lines[0]["scores"] = {"sparseness": 0.123456}  # so that the import is seen in the table
+    (old / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    run = json.loads((tmp_path / "ref" / "run.json").read_text())
+    run["settings"]["format"] = 2
+    (old / "run.json").write_text(json.dumps(run))
+    res = A.assess(net, data, old, **kw)
+    assert res.computed == 0 and res.reused == 4 * 3
+    assert (old / "rows.jsonl.imported").is_file() and not (old / "rows.jsonl").exists()
+    first = next(r for r in _rows(old) if r["method"] == lines[0]["method"] and r["row"] == "0")
+    assert first["scores"]["sparseness"] == pytest.approx(0.123456)
+    assert {r["method"] for r in res.rows} == {r["method"] for r in ref.rows}
+
+    # rows of other settings are refused with one line; --fresh starts over
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    run["settings"]["seed"] = 7
+    (other / "run.json").write_text(json.dumps(run))
+    with pytest.raises(InputError, match=r"rows\.jsonl of an earlier cnnlens assess run"):
+        A.assess(net, data, other, **kw)
+    assert not (other / "rows").exists()  # the refusal created no store
+    again = A.assess(net, data, other, fresh=True, **kw)
+    assert again.computed == 12 and not (other / "rows.jsonl").exists()
 
 
 def test_cli_interrupt_keeps_rows_and_says_how_to_resume(
     checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    real = R.Run.score
+    real = J.AssessJob.run
     calls = []
 
-    def once(self: R.Run, method: str, idx: list[int]) -> int:
+    def once(self: J.AssessJob, batch: list[dict]) -> object:
         if calls:
             raise KeyboardInterrupt
-        calls.append(method)
-        return real(self, method, idx)
+        calls.append(len(batch))
+        return real(self, batch)
 
-    monkeypatch.setattr(R.Run, "score", once)
+    monkeypatch.setattr(J.AssessJob, "run", once)
     out = tmp_path / "run"
     rc = _run(
         "--model", checkpoint, "--dataset", "shapes", "--methods", "gradcam", "--n", 4,
@@ -314,6 +365,7 @@ def test_missing_mask_is_an_error(tmp_path: Path) -> None:
         (["--option", "rise.n_masks=3"], "not among the methods run"),
         (["--target", "guess"], "target must be 'label' or 'predicted'"),
         (["--dataset", "digits"], "cannot take the digits images (1x8x8)"),
+        (["--engine", "spark"], "engine must be one of local, ray, got 'spark'"),
     ],
 )
 def test_user_errors_print_one_line(
@@ -334,7 +386,7 @@ def test_warnings_n_too_large_empty_mask_and_nan_maps(
         tmp_path / "d", {"square/a.png": _square(), "square/b.png": np.zeros((20, 20), np.uint8)}
     )
     data = A.load_masked_folder(root, size=SIZE, preset="none")
-    real = R._method_maps
+    real = J.method_maps
 
     def nan_first(model, method, x, targets, ids, seed, options):  # type: ignore[no-untyped-def]
         maps = real(model, method, x, targets, ids, seed, options)
@@ -343,7 +395,7 @@ def test_warnings_n_too_large_empty_mask_and_nan_maps(
             maps[0, 0, 0] = float("nan")
         return maps
 
-    monkeypatch.setattr(R, "_method_maps", nan_first)
+    monkeypatch.setattr(J, "method_maps", nan_first)
     with pytest.warns(UserWarning) as record:
         res = A.assess(
             net, data, tmp_path / "o", methods=["gradcam", "saliency"],
@@ -502,3 +554,61 @@ def test_two_sanity_images_never_give_an_interval_outside_the_range(
     for v in saved:
         assert v["n"] == 2 and v["outcome"] in ("passes", "fails", "inconclusive")
         assert v["passed"] == {"passes": True, "fails": False}.get(v["outcome"])
+
+
+# --------------------------------------------------------------------------- Ray
+
+
+@pytest.mark.slow
+def test_ray_engine_gives_the_rows_of_the_local_engine(
+    net: torch.nn.Module, data: A.AssessData, tmp_path: Path
+) -> None:
+    ray_mod = pytest.importorskip(
+        "ray", reason="the Ray extra is not installed: pip install 'cnnlens[ray]'"
+    )
+    kw = dict(
+        methods=["gradcam", "saliency"], metrics=QUICK_METRICS, n=6, batch_size=4,
+        metric_options=FAST, sanity_images=0, examples=0,
+    )  # fmt: skip
+    local = A.assess(net, data, tmp_path / "local", **kw)
+    # one local Ray instance with 2 CPUs for both runs (run_ray leaves it running)
+    ray_mod.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        ray = A.assess(net, data, tmp_path / "ray", engine="ray", actors=2, **kw)
+        again = A.assess(net, data, tmp_path / "ray", engine="ray", actors=2, **kw)
+    finally:
+        ray_mod.shutdown()
+    assert local.computed == ray.computed == 6 * 4 and again.computed == 0
+    a = sorted(_rows(tmp_path / "local"), key=lambda r: r["key"])
+    b = sorted(_rows(tmp_path / "ray"), key=lambda r: r["key"])
+    assert [r["key"] for r in a] == [r["key"] for r in b]
+    for x, y in zip(a, b, strict=True):
+        assert x["scores"].keys() == y["scores"].keys() == set(QUICK_METRICS)
+        for metric, value in x["scores"].items():
+            assert y["scores"][metric] == pytest.approx(value, abs=1e-5), (x["key"], metric)
+        assert y["curves"]["deletion"] == pytest.approx(x["curves"]["deletion"], abs=1e-4)
+    got = {(r["method"], r["metric"]): r["mean"] for r in ray.rows}
+    for r in local.rows:
+        assert got[(r["method"], r["metric"])] == pytest.approx(r["mean"], abs=1e-5)
+
+
+def test_a_method_that_does_not_apply_is_skipped_and_stays_skipped_on_resume(
+    data: A.AssessData, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    flat = torch.nn.Sequential(  # no global pooling before the classifier: CAM cannot apply
+        torch.nn.Conv2d(3, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * SIZE * SIZE, len(SHAPE_CLASSES)),
+    ).eval()
+    kw = dict(methods=["cam", "saliency"], metrics=["sparseness"], n=4, batch_size=3,
+              sanity_images=0, examples=0)  # fmt: skip
+    res = A.assess(flat, data, tmp_path / "o", **kw)
+    assert set(res.methods_skipped) == {"cam"} and res.methods == ["saliency"]
+    errors = [r for r in _rows(tmp_path / "o") if r["error"]]
+    assert {r["method"] for r in errors} == {"cam"} and len(errors) == 4
+    assert all(r["scores"] == {} for r in errors)
+    again = A.assess(flat, data, tmp_path / "o", **kw)
+    assert again.computed == 0 and set(again.methods_skipped) == {"cam"}
+    assert again.methods_skipped["cam"] == res.methods_skipped["cam"]

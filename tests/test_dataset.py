@@ -345,3 +345,36 @@ def test_one_run_per_store(store: Path, folder: Path, checkpoint: Path) -> None:
     finally:
         lock.unlink()
     assert not lock.exists()
+
+
+def test_channels_last_copy_gives_the_same_maps_and_leaves_the_model_alone() -> None:
+    from cnnlens.dataset.job import channels_last_copy
+
+    torch.manual_seed(0)
+    net = create("gap-cnn", num_classes=4).eval()
+    x = torch.rand(3, 3, 32, 32)
+    fast = channels_last_copy(net, (3, 32, 32))
+    assert fast is not net
+    conv = next(p for p in net.parameters() if p.dim() == 4)
+    assert conv.is_contiguous()  # the caller's model keeps its layout
+    assert next(p for p in fast.parameters() if p.dim() == 4).is_contiguous(
+        memory_format=torch.channels_last
+    )
+    a = cnnlens.explain(net, x, "gradcam")
+    b = cnnlens.explain(fast, x.contiguous(memory_format=torch.channels_last), "gradcam")
+    torch.testing.assert_close(b.maps, a.maps, atol=1e-4, rtol=0)
+    assert torch.equal(a.targets, b.targets)
+
+    class Viewing(torch.nn.Module):  # .view of a channels-last activation fails: kept as is
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.fc = torch.nn.Linear(4 * 30 * 30, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.conv(x).view(len(x), -1))
+
+    viewing = Viewing()
+    assert channels_last_copy(viewing, (3, 32, 32)) is viewing
+    linear = torch.nn.Linear(4, 2)  # no image input: nothing to convert
+    assert channels_last_copy(linear, (4,)) is linear

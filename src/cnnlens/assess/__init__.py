@@ -14,9 +14,10 @@ a few images per method, and writes to ``out``:
   ``figures/sanity_<method>.png``, ``figures/examples.png`` (a few maps next to the masks);
 - ``results.json`` and ``report.html`` (the metrics table, the figures, the sanity
   verdicts; ``cnnlens report DIR`` rebuilds the HTML from the JSON);
-- ``rows.jsonl``: one line per finished (method, image, class) row, appended as each batch
-  finishes, and ``sanity/<method>.json``: what makes the run resumable. Run the same call
-  again after an interruption and only the missing rows are computed.
+- ``rows/``: a Parquet store (:class:`cnnlens.dataset.Store`) with one row per finished
+  (method, image, class), one atomic part file per batch, and ``sanity/<method>.json``:
+  what makes the run resumable. Run the same call again after an interruption and only the
+  missing rows are computed; ``engine="ray"`` computes them on Ray Data.
 
 A sanity verdict is :func:`cnnlens.metrics.sanity.cascade_verdict`: the upper half of
 the cascade (:func:`upper_similarity`) with its sample size and a bootstrap interval,
@@ -24,10 +25,11 @@ the cascade (:func:`upper_similarity`) with its sample size and a bootstrap inte
 rule, and :func:`sanity_verdicts` gives it for any model and a few images.
 
 The modules: :mod:`~cnnlens.assess.protocol` (constants and name resolution),
-:mod:`~cnnlens.assess.data` (images, masks, rows), :mod:`~cnnlens.assess.store` (the
-resumable store), :mod:`~cnnlens.assess.sanity`, :mod:`~cnnlens.assess.run` (one run's
-steps), :mod:`~cnnlens.assess.tables`, :mod:`~cnnlens.assess.outputs` (files and report)
-and :mod:`~cnnlens.assess.pipeline` (:func:`assess`); the figures are in
+:mod:`~cnnlens.assess.data` (images, masks, rows), :mod:`~cnnlens.assess.job` (the
+rows as a :class:`cnnlens.dataset.Job`), :mod:`~cnnlens.assess.store` (hashes, JSON
+files), :mod:`~cnnlens.assess.sanity`, :mod:`~cnnlens.assess.run` (one run's steps),
+:mod:`~cnnlens.assess.tables`, :mod:`~cnnlens.assess.outputs` (files and report) and
+:mod:`~cnnlens.assess.pipeline` (:func:`assess`); the figures are in
 :mod:`cnnlens.viz.assess`.
 
 The datasets: ``shapes`` (one shape per image, its mask), ``shapes-pair`` (two shapes per

@@ -29,7 +29,10 @@ from cnnlens.errors import DataError, InputError, ModelError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["assess"]
+__all__ = ["ENGINES", "assess"]
+
+#: The engines an assessment runs on (those of :mod:`cnnlens.dataset`).
+ENGINES = ("local", "ray")
 
 
 def assess(
@@ -54,6 +57,12 @@ def assess(
     progress: bool = False,
     fresh: bool = False,
     echo: Callable[[str], Any] | None = None,
+    engine: str = "local",
+    actors: int = 2,
+    cpus_per_actor: float = 1.0,
+    gpus_per_actor: float = 0.0,
+    ray_address: str | None = None,
+    ray_num_cpus: int | None = None,
 ) -> AssessResult:
     """Benchmark explanation methods on a dataset: every method x metric, with 95% CIs.
 
@@ -67,9 +76,14 @@ def assess(
 
     the percentile bootstrap for the 0/1 metrics and the sanity column.
 
-    The run resumes: rows already in ``out/rows.jsonl`` (same model, metrics and options,
-    same image and class) are read back instead of computed, and an interrupted run keeps
-    every batch it finished.
+    The rows go to a Parquet store, ``out/rows/`` (:class:`cnnlens.dataset.Store`, one
+    atomic part file per batch of ``batch_size`` rows), through the dataset engines: in this
+    process (``engine="local"``) or on Ray Data (``engine="ray"``: ``actors`` actors each
+    holding the model and the images; ``pip install 'cnnlens[ray]'``), with the same rows.
+    The run resumes: rows already in the store (same model, metrics and options, same image
+    and class) are read back instead of computed, a run with other settings is refused
+    unless ``fresh``, and an interrupted run keeps every batch it finished. The
+    ``rows.jsonl`` of an earlier cnnlens is imported when its settings match.
 
     Args:
         model: the classifier (never changed).
@@ -100,12 +114,19 @@ def assess(
         progress: show a progress bar.
         fresh: discard the rows of an earlier run in ``out``.
         echo: called with one line per stage (the CLI prints them).
+        engine: ``"local"`` (this process) or ``"ray"`` (Ray Data).
+        actors: Ray actors (model copies).
+        cpus_per_actor: CPUs per Ray actor.
+        gpus_per_actor: GPUs per Ray actor (the model then runs on ``cuda``).
+        ray_address: a Ray cluster to join; None starts a local instance.
+        ray_num_cpus: CPUs of a local Ray instance (default: all of the machine).
 
     Returns:
         An :class:`AssessResult`.
 
     Raises:
-        InputError: unknown method or metric, ``out`` holding a run with other settings.
+        InputError: unknown method or metric, unknown engine, ``out`` holding a run with
+            other settings (a :class:`cnnlens.dataset.StoreError`).
         ModelError: a model that does not take the images.
         TargetError: labels the model has no output for.
     """
@@ -114,6 +135,8 @@ def assess(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"out {str(out)!r} exists and is not a folder")
+    if engine not in ENGINES:
+        raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     check_int("batch_size", batch_size)
     check_int("eval_batch_size", eval_batch_size)
     check_int("sanity_images", sanity_images, minimum=0)
@@ -140,15 +163,17 @@ def assess(
     _warn_empty_masks(run)
     pending = run.resume(fresh)
     rows = len(run.rows.ids)
-    reused = sum(rows - len(p) for p in pending.values())
+    reused = rows * (len(method_names) + len(BASELINES)) - len(pending)
     say(
         f"assessing {len(method_names)} methods + {len(BASELINES)} baselines on {rows} rows "
         f"of {data.name} ({len(run.metrics)} metrics"
         + (", sanity check" if run.sanity_methods else "")
         + ")"
-        + (f"; {reused} rows read back from {out / 'rows.jsonl'}" if reused else "")
+        + (f"; {reused} rows read back from {run.store.path}" if reused else "")
     )
-    _compute(run, pending, progress)
+    ray = {"actors": actors, "cpus_per_actor": cpus_per_actor, "address": ray_address}
+    ray |= {"gpus_per_actor": gpus_per_actor, "num_cpus": ray_num_cpus}
+    _compute(run, pending, progress, engine, ray)
     table, columns, verdicts, files = write_outputs(
         run, examples=examples, model_info=model_info, title=title
     )
@@ -196,31 +221,54 @@ def _warn_empty_masks(run: Run) -> None:
         )
 
 
-def _compute(run: Run, pending: Mapping[str, list[int]], progress: bool) -> None:
-    """Score the pending rows batch by batch, then run the sanity checks; a method that
-    does not apply to the model is skipped (and named in the report)."""
+def _compute(
+    run: Run,
+    pending: list[dict[str, Any]],
+    progress: bool,
+    engine: str,
+    ray: Mapping[str, Any],
+) -> None:
+    """Score the pending items on the engine (one part file per batch), read them back,
+    then run the sanity checks; a method that does not apply to the model is skipped (and
+    named in the report)."""
     from cnnlens.core.progress import progress_bar
+    from cnnlens.dataset import run_local
 
-    total = sum(len(p) for p in pending.values()) + len(run.sanity_methods)
-    with progress_bar(progress, total, "assessing") as bar:
-        for method, todo in pending.items():
-            bar.describe(f"assessing: {method}")
-            for start in range(0, len(todo), run.batch_size):
+    if pending:
+        job = run.job()
+        with run.store.writing():
+            run.store.remove_stale_temporaries()
+            if engine == "local":
+                stats = run_local(
+                    job,
+                    pending,
+                    run.store,
+                    batch_size=run.batch_size,
+                    workers=1,
+                    prefetch=1,
+                    progress=progress,
+                    label="assessing",
+                )
+            else:
+                from cnnlens.dataset.ray_engine import run_ray
+
+                if ray["gpus_per_actor"]:
+                    job.device = "cuda"
+                stats = run_ray(job, pending, run.store, batch_size=run.batch_size, **ray)
+        run.computed = stats.computed
+        run.read_back()
+    for method, err in run.skipped.items():
+        logger.warning("method %s skipped: %s", method, err)
+    if not run.sanity_methods:
+        return
+    with progress_bar(progress, len(run.sanity_methods), "sanity check") as bar:
+        x, t = run.sanity_inputs()
+        for method in run.sanity_methods:
+            bar.describe(f"sanity check: {method}")
+            if method not in run.skipped:
                 try:
-                    bar.advance(run.score(method, todo[start : start + run.batch_size]))
+                    run.check(method, x, t)
                 except ModelError as err:
-                    logger.warning("method %s skipped: %s", method, err)
+                    logger.warning("sanity check of %s skipped: %s", method, err)
                     run.skipped[method] = str(err)
-                    bar.advance(len(todo) - start)
-                    break
-        if run.sanity_methods:
-            x, t = run.sanity_inputs()
-            for method in run.sanity_methods:
-                bar.describe(f"sanity check: {method}")
-                if method not in run.skipped:
-                    try:
-                        run.check(method, x, t)
-                    except ModelError as err:
-                        logger.warning("sanity check of %s skipped: %s", method, err)
-                        run.skipped[method] = str(err)
-                bar.advance()
+            bar.advance()

@@ -2,29 +2,32 @@
 run the sanity checks, and keep what finished in the resumable store.
 
 :class:`Run` holds a run's settings, rows and saved results; :func:`cnnlens.assess.assess`
-drives it through named steps (:meth:`Run.resume`, :meth:`Run.score` per batch,
-:meth:`Run.check` per method) and writes its outputs (:mod:`cnnlens.assess.outputs`).
+drives it through named steps (:meth:`Run.resume` opens the Parquet store ``OUT/rows/``
+and lists the items still to score, :meth:`Run.job` is the
+:class:`~cnnlens.assess.job.AssessJob` an engine maps over them, :meth:`Run.read_back`
+reads the scores, :meth:`Run.check` runs the sanity check per method) and writes its
+outputs (:mod:`cnnlens.assess.outputs`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import warnings
-import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import torch
 from torch import Tensor, nn
 
 from cnnlens.assess.data import AssessData, Rows, forward_all, make_rows
+from cnnlens.assess.job import CURVES, SCHEMA, AssessJob, method_maps, row_key
 from cnnlens.assess.protocol import BASELINES, SANITY_METRIC
 from cnnlens.assess.sanity import run_cascade
 from cnnlens.assess.store import (
     FORMAT,
-    append_jsonl,
-    check_settings,
+    clear_sanity,
     finite,
     model_hash,
     read_json,
@@ -32,77 +35,19 @@ from cnnlens.assess.store import (
     sha,
     write_json,
 )
-from cnnlens.errors import CnnlensError
+from cnnlens.dataset.jobs import open_job_store
+from cnnlens.dataset.store import Store
+from cnnlens.errors import CnnlensError, InputError
 from cnnlens.viz.render import slug
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CURVES", "Run"]
+__all__ = ["CURVES", "LEGACY_ROWS", "STORE", "Run"]
 
-#: The metrics whose per-row curves are kept (for the curves figure).
-CURVES = ("deletion", "insertion")
-
-
-def _method_maps(
-    model: nn.Module,
-    method: str,
-    x: Tensor,
-    targets: Tensor,
-    row_ids: Sequence[str],
-    seed: int,
-    options: Mapping[str, Any],
-) -> Tensor:
-    """(B, H, W) maps of one method (or baseline) for one batch of rows."""
-    from cnnlens.metrics import centre_maps, explainer, random_maps
-
-    like = torch.zeros(x.shape[0], *x.shape[-2:], device=x.device)
-    if method == "random":
-        return torch.cat(
-            [random_maps(like[:1], seed=zlib.crc32(f"{seed}/{rid}".encode())) for rid in row_ids]
-        )
-    if method == "centre":
-        return centre_maps(like)
-    return explainer(model, method, options)(x, targets)
-
-
-def _score_batch(
-    model: nn.Module,
-    x: Tensor,
-    maps: Tensor,
-    targets: Tensor,
-    masks: Tensor | None,
-    metrics: Sequence[str],
-    options: Mapping[str, Mapping[str, Any]],
-    *,
-    activation: str,
-    batch_size: int,
-    method: str,
-    method_options: Mapping[str, Any],
-    seed: int,
-) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Per-row scores ``{metric: (B,)}`` of every registered metric asked for, and the
-    curves ``{"deletion": (B, S), ...}``; baselines get no ``explain``, so the metrics that
-    re-explain their inputs leave them out."""
-    from cnnlens.metrics import MetricInputs, explainer
-    from cnnlens.metrics.evaluate import evaluate_inputs
-
-    inputs = MetricInputs(
-        model=model,
-        x=x,
-        maps=maps,
-        target=targets,
-        masks=masks,
-        activation=activation,
-        batch_size=batch_size,
-        explain=None if method in BASELINES else explainer(model, method, method_options),
-        method=method,
-        seed=seed,
-    )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*empty ground-truth mask.*")
-        scores = evaluate_inputs(inputs, metrics, options)
-    curves = {name: inputs.cache[name].scores for name in CURVES if name in inputs.cache}
-    return scores, curves
+#: The run's resume store (a :class:`cnnlens.dataset.Store` folder) inside ``OUT``.
+STORE = "rows"
+#: The JSONL rows of cnnlens before the Parquet store; imported once when the settings match.
+LEGACY_ROWS = "rows.jsonl"
 
 
 class Run:
@@ -146,6 +91,7 @@ class Run:
         self.sanity: dict[str, dict[str, Any]] = {}
         self.skipped: dict[str, str] = {}
         self.computed = 0
+        self.store: Store  # opened by resume()
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -168,21 +114,33 @@ class Run:
 
     # ---- the rows
 
-    def _valid(self, rec: Mapping[str, Any] | None, method: str, i: int) -> bool:
-        return (
-            rec is not None
-            and rec.get("image_hash") == self.rows.hashes[i]
-            and rec.get("target") == int(self.rows.targets[i])
-            and rec.get("options") == self.opt_keys[method]
-            and all(m in (rec.get("scores") or {}) for m in self.metrics)
-        )
+    def resume(self, fresh: bool) -> list[dict[str, Any]]:
+        """Open the run's Parquet store (``OUT/rows/``), read its finished rows back, and
+        return the items still to score (``{"key", "method", "i"}``, method by method).
 
-    def resume(self, fresh: bool) -> dict[str, list[int]]:
-        """Read saved rows back; the rows still to compute per method."""
+        Raises:
+            StoreError: ``OUT/rows`` holds rows of a run with other settings (and not
+                ``fresh``).
+            InputError: ``OUT/rows.jsonl`` of an earlier cnnlens holds rows of a run with
+                other settings (and not ``fresh``).
+        """
         self.out.mkdir(parents=True, exist_ok=True)
-        check_settings(self.out, self.settings, fresh)
-        for rec in read_jsonl(self.out / "rows.jsonl"):
-            self.done[(rec["method"], rec["row"])] = rec
+        legacy = self.out / LEGACY_ROWS
+        if fresh:
+            clear_sanity(self.out)
+            legacy.unlink(missing_ok=True)
+        elif legacy.is_file():
+            self._check_legacy()  # before the store is created: a refusal leaves nothing
+        self.store = open_job_store(
+            self.out / STORE,
+            self.job(),
+            settings=self.settings,
+            overwrite=fresh,
+            info={"dataset": self.data.name, "methods": self.methods},
+            overwrite_hint="use --fresh (fresh=True) to start over",
+        )
+        if legacy.is_file():
+            self._import_jsonl(legacy)
         write_json(
             self.out / "run.json",
             {
@@ -191,16 +149,98 @@ class Run:
                 "method_options": self.m_opts,
                 "n_images": len(self.data),
                 "rows": len(self.rows.ids),
+                "store": STORE,
             },
         )
-        return {
-            m: [
-                i
-                for i, rid in enumerate(self.rows.ids)
-                if not self._valid(self.done.get((m, rid)), m, i)
-            ]
+        done = self.store.done_keys()
+        self.read_back()
+        job = self.job()
+        return [
+            {"key": key, "method": m, "i": i}
             for m in [*self.methods, *BASELINES]
+            for i in range(len(self.rows.ids))
+            if (key := job.key(m, i)) not in done
+        ]
+
+    def job(self) -> AssessJob:
+        """The :class:`~cnnlens.assess.job.AssessJob` that scores this run's items."""
+        return AssessJob(
+            model=self.model,
+            images=self.data.images,
+            row_ids=list(self.rows.ids),
+            row_image=[int(v) for v in self.rows.image.tolist()],
+            row_targets=[int(v) for v in self.rows.targets.tolist()],
+            row_hashes=list(self.rows.hashes),
+            masks=self.rows.masks,
+            metrics=list(self.metrics),
+            metric_options=self.x_opts,
+            method_options=self.m_opts,
+            option_keys=self.opt_keys,
+            activation=self.activation,
+            eval_batch_size=self.eval_batch_size,
+            seed=self.seed,
+            device=str(self.device),
+        )
+
+    def read_back(self) -> int:
+        """Read this run's rows from the store into :attr:`done` (a method whose rows carry
+        an error is listed in :attr:`skipped`); return how many rows were read."""
+        job = self.job()
+        want = {
+            job.key(m, i): (m, rid)
+            for m in [*self.methods, *BASELINES]
+            for i, rid in enumerate(self.rows.ids)
         }
+        if not self.store.parts():
+            return 0
+        cols = ["key", "method", "row", "scores", "curves", "error"]
+        n = 0
+        for batch in self.store.dataset().to_batches(columns=cols):
+            for rec in batch.to_pylist():
+                if rec["key"] not in want:
+                    continue  # a row of other method options
+                if rec["error"]:
+                    self.skipped.setdefault(rec["method"], rec["error"])
+                    continue
+                rec["scores"] = dict(rec["scores"] or [])
+                rec["curves"] = dict(rec["curves"] or [])
+                self.done[want[rec["key"]]] = rec
+                n += 1
+        return n
+
+    def _check_legacy(self) -> None:
+        """Refuse the JSONL rows of an earlier cnnlens computed with other settings."""
+        old = (read_json(self.out / "run.json") or {}).get("settings")
+        new = {k: v for k, v in json.loads(json.dumps(self.settings)).items() if k != "format"}
+        if not isinstance(old, dict) or {k: v for k, v in old.items() if k != "format"} != new:
+            raise InputError(
+                f"--out {str(self.out)!r} holds {LEGACY_ROWS} of an earlier cnnlens assess run "
+                "(before the Parquet store) with other or unknown settings; use another --out, "
+                "or --fresh to start over"
+            )
+
+    def _import_jsonl(self, legacy: Path) -> None:
+        """Rows of the JSONL store of an earlier cnnlens (checked by :meth:`_check_legacy`),
+        written into the Parquet store once; the file is then renamed
+        ``rows.jsonl.imported``."""
+        fields = ("image_hash", "target", "options")
+        records = [r for r in read_jsonl(legacy) if all(r.get(k) is not None for k in fields)]
+        rows = [
+            {
+                "key": row_key(r["method"], r["row"], r["image_hash"], r["target"], r["options"]),
+                **{k: r.get(k) for k in ("method", "row", "image", "target", "image_hash")},
+                "options": r.get("options"),
+                "scores": r.get("scores") or {},
+                "curves": r.get("curves") or {},
+                "error": None,
+            }
+            for r in records
+        ]
+        if rows:
+            with self.store.writing():
+                self.store.write_part(pa.Table.from_pylist(rows, schema=SCHEMA))
+        legacy.replace(legacy.with_name(LEGACY_ROWS + ".imported"))
+        logger.warning("imported %d row(s) of %s into %s", len(rows), legacy, self.store.path)
 
     def batch(self, idx: Sequence[int]) -> tuple[Tensor, Tensor, Tensor | None, list[str]]:
         """Images, targets, masks and ids of the rows ``idx``, on the model's device."""
@@ -209,78 +249,6 @@ class Run:
         t = self.rows.targets[sel].to(self.device)
         m = self.rows.masks[sel].to(self.device) if self.rows.masks is not None else None
         return x, t, m, [self.rows.ids[i] for i in idx]
-
-    def score(self, method: str, idx: Sequence[int]) -> int:
-        """Explain and score one batch of rows with one method; append them to rows.jsonl."""
-        x, t, masks, ids = self.batch(idx)
-        options = self.m_opts.get(method, {})
-        maps = _method_maps(self.model, method, x, t, ids, self.seed, options)
-        maps, bad = self._finite_maps(method, maps, ids)
-        scores, curves = _score_batch(
-            self.model,
-            x,
-            maps,
-            t,
-            masks,
-            self.metrics,
-            self.x_opts,
-            activation=self.activation,
-            batch_size=self.eval_batch_size,
-            method=method,
-            method_options=options,
-            seed=self.seed,
-        )
-        records = [
-            self._record(method, i, ids[j], scores, curves, j, ok=not bool(bad[j]))
-            for j, i in enumerate(idx)
-        ]
-        append_jsonl(self.out / "rows.jsonl", records)
-        self.computed += len(records)
-        return len(records)
-
-    @staticmethod
-    def _finite_maps(method: str, maps: Tensor, ids: Sequence[str]) -> tuple[Tensor, Tensor]:
-        """Maps with NaN or infinite values zeroed (with a warning), and which they were."""
-        bad = ~torch.isfinite(maps).flatten(1).all(1)
-        if bool(bad.any()):
-            shown = [ids[j] for j in bad.nonzero().flatten().tolist()][:10]
-            warnings.warn(
-                f"method {method} gave maps with NaN or infinite values for row(s) {shown}; "
-                "their scores are left out",
-                stacklevel=4,
-            )
-            maps = torch.where(bad.view(-1, 1, 1), torch.zeros_like(maps), maps)
-        return maps, bad
-
-    def _record(
-        self,
-        method: str,
-        i: int,
-        row_id: str,
-        scores: Mapping[str, Tensor],
-        curves: Mapping[str, Tensor],
-        j: int,
-        *,
-        ok: bool,
-    ) -> dict[str, Any]:
-        """The saved line of row ``i`` (``j`` in its batch); a metric that left the method
-        out (one that re-explains, for a baseline) is saved as None."""
-        rec = {
-            "method": method,
-            "row": row_id,
-            "image": int(self.rows.image[i]),
-            "target": int(self.rows.targets[i]),
-            "image_hash": self.rows.hashes[i],
-            "options": self.opt_keys[method],
-            "scores": {
-                k: finite(scores[k][j]) if ok and k in scores else None for k in self.metrics
-            },
-            "curves": {
-                k: [round(float(p), 5) for p in c[j].tolist()] for k, c in curves.items() if ok
-            },
-        }
-        self.done[(method, row_id)] = rec
-        return rec
 
     # ---- the sanity checks
 
@@ -402,7 +370,7 @@ class Run:
             maps["ground truth"] = list(masks.float().cpu())
         for method in methods:
             try:
-                m = _method_maps(
+                m = method_maps(
                     self.model, method, x, t, ids, self.seed, self.m_opts.get(method, {})
                 )
             except CnnlensError as err:

@@ -1,10 +1,12 @@
-"""The resumable store of an assessment: rows appended as they finish, settings that
-refuse to mix runs, atomic JSON files.
+"""The small files of an assessment and its hashes: atomic JSON files, the sanity checks,
+and the reader of the JSONL rows of earlier versions.
 
-``OUT/rows.jsonl`` holds one line per finished (method, row), appended in one flushed write
-per batch; ``OUT/run.json`` the settings every saved row depends on; ``OUT/sanity/*.json``
-the sanity checks. A crash leaves at most one partial last line, which is skipped and
-recomputed on the next run.
+The rows themselves live in a Parquet store, ``OUT/rows/`` (:mod:`cnnlens.assess.job`, on
+:class:`cnnlens.dataset.Store`): one atomic part file per batch, the settings every row
+depends on in its ``_cnnlens_store.json``. ``OUT/run.json`` repeats the settings for a
+reader, ``OUT/sanity/*.json`` holds the sanity checks. Before the Parquet store, rows were
+appended to ``OUT/rows.jsonl``; :func:`read_jsonl` reads such a file so that a run can
+import it (:meth:`cnnlens.assess.run.Run.resume`).
 """
 
 from __future__ import annotations
@@ -13,22 +15,17 @@ import hashlib
 import json
 import logging
 import math
-import os
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from cnnlens.errors import InputError
-
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "FORMAT",
-    "append_jsonl",
-    "check_settings",
+    "clear_sanity",
     "finite",
     "json_safe",
     "model_hash",
@@ -39,8 +36,8 @@ __all__ = [
     "write_text",
 ]
 
-#: The version of the saved rows; a run of another format is not read back.
-FORMAT = 2
+#: The version of the saved rows (3: the Parquet store); a run of another format is refused.
+FORMAT = 3
 
 
 def sha(*parts: Any) -> str:
@@ -120,51 +117,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def append_jsonl(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
-    """Append whole lines in one write, flushed to disk: a crash leaves at most one partial
-    last line, which :func:`read_jsonl` skips."""
-    text = "".join(json.dumps(json_safe(r), allow_nan=False) + "\n" for r in records)
-    if path.is_file() and path.stat().st_size:
-        with open(path, "rb") as fh:
-            fh.seek(-1, os.SEEK_END)
-            if fh.read(1) != b"\n":  # a line cut short by a crash: end it first
-                text = "\n" + text
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def check_settings(out: Path, settings: Mapping[str, Any], fresh: bool) -> None:
-    """Refuse to mix rows of runs with other global settings (model, metrics, ...);
-    ``fresh`` discards the saved rows and sanity checks instead.
-
-    Raises:
-        InputError: ``out`` holds rows of a run with other settings, or rows without
-            ``run.json``.
-    """
-    if fresh:
-        for name in ("rows.jsonl", "run.json"):
-            (out / name).unlink(missing_ok=True)
-        for f in (out / "sanity").glob("*.json") if (out / "sanity").is_dir() else []:
-            f.unlink()
-        return
-    run_file = out / "run.json"
-    if not run_file.is_file():
-        if (out / "rows.jsonl").is_file():
-            raise InputError(
-                f"--out {str(out)!r} holds rows.jsonl but no run.json; use another --out or "
-                "--fresh to start over"
-            )
-        return
-    try:
-        old = json.loads(run_file.read_text(encoding="utf-8")).get("settings", {})
-    except (json.JSONDecodeError, AttributeError):
-        old = {}
-    new = json.loads(json.dumps(json_safe(dict(settings))))
-    diff = [k for k in new if old.get(k) != new[k]]
-    if diff:
-        raise InputError(
-            f"--out {str(out)!r} holds an assess run with other settings (differs in: "
-            f"{', '.join(diff)}); use another --out, or --fresh to start over"
-        )
+def clear_sanity(out: Path) -> None:
+    """Delete the saved sanity checks of ``out`` (a fresh run computes them again)."""
+    for f in (out / "sanity").glob("*.json") if (out / "sanity").is_dir() else []:
+        f.unlink()

@@ -10,9 +10,11 @@ Writes the table (``table.md``, ``table.csv``, ``table.json``: mean and 95% conf
 interval of every method x metric), the curves and sanity figures (``figures/*.png``) and
 ``report.html`` to OUT. torch runs on one CPU thread unless ``--threads`` says otherwise
 (as in ``cnnlens demo``: on a busy machine two threads that wait for each other are many
-times slower than one). Interrupted runs resume: run the same command again and the rows
-saved in ``OUT/rows.jsonl`` are skipped. ``--dataset folder`` reads ``DATA_DIR/images/``
-with a parallel ``DATA_DIR/masks/`` of binary PNGs (see docs/evaluation.md).
+times slower than one). The rows go to a Parquet store, ``OUT/rows/`` (the store of
+``cnnlens.dataset``); ``--engine ray`` scores them on Ray Data with ``--actors`` model
+copies (``--ray-address`` joins a cluster). Interrupted runs resume: run the same command
+again and the rows saved in ``OUT/rows/`` are skipped. ``--dataset folder`` reads
+``DATA_DIR/images/`` with a parallel ``DATA_DIR/masks/`` of binary PNGs (see docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -116,6 +118,13 @@ def assess_command(
     threads: int = typer.Option(
         1, "--threads", min=1, help="torch CPU threads (1 is the safe choice on a busy machine)."
     ),
+    engine: str = typer.Option(
+        "local", "--engine", help="local (this process) or ray (Ray Data actors)."
+    ),
+    actors: int = typer.Option(2, "--actors", help="Ray actors (model copies)."),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="Ray cluster to join (default: a local Ray instance)."
+    ),
 ) -> None:
     """Benchmark explanation methods: every method x metric with 95% CIs, figures, report."""
     from cnnlens.assess import assess, load_data, resolve_methods
@@ -165,10 +174,13 @@ def assess_command(
                 progress=progress,
                 fresh=fresh,
                 echo=typer.echo,
+                engine=engine,
+                actors=actors,
+                ray_address=ray_address,
             )
         except KeyboardInterrupt:
             typer.echo(
-                f"interrupted: the finished rows are saved in {out / 'rows.jsonl'}; run the "
+                f"interrupted: the finished rows are saved in {out / 'rows'}; run the "
                 "same command again to resume",
                 err=True,
             )

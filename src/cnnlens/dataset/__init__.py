@@ -7,7 +7,8 @@
 >>> maps = cd.maps_of(s.store, "cat/001.jpg")                                   # doctest: +SKIP
 
 Layers (each usable on its own): :mod:`.store` (settings, atomic part files, resume keys),
-:mod:`.local` and :mod:`.ray_engine` (map a batch job over items into a store),
+:mod:`.jobs` (the :class:`Job` interface that explanation and assessment implement),
+:mod:`.local` and :mod:`.ray_engine` (map a job over items into a store),
 :mod:`.job` (the explanation rows and their schema), :mod:`.sources` (folder, glob, list
 file, dataset name), :mod:`.read` (load and decode), :mod:`.report` (the HTML report).
 """
@@ -16,7 +17,8 @@ from __future__ import annotations
 
 from cnnlens.dataset.api import ENGINES, ExplainSummary, explain
 from cnnlens.dataset.job import SCHEMA, SCHEMA_VERSION, map_statistics, model_hash
-from cnnlens.dataset.local import BatchDone, BatchJob, RunStats, run_local
+from cnnlens.dataset.jobs import BatchDone, BatchJob, Job, RunStats, open_job_store
+from cnnlens.dataset.local import run_local
 from cnnlens.dataset.read import (
     StoredMap,
     decode_map,
@@ -38,6 +40,7 @@ __all__ = [
     "BatchDone",
     "BatchJob",
     "ExplainSummary",
+    "Job",
     "RunStats",
     "Source",
     "Store",
@@ -51,6 +54,7 @@ __all__ = [
     "map_statistics",
     "maps_of",
     "model_hash",
+    "open_job_store",
     "open_store",
     "resolve_source",
     "run_local",

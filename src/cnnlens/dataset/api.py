@@ -12,17 +12,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cnnlens.dataset.job import SCHEMA, SCHEMA_VERSION, ExplainJob, model_hash
-from cnnlens.dataset.local import BatchDone, RunStats, check_positive, run_local
+from cnnlens.dataset.job import KIND, SCHEMA_VERSION, ExplainJob, model_hash
+from cnnlens.dataset.jobs import BatchDone, RunStats, check_positive, open_job_store
+from cnnlens.dataset.local import run_local
 from cnnlens.dataset.sources import resolve_source
-from cnnlens.dataset.store import Store, canonical_hash
+from cnnlens.dataset.store import canonical_hash
 from cnnlens.errors import InputError, ModelError, TargetError
 
 __all__ = ["ENGINES", "KIND", "ExplainSummary", "explain"]
 
 logger = logging.getLogger(__name__)
 
-KIND = "explanations"
 ENGINES = ("local", "ray")
 
 
@@ -130,8 +130,8 @@ def _targets_layer_names(
 ) -> tuple[list[int], str | list[str] | None, list[str]]:
     """Checked class indices, the layer argument and the class names (indices as names when
     the model has none, or a wrong count)."""
+    from cnnlens.core.classes import parse_class_list
     from cnnlens.core.layers import resolve_layer
-    from cnnlens.pipelines.options import parse_class_list
 
     num_classes = _num_classes(net, info, dev)
     given = [target] if isinstance(target, int | str) else list(target or [])
@@ -165,7 +165,7 @@ def explain(
     options: Mapping[str, Any] | None = None,
     map_size: int = 64,
     engine: str = "local",
-    batch_size: int = 32,
+    batch_size: int = 16,
     workers: int = 2,
     prefetch: int = 2,
     device: str = "cpu",
@@ -182,6 +182,7 @@ def explain(
     input_size: Sequence[int] | None = None,
     preset: str | None = None,
     class_names: Sequence[str] | None = None,
+    channels_last: bool = True,
 ) -> ExplainSummary:
     """Explain every image of ``dataset`` into a Parquet store at ``out`` (resumable).
 
@@ -207,7 +208,8 @@ def explain(
             ``{"integrated_gradients": {"n_steps": 16}}``.
         map_size: longer side of the stored maps (smaller inputs keep their size).
         engine: ``"local"`` (in-process) or ``"ray"`` (Ray Data; ``pip install 'cnnlens[ray]'``).
-        batch_size: images per device batch and per part file.
+        batch_size: images per device batch and per part file (docs/benchmarks.md compares
+            batch sizes on a CPU; a GPU takes larger ones).
         workers: loader threads (local engine).
         prefetch: batches loaded ahead (local engine).
         device: ``cpu``, ``cuda`` or ``cuda:N`` (local engine; Ray uses ``gpus_per_actor``).
@@ -224,6 +226,8 @@ def explain(
         input_size: (C, H, W) or (H, W) the model takes (default: the model's).
         preset: normalization preset (default: the model's).
         class_names: names of the classes (default: the model's).
+        channels_last: run a channels-last copy of the model (faster convolutions; see
+            :func:`cnnlens.dataset.job.channels_last_copy`); False runs the model as given.
 
     Returns:
         An :class:`ExplainSummary` (``.store`` is the store's path).
@@ -237,7 +241,7 @@ def explain(
         ... # doctest: +SKIP
         >>> table = cnnlens.dataset.load(s.store)                               # doctest: +SKIP
     """
-    from cnnlens.pipelines.options import resolve_device
+    from cnnlens.core.device import resolve_device
 
     if engine not in ENGINES:
         raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -256,37 +260,36 @@ def explain(
     common["crop"] = crop
     settings = {"schema": SCHEMA_VERSION, "model_hash": mhash, "methods": methods, **common}
     source = resolve_source(dataset, split=split, options=dict(dataset_options or {}))
-    store = Store.open(
+    job = ExplainJob(
+        model=net,
+        source=source,
+        methods=methods,
+        options_hash={
+            m: canonical_hash({"method": m, "options": o, **common}) for m, o in methods.items()
+        },
+        model_hash=mhash,
+        class_names=names,
+        input_size=info["input_size"],
+        in_channels=info["in_channels"],
+        preset=info["preset"],
+        crop=crop,
+        layer=layer_arg,
+        target=targets,
+        topk=topk,
+        map_size=map_size,
+        multilabel=info["multilabel"],
+        device=str(dev) if engine == "local" else ("cuda" if gpus_per_actor else "cpu"),
+        channels_last=bool(channels_last),
+    )
+    store = open_job_store(
         out,
-        kind=KIND,
+        job,
         settings=settings,
-        schema=SCHEMA,
-        version=SCHEMA_VERSION,
         overwrite=overwrite,
         info={"arch": info["arch"], "model": info["source"], "class_names": names},
     )
     with store.writing():
         store.remove_stale_temporaries()
-        job = ExplainJob(
-            model=net,
-            source=source,
-            methods=methods,
-            options_hash={
-                m: canonical_hash({"method": m, "options": o, **common}) for m, o in methods.items()
-            },
-            model_hash=mhash,
-            class_names=names,
-            input_size=info["input_size"],
-            in_channels=info["in_channels"],
-            preset=info["preset"],
-            crop=crop,
-            layer=layer_arg,
-            target=targets,
-            topk=topk,
-            map_size=map_size,
-            multilabel=info["multilabel"],
-            device=str(dev) if engine == "local" else ("cuda" if gpus_per_actor else "cpu"),
-        )
         if engine == "local":
             stats = run_local(
                 job,

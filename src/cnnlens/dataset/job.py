@@ -14,6 +14,7 @@ Statistics are computed on the full-resolution float32 map before downsampling.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import math
@@ -26,13 +27,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cnnlens.core.capture import frozen
 from cnnlens.dataset.sources import Source
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "ExplainJob", "map_statistics", "model_hash"]
+__all__ = [
+    "KIND",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "ExplainJob",
+    "channels_last_copy",
+    "map_statistics",
+    "model_hash",
+]
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+#: The kind of an explanation store.
+KIND = "explanations"
 TOP_PREDICTIONS = 5
 
 #: The row schema of an explanation store (documented in docs/scale.md).
@@ -102,6 +114,29 @@ def map_statistics(maps: Tensor) -> dict[str, Tensor]:
     }
 
 
+def channels_last_copy(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
+    """A copy of ``model`` in channels-last memory format, or ``model`` itself.
+
+    Convolutions usually run faster on channels-last tensors (oneDNN on CPU, cuDNN on GPU;
+    measured in docs/benchmarks.md); the maps are the same up to float rounding. The
+    caller's model keeps its own layout (a copy is converted). A model that cannot run in
+    that layout (a ``.view`` of a channels-last activation, say) or whose input is not an
+    image batch is returned as it is; a probe forward of one zero image decides.
+    """
+    if len(input_shape) != 3 or not any(p.dim() == 4 for p in model.parameters()):
+        return model
+    param = next(iter(model.parameters()))
+    try:
+        fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        probe = torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype)
+        with frozen(fast), torch.no_grad():
+            fast(probe.contiguous(memory_format=torch.channels_last))
+    except (RuntimeError, TypeError, ValueError, copy.Error) as err:
+        logger.info("model kept in its own memory format (%s)", str(err).splitlines()[0])
+        return model
+    return fast
+
+
 def _store_size(h: int, w: int, side: int) -> tuple[int, int]:
     scale = min(1.0, side / max(h, w))
     return max(1, round(h * scale)), max(1, round(w * scale))
@@ -112,7 +147,7 @@ class ExplainJob:
     """Explain batches of images with one model and a fixed set of methods.
 
     Built by :func:`cnnlens.dataset.explain`; picklable (a Ray actor receives it once and
-    holds the model). See :mod:`cnnlens.dataset.local` for the job protocol.
+    holds the model). A :class:`cnnlens.dataset.jobs.Job` of kind ``"explanations"``.
     """
 
     model: nn.Module
@@ -131,11 +166,21 @@ class ExplainJob:
     map_size: int = 64
     multilabel: bool = False
     device: str = "cpu"
+    channels_last: bool = True
     schema: pa.Schema = SCHEMA
+    kind: str = KIND
+    version: int = SCHEMA_VERSION
+    _net: nn.Module | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:  # the working copy is made again per actor
+        return self.__dict__ | {"_net": None}
 
     def setup(self) -> None:
-        """Put the model on the job's device (once per process or actor)."""
+        """Put the model on the job's device (once per process or actor), as a
+        channels-last copy when it runs in that layout (see :func:`channels_last_copy`)."""
         self.model.to(torch.device(self.device))
+        shape = (self.in_channels, *self.input_size)
+        self._net = channels_last_copy(self.model, shape) if self.channels_last else self.model
 
     @staticmethod
     def key_of(item_id: str, digest: str) -> str:
@@ -174,17 +219,19 @@ class ExplainJob:
         return torch.tensor([self.target] * n, dtype=torch.long, device=dev)
 
     def _explain(self, x: Tensor) -> tuple[Tensor, dict[str, Any]]:
-        import cnnlens
+        from cnnlens.api import explain
+        from cnnlens.core.registry import get_method
         from cnnlens.metrics.describe import probabilities
 
         exps: dict[str, Any] = {}
+        net = self._net if self._net is not None else self.model
         for name, options in self.methods.items():
-            exps[name] = cnnlens.explain(
-                self.model,
+            exps[name] = explain(
+                net,
                 x,
                 method=name,
                 target=self._target(len(x), x.device),
-                layer=self.layer if cnnlens.get_method(name).uses_layer else None,
+                layer=self.layer if get_method(name).uses_layer else None,
                 topk=self.topk,
                 **options,
             )
@@ -201,6 +248,8 @@ class ExplainJob:
             dtype = param.dtype if floating else torch.float32
             dev = param.device if param is not None else torch.device(self.device)
             x = torch.stack([b["x"] for b in ok]).to(device=dev, dtype=dtype)
+            if self._net is not None and self._net is not self.model:
+                x = x.contiguous(memory_format=torch.channels_last)
             probs, exps = self._explain(x)
             top_p, top_i = probs.topk(min(TOP_PREDICTIONS, probs.shape[1]), dim=1)
             for name, exp in exps.items():

@@ -1,15 +1,8 @@
 """The in-process engine: a bounded prefetching loader (threads) feeding device batches.
 
-The engines map a :class:`BatchJob` over a list of items into a :class:`~.store.Store`;
-they know nothing about explanations. A job has three steps:
-
-- ``job.load(item, done)``: read, hash and preprocess one item (runs in loader threads, no
-  model); returns ``None`` when the item's key is in ``done`` (already in the store), else
-  a dict holding at least ``"key"``. A bad input is returned as a loaded item carrying its
-  error, never raised, so it becomes a row.
-- ``job.setup()``: load the model onto the device, once per process (once per Ray actor).
-- ``job.run(batch)``: compute the rows of a list of loaded items as one ``pyarrow.Table``
-  with the job's ``schema``; every row of one item lands in the same part file.
+The engines map a :class:`~cnnlens.dataset.jobs.Job` over a list of items into a
+:class:`~cnnlens.dataset.store.Store`; they know nothing about explanations or
+assessments (see :mod:`cnnlens.dataset.jobs` for the job's steps).
 """
 
 from __future__ import annotations
@@ -17,94 +10,21 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-import pyarrow as pa
-
-from cnnlens.core.checks import check_int
 from cnnlens.core.progress import progress_bar
+from cnnlens.dataset.jobs import BatchDone, BatchJob, Job, RunStats, check_positive, errors_in
 from cnnlens.dataset.store import Store
 
-__all__ = ["BatchDone", "BatchJob", "RunStats", "check_positive", "run_local"]
+__all__ = ["BatchDone", "BatchJob", "Job", "RunStats", "check_positive", "run_local"]
 
 logger = logging.getLogger(__name__)
 
 
-class BatchJob(Protocol):
-    """What an engine maps over a dataset (see the module docstring)."""
-
-    schema: pa.Schema
-
-    def load(self, item: Mapping[str, Any], done: Container[str]) -> dict[str, Any] | None: ...
-
-    def setup(self) -> None: ...
-
-    def run(self, batch: Sequence[dict[str, Any]]) -> pa.Table: ...
-
-
-@dataclass
-class BatchDone:
-    """What one finished batch wrote (passed to ``on_batch`` callbacks).
-
-    Attributes:
-        index: 0-based number of the batch in this run.
-        items: items computed in the batch.
-        rows: rows written.
-        errors: rows that carry an error.
-        part: the part file written (None when the batch had nothing to compute).
-    """
-
-    index: int
-    items: int
-    rows: int
-    errors: int
-    part: str | None
-
-
-@dataclass
-class RunStats:
-    """What a run did.
-
-    Attributes:
-        total: items given.
-        skipped: items already in the store (resumed).
-        computed: items computed in this run.
-        rows: rows written in this run.
-        errors: rows written with an error (e.g. an image that does not decode).
-        batches: part files written.
-        seconds: wall time of the run (model loading included).
-    """
-
-    total: int = 0
-    skipped: int = 0
-    computed: int = 0
-    rows: int = 0
-    errors: int = 0
-    batches: int = 0
-    seconds: float = 0.0
-
-    @property
-    def images_per_second(self) -> float:
-        """Items computed per second of wall time."""
-        return self.computed / self.seconds if self.seconds > 0 else 0.0
-
-
-def check_positive(name: str, value: Any) -> int:
-    """``value`` as a positive int, or an :class:`InputError` naming ``name``."""
-    return check_int(name, value)
-
-
-def _errors_in(table: pa.Table) -> int:
-    if "error" not in table.column_names:
-        return 0
-    return int(table.num_rows - table.column("error").null_count)
-
-
 def run_local(
-    job: BatchJob,
+    job: Job,
     items: Sequence[Mapping[str, Any]],
     store: Store,
     *,
@@ -113,6 +33,7 @@ def run_local(
     prefetch: int = 2,
     progress: bool = False,
     on_batch: Callable[[BatchDone], None] | None = None,
+    label: str = "explaining",
 ) -> RunStats:
     """Map ``job`` over ``items`` in this process, one part file per batch.
 
@@ -122,7 +43,7 @@ def run_local(
     store are skipped.
 
     Args:
-        job: the :class:`BatchJob`.
+        job: the :class:`~cnnlens.dataset.jobs.Job`.
         items: the items (small dicts; see the job).
         store: where the rows go.
         batch_size: items per device batch (and per part file).
@@ -131,6 +52,7 @@ def run_local(
         progress: show a progress bar with images/s and the time left.
         on_batch: called after each part file is written (a test can raise from it to
             simulate a killed run).
+        label: the progress bar's word (``"explaining"``, ``"assessing"``).
 
     Returns:
         The :class:`RunStats`.
@@ -157,7 +79,7 @@ def run_local(
     def flush(batch: list[dict[str, Any]]) -> None:
         table = job.run(batch)
         part = store.write_part(table)
-        info = BatchDone(stats.batches, len(batch), table.num_rows, _errors_in(table), str(part))
+        info = BatchDone(stats.batches, len(batch), table.num_rows, errors_in(table), str(part))
         stats.batches += 1
         stats.computed += len(batch)
         stats.rows += info.rows
@@ -166,7 +88,7 @@ def run_local(
             on_batch(info)
 
     try:
-        with progress_bar(progress, len(items), "explaining") as bar:
+        with progress_bar(progress, len(items), label) as bar:
             fill()
             batch: list[dict[str, Any]] = []
             while pending:
@@ -181,7 +103,7 @@ def run_local(
                     flush(batch)
                     bar.advance(len(batch))
                     rate = stats.computed / max(time.perf_counter() - t0, 1e-9)
-                    bar.describe(f"explaining ({rate:.1f} images/s)")
+                    bar.describe(f"{label} ({rate:.1f} items/s)")
                     batch = []
             if batch:
                 flush(batch)

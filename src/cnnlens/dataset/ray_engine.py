@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnlens.dataset.local import BatchDone, BatchJob, RunStats, _errors_in, check_positive
+from cnnlens.dataset.jobs import BatchDone, Job, RunStats, check_positive, errors_in
 from cnnlens.dataset.store import Store
 from cnnlens.errors import InputError
 
@@ -49,7 +49,7 @@ class _Worker:
     def __init__(self, refs: list[Any], store: Store, threads: int) -> None:
         import ray
 
-        self.job: BatchJob
+        self.job: Job
         self.job, self.items, self.done = ray.get(refs)
         self.store = store
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cnnlens-load")
@@ -66,7 +66,7 @@ class _Worker:
         if loaded:
             table = self.job.run(loaded)
             self.store.write_part(table)
-            rows, errors = table.num_rows, _errors_in(table)
+            rows, errors = table.num_rows, errors_in(table)
         return {
             "items": np.array([n], dtype=np.int64),
             "computed": np.array([len(loaded)], dtype=np.int64),
@@ -76,7 +76,7 @@ class _Worker:
 
 
 def run_ray(
-    job: BatchJob,
+    job: Job,
     items: Sequence[Mapping[str, Any]],
     store: Store,
     *,
@@ -92,7 +92,7 @@ def run_ray(
     """Map ``job`` over ``items`` with Ray Data and an actor pool of ``actors`` workers.
 
     Args:
-        job: the :class:`~cnnlens.dataset.local.BatchJob` (pickled once to the actors).
+        job: the :class:`~cnnlens.dataset.jobs.Job` (pickled once to the actors).
         items: the items.
         store: where each actor writes its part files.
         batch_size: items per actor batch (and per part file).
@@ -106,7 +106,7 @@ def run_ray(
         on_batch: called for each finished batch, as the driver learns of it.
 
     Returns:
-        The :class:`~cnnlens.dataset.local.RunStats`.
+        The :class:`~cnnlens.dataset.jobs.RunStats`.
     """
     ray = import_ray()
     check_positive("batch_size", batch_size)

@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from cnnlens.errors import CnnlensError, InputError
+from cnnlens.errors import InputError
 
 __all__ = ["LOCK_FILE", "SETTINGS_FILE", "Store", "StoreError", "canonical_hash"]
 
@@ -47,7 +47,7 @@ LOCK_FILE = "_cnnlens_store.lock"
 _PART_GLOB = "part-*.parquet"
 
 
-class StoreError(CnnlensError, ValueError):
+class StoreError(InputError):
     """A store that cannot be used as asked (other settings, not a store, wrong kind)."""
 
 
@@ -89,7 +89,7 @@ class Store:
 
     @property
     def kind(self) -> str:
-        """What the store holds (``"explanations"``)."""
+        """What the store holds (``"explanations"``, ``"assessment"``)."""
         return str(self.meta.get("kind"))
 
     @property
@@ -108,6 +108,7 @@ class Store:
         version: int = 1,
         overwrite: bool = False,
         info: Mapping[str, Any] | None = None,
+        overwrite_hint: str | None = None,
     ) -> Store:
         """Create the store, or reopen it to resume when its settings equal ``settings``.
 
@@ -121,6 +122,8 @@ class Store:
                 instead of refusing it.
             info: facts that do not decide the rows (model path, engine); stored, never
                 compared.
+            overwrite_hint: how the caller's user asks for ``overwrite`` (ends the refusal;
+                default ``"pass overwrite=True (--overwrite) to replace it"``).
 
         Raises:
             StoreError: ``path`` holds another kind of store or other settings (and not
@@ -154,8 +157,9 @@ class Store:
                 ) or ["schema differs"]
                 raise StoreError(
                     f"store {str(root)!r} was written with other settings ({'; '.join(diff[:4])}"
-                    f"{' ...' if len(diff) > 4 else ''}); pass overwrite=True (--overwrite) to "
-                    "replace it, or write to another folder"
+                    f"{' ...' if len(diff) > 4 else ''}); "
+                    f"{overwrite_hint or 'pass overwrite=True (--overwrite) to replace it'}, "
+                    "or write to another folder"
                 )
             if not same:
                 logger.warning("overwriting store %s written with other settings", root)
