@@ -450,8 +450,7 @@ class GradientShap(_ReferenceMethod):
         n_samples: draws per image.
         stdevs: standard deviation of the noise added to the input (0: expected gradients).
         n_baselines: the number of ``"uniform"`` references.
-        internal_batch_size: the most points per forward (the first one also carries the
-            images themselves, whose outputs give the targets and the scores).
+        internal_batch_size: the most points per forward.
         seed: seed of every draw (a local generator; the global RNGs are untouched).
         reduce: channel reduction of the map (default ``"sum"``).
         eval_mode: see :class:`~cnnlens.methods.base.Explainer`.
@@ -514,77 +513,27 @@ class GradientShap(_ReferenceMethod):
         noise: Tensor | None,
     ) -> Tensor:
         """The estimate (B, K, C, H, W) from given draws (row ``i * S + s``: image i)."""
-        return self._estimate(x, targets, refs, idx, alphas, noise)[0]
-
-    def _estimate(
-        self,
-        x: Tensor,
-        targets: Targets | Callable[[Any], Targets],
-        refs: Tensor,
-        idx: Tensor,
-        alphas: Tensor,
-        noise: Tensor | None,
-    ) -> tuple[Tensor, Any, Targets]:
-        """The estimate, the outputs for ``x`` (None when ``targets`` is given) and the
-        targets. Given a function of the outputs instead of targets, the images themselves
-        ride along in the first forward (their outputs give the targets and the scores), so
-        no separate forward of ``x`` is paid: a whole forward for batch 1, where a network's
-        large linear layers cost as much for one row as for sixteen."""
         b = x.shape[0]
         s = idx.shape[0] // b
         rows = torch.arange(b, device=x.device).repeat_interleave(s)
         noisy = x[rows] if noise is None else x[rows] + noise.to(x.dtype)
         base = refs[idx.to(refs.device)]
-        seen: dict[str, Any] = {}
         total = None
         step = self.internal_batch_size
         for start in range(0, rows.shape[0], step):
             sl = slice(start, start + step)
             a = alphas[sl].to(x.dtype).view(-1, *(1,) * (x.dim() - 1))
-            diff = noisy[sl] - base[sl]
-            points = base[sl] + a * diff
-            if isinstance(targets, Targets):
-                grads, _ = self._gradients(points, rows_targets(targets, rows[sl]), None)
-            else:
-                grads = self._first_chunk(x, points, rows[sl], targets, seen)
-                targets = seen["targets"]
-            part = diff.float().unsqueeze(1) * grads
+            points = base[sl] + a * (noisy[sl] - base[sl])
+            grads, _ = self._gradients(points, rows_targets(targets, rows[sl]), None)
+            part = (noisy[sl] - base[sl]).float().unsqueeze(1) * grads
             summed = torch.zeros((b, *part.shape[1:]), device=x.device, dtype=torch.float32)
             summed.index_add_(0, rows[sl], part)
             total = summed if total is None else total + summed
-        return total / s, seen.get("outputs"), targets
-
-    def _first_chunk(
-        self,
-        x: Tensor,
-        points: Tensor,
-        rows: Tensor,
-        resolve: Callable[[Any], Targets],
-        seen: dict[str, Any],
-    ) -> Tensor:
-        """Gradients at ``points`` from one forward of ``[x, points]``; ``seen`` receives the
-        outputs for ``x`` and the targets ``resolve`` reads from them."""
-        b = x.shape[0]
-
-        def both(out: Any) -> Targets:
-            if isinstance(out, Tensor):
-                seen["outputs"] = out[:b].detach()
-            else:  # an output structure: its rows are not sliced here
-                with torch.no_grad():
-                    seen["outputs"] = self.model(x)
-            seen["targets"] = resolve(seen["outputs"])
-            own = torch.arange(b, device=seen["targets"].indices.device)
-            return rows_targets(seen["targets"], torch.cat([own, rows.to(own.device)]))
-
-        grads, _ = self._gradients(torch.cat([x, points]), both, None)
-        return grads[b:]
+        return total / s
 
     def explain_batch(self, x: Tensor, target: TargetLike, topk: int | None) -> Explanation:
+        outputs, targets = self._targets(x, target, topk)
         refs = self.references(x)
         idx, alphas, noise = self.draws(x, refs)
-
-        def resolve(outputs: Any) -> Targets:
-            return resolve_targets(target, outputs, topk, batch=x.shape[0])
-
-        attr, outputs, targets = self._estimate(x, resolve, refs, idx, alphas, noise)
+        attr = self.attribute_draws(x, targets, refs, idx, alphas, noise)
         return self._finish(attr, targets, outputs, {})
