@@ -28,9 +28,10 @@ def machine() -> str:
                     break
     except OSError:
         pass
+    clock = "CPU time" if os.environ.get("CNNLENS_BENCH_CLOCK") == "cpu" else "wall time"
     return (
         f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, Python {platform.python_version()}"
+        f"{torch.get_num_threads()} threads, Python {platform.python_version()}, {clock}"
     )
 
 
@@ -45,7 +46,13 @@ def interleaved_medians(
     Each timed run starts ``settle`` seconds after the previous one ended: numpy's BLAS and
     OpenCV, which the peers call, leave worker threads spinning for a while after a call,
     and on a 2-core machine they would slow down whichever contender runs next.
+
+    ``CNNLENS_BENCH_CLOCK=cpu`` times the CPU time of the process (all its threads) instead
+    of the wall: on a machine shared with other jobs the wall time mostly measures the wait
+    for a core, the CPU time the work done (with one thread per contender).
     """
+    clock = time.process_time if os.environ.get("CNNLENS_BENCH_CLOCK") == "cpu" else None
+    clock = clock or time.perf_counter
     for fn in contenders.values():
         for _ in range(warmup):
             fn()
@@ -53,9 +60,9 @@ def interleaved_medians(
     for _ in range(repeats):
         for name, fn in contenders.items():
             time.sleep(settle)
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 

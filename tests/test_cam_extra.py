@@ -20,7 +20,9 @@ from pytorch_grad_cam import (
     FullGrad,
     GradCAM,
     GradCAMElementWise,
+    GradCAMPlusPlus,
     HiResCAM,
+    LayerCAM,
     ShapleyCAM,
 )
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputReST, ClassifierOutputTarget
@@ -128,6 +130,31 @@ def test_finer_cam_with_alpha_zero_is_gradcam(net) -> None:
     fin = cnnlens.explain(model, x, "finercam", layer=layer, target=targets, alpha=0.0)
     grad = cnnlens.explain(model, x, "gradcam", layer=layer, target=targets)
     torch.testing.assert_close(fin.raw, grad.raw, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(("base", "peer"), [("gradcam++", GradCAMPlusPlus), ("layercam", LayerCAM)])
+def test_finer_cam_on_another_base_equals_peer(net, base: str, peer) -> None:
+    """pytorch-grad-cam's FinerCAM(base_method=...) on the same layer: the same maps; with
+    alpha=0 the map is the base method's own."""
+    _, model, layer, x, targets = net
+    exp = cnnlens.explain(model, x, "finercam", layer=layer, base=base)
+    try:
+        with FinerCAM(model, [model.get_submodule(layer)], base_method=peer) as cam:
+            ref = torch.from_numpy(cam(input_tensor=x, targets=None))
+    finally:
+        model.zero_grad(set_to_none=True)
+    np.testing.assert_allclose(exp.maps.numpy(), ref.numpy(), atol=2e-3)
+    fin = cnnlens.explain(model, x, "finercam", layer=layer, target=targets, base=base, alpha=0)
+    own = cnnlens.explain(model, x, base, layer=layer, target=targets)
+    torch.testing.assert_close(fin.raw, own.raw, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(exp.raw, own.raw, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("base", ["scorecam", "shapleycam", "cam", "eigencam", "saliency", 3])
+def test_finer_cam_refuses_a_base_that_is_not_a_gradient_cam(base) -> None:
+    model = _gapcnn()
+    with pytest.raises(cnnlens.errors.InputError, match="base must be"):
+        cnnlens.explain(model, inputs(1, 32), "finercam", base=base)
 
 
 @pytest.mark.parametrize(

@@ -223,6 +223,55 @@ def test_xrai_ranks_regions_by_attribution_density() -> None:
     torch.testing.assert_close(exp.raw[0, 0], want, rtol=1e-5, atol=1e-6)
 
 
+def _xrai_reference(ig, regions, threshold=1.0):
+    """The paper's greedy ranking by hand: regions added by the mean attribution of their new
+    pixels until a fraction ``threshold`` is covered; the rest is one region."""
+    covered = torch.zeros(ig.shape, dtype=torch.bool)
+    want = torch.zeros(ig.shape)
+    left = list(range(len(regions)))
+    while left and float(covered.float().mean()) < threshold:
+        gains = {r: float(ig[regions[r] & ~covered].mean()) for r in left}
+        best = max(gains, key=gains.get)
+        want[regions[best] & ~covered] = gains[best]
+        covered |= regions[best]
+        left.remove(best)
+    if not covered.all():
+        want[~covered] = ig[~covered].mean()
+    return want
+
+
+def test_xrai_area_threshold_and_minimum_segment_size() -> None:
+    """The paper's two options by hand: ranking stops once the regions cover the area
+    threshold (the rest is one region), and segments under the minimum size are no
+    candidates."""
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(2, 1, 8, 8, generator=g)
+    x = torch.rand(1, 1, 8, 8, generator=g)
+    model = _Linear(w).eval()
+    labels = torch.zeros(8, 8, dtype=torch.long)
+    labels[:4, :4] = 1
+    labels[4:, 4:] = 2
+    labels[0, 7] = labels[1, 7] = 3  # a two-pixel segment...
+    for i in (0, 1):  # ... whose attribution is 5, far above the rest
+        w[1, 0, i, 7] = 5.0 / float(x[0, 0, i, 7] - 0.5)
+    ig = w[1, 0] * (x[0, 0] - 0.5)
+    opts = {"segments": labels, "dilation": 0, "baselines": (0.0, 1.0), "n_steps": 2}
+    regions = [labels == v for v in range(4)]
+    for threshold in (1.0, 0.3):
+        exp = cnnlens.explain(model, x, "xrai", target=1, area_threshold=threshold, **opts)
+        torch.testing.assert_close(exp.raw[0, 0], _xrai_reference(ig, regions, threshold))
+    # the two-pixel segment ranks first; below the minimum size it is not a candidate
+    first = cnnlens.explain(model, x, "xrai", target=1, area_threshold=0.01, **opts)
+    assert bool((first.raw[0, 0, :2, 7] == 5.0).all())
+    small = cnnlens.explain(
+        model, x, "xrai", target=1, area_threshold=0.01, min_segment_size=3, **opts
+    )
+    torch.testing.assert_close(small.raw[0, 0], _xrai_reference(ig, regions[:3], 0.01))
+    assert float(small.raw[0, 0, 0, 7]) < 5.0
+    with pytest.raises(InputError, match="area_threshold"):
+        cnnlens.explain(model, x, "xrai", area_threshold=0.0, **opts)
+
+
 def test_xrai_felzenszwalb_on_a_cnn() -> None:
     model = torchvision_net("resnet18")
     x = _smooth(2, 32)

@@ -22,7 +22,7 @@ from cnnlens.core.checks import check_choice, check_float, check_int
 from cnnlens.core.explanation import Explanation
 from cnnlens.core.layers import LayersLike
 from cnnlens.core.layouts import Layout
-from cnnlens.core.registry import register
+from cnnlens.core.registry import get_method, register
 from cnnlens.core.targets import TargetLike, Targets, resolve_targets
 from cnnlens.errors import InputError, LayerNotFoundError, ModelError, TargetError
 from cnnlens.methods.base import BaseCAM, CAMContext, Explainer, normalize_maps, upsample
@@ -267,13 +267,23 @@ class FinerCAM(BaseCAM):
     $$s = \\frac{\\sum_{r \\in R} p_{d_r}\\,(y^c - \\alpha\\, y^{d_r})}{\\sum_{r \\in R}
     p_{d_r}}, \\qquad p = \\mathrm{softmax}(y)$$
 
-    and the map is Grad-CAM's for ``s`` (as the authors' implementation in
-    pytorch-grad-cam: the weights ``p`` are part of the differentiated score). ``alpha=0``
-    gives Grad-CAM. Class-index targets only.
+    and the map is the ``base`` CAM's for ``s`` (Grad-CAM by default; as the authors'
+    implementation in pytorch-grad-cam, whose ``base_method`` it mirrors: the weights ``p``
+    are part of the differentiated score). ``alpha=0`` gives the base method's map.
+    Class-index targets only.
 
     Args:
         alpha: strength of the comparison.
         comparison: the similarity ranks compared with (default the three most similar).
+        base: the registry name of a gradient CAM that turns the activations and the
+            gradients of ``s`` into the map: ``gradcam`` (default), ``gradcam++``,
+            ``xgradcam``, ``hirescam``, ``layercam``, ``eigengradcam``,
+            ``gradcam_elementwise``. Methods that need more than one layer's activations
+            and gradients (CAM's head, Shapley-CAM's second derivative, the masked forwards
+            of Score-CAM) are refused.
+
+    Example:
+        >>> FinerCAM(model, "layer4", base="layercam", alpha=0.6)(x, target=3)  # doctest: +SKIP
     """
 
     def __init__(
@@ -283,6 +293,7 @@ class FinerCAM(BaseCAM):
         *,
         alpha: float = 1.0,
         comparison: Sequence[int] = (1, 2, 3),
+        base: str = "gradcam",
         optimize: bool | None = None,
         eval_mode: bool = True,
     ) -> None:
@@ -291,9 +302,15 @@ class FinerCAM(BaseCAM):
         self.ranks = tuple(check_int("comparison", r) for r in comparison)
         if not self.ranks:
             raise TargetError("comparison must name at least one similarity rank (1 = closest)")
+        self.base = _gradient_cam(model, base, layer, optimize, eval_mode)
 
-    def channel_weights(self, acts: Tensor, grads: Tensor) -> Tensor:
-        return grads.mean(dim=(2, 3), keepdim=True)
+    def cam(self, acts: Tensor, grads: Tensor | None, ctx: CAMContext) -> Tensor:
+        # the base follows this method's channel reduction (eigen_smooth swaps it per call)
+        self.base.reduce_channels = self.reduce_channels
+        try:
+            return self.base.cam(acts, grads, ctx)
+        finally:
+            del self.base.reduce_channels
 
     def _layer_maps(
         self, acts: list[Tensor], ctx: CAMContext, names: list[str], lays: list[Layout]
@@ -311,6 +328,31 @@ class FinerCAM(BaseCAM):
             ranks=self.ranks,
         )
         return super()._layer_maps(acts, dataclasses.replace(ctx, targets=finer), names, lays)
+
+
+def _gradient_cam(
+    model: nn.Module, base: Any, layer: LayersLike, optimize: bool | None, eval_mode: bool
+) -> BaseCAM:
+    """Finer-CAM's base: a gradient CAM that maps one layer's activations and gradients."""
+    if not isinstance(base, str):
+        raise InputError(f"base must be the name of a gradient CAM such as 'gradcam'; got {base!r}")
+    cls = get_method(base)
+    plain = (
+        isinstance(cls, type)
+        and issubclass(cls, BaseCAM)
+        and cls is not FinerCAM
+        and cls.needs_grad
+        and cls._layer_maps is BaseCAM._layer_maps
+        and cls.extra_modules is BaseCAM.extra_modules
+        and cls.explain_batch is BaseCAM.explain_batch
+    )
+    if not plain:
+        raise InputError(
+            f"base must be a gradient CAM that weighs one layer's activations by the "
+            f"gradients (gradcam, gradcam++, xgradcam, hirescam, layercam, eigengradcam, "
+            f"gradcam_elementwise); got {base!r}"
+        )
+    return cls(model, layer, optimize=optimize, eval_mode=eval_mode)
 
 
 def _bias_of(module: nn.Module) -> Tensor | None:

@@ -155,12 +155,21 @@ def _two_sided(call: LayerCall, x: Tensor, r: Tensor, alpha: float, beta: float)
 
 def _gamma(call: LayerCall, x: Tensor, r: Tensor) -> Tensor:
     wp, wn = call.param("w:gpos"), call.param("w:gneg")
-    bp, bn = call.param("b:gpos"), call.param("b:gneg")
     signed = bool((x < 0).any())
-    xp = x.clamp(min=0) if signed else x
-    xn = x.clamp(max=0)
-    z_pos = call.f(xp, wp, bp) + (call.f(xn, wn, None) if signed else 0)
-    z_neg = call.f(xp, wn, bn) + (call.f(xn, wp, None) if signed else 0)
+    if signed:
+        xp, xn = x.clamp(min=0), x.clamp(max=0)
+        bp, bn = call.param("b:gpos"), call.param("b:gneg")
+        z_pos = call.f(xp, wp, bp) + call.f(xn, wn, None)
+        z_neg = call.f(xp, wn, bn) + call.f(xn, wp, None)
+    else:
+        # x >= 0 (after a ReLU): with Q = W+x + b+ (one modified forward) and the true
+        # output z = Wx + b, both modified outputs follow without a second forward:
+        # z+ = z + gamma Q and z- = z + gamma (z - Q)
+        xp = x
+        q = call.f(x, call.param("w:pos"), call.param("b:pos"))
+        gamma = call.options["gamma"]
+        z_pos = q.mul(gamma).add_(call.z)
+        z_neg = call.z.sub(q).mul_(gamma).add_(call.z)
     s_pos = r * (call.z > 0).to(r.dtype) / stabilize(z_pos, STABILIZER)
     s_neg = r * (call.z < 0).to(r.dtype) / stabilize(z_neg, STABILIZER)
     out = xp * (call.back(s_pos, wp, x) + call.back(s_neg, wn, x))

@@ -380,15 +380,20 @@ class XRAI(Explainer):
        over-segmentation), each segment dilated by ``dilation`` pixels; or a user-given
        label map (B, H, W) or (H, W) (then dilated too).
     3. Starting from an empty selection, the region whose *new* pixels have the largest
-       mean attribution is added, until every pixel is covered; each pixel's value is the
-       gain of the region that first covered it:
+       mean attribution is added, until the selection covers a fraction
+       ``area_threshold`` of the image (1: every pixel); each pixel's value is the gain of
+       the region that first covered it:
 
     $$g(R) = \\frac{1}{|R \\setminus S|}\\sum_{p \\in R \\setminus S} a_p,
     \\qquad S \\leftarrow S \\cup \\arg\\max_R g(R)$$
 
-    Pixels no region covers form one last region. Differences to the paper's reference
-    code: no minimum-size filter beyond ``min_pixels`` new pixels, IG by the midpoint rule
-    in ``n_steps`` (batched), and the map min-max normalized as every cnnlens map.
+    The pixels left uncovered form one last region (their mean attribution). Segments of
+    fewer than ``min_segment_size`` pixels are no candidates (the paper's Felzenszwalb
+    minimum size, 150 pixels at 224 x 224, scaled to the image by default), and a region
+    that adds fewer than ``min_pixels`` new pixels is skipped. Differences to the paper's
+    reference code: its ``min_pixel_diff`` of 50 pixels is ``min_pixels=1`` here, IG by the
+    midpoint rule in ``n_steps`` (batched), segmentation at the input's size (the reference
+    resizes to 224), and the map min-max normalized as every cnnlens map.
     ``raw`` holds the gains, the same value on every channel; ``extras["ig"]`` the
     channel-summed integrated gradients (B[, K], H, W).
 
@@ -399,6 +404,10 @@ class XRAI(Explainer):
         scales: the Felzenszwalb scales.
         dilation: pixels each region grows by.
         min_pixels: a region adding fewer new pixels is skipped.
+        area_threshold: the fraction of the image the ranked regions cover, in (0, 1]; the
+            rest is one region.
+        min_segment_size: the fewest pixels of a candidate segment before dilation (None:
+            150 x H x W / 224^2, the paper's at any size); Felzenszwalb's ``min_size``.
         baselines: IG baselines: ``"min"``/``"max"`` (each image's extreme value), numbers,
             or tensors broadcastable to the input.
         n_steps: IG steps per baseline.
@@ -422,6 +431,8 @@ class XRAI(Explainer):
         scales: Sequence[float] = (50, 100, 150, 250, 500, 1200),
         dilation: int = 5,
         min_pixels: int = 1,
+        area_threshold: float = 1.0,
+        min_segment_size: int | None = None,
         baselines: Sequence[Any] = ("min", "max"),
         n_steps: int = 32,
         batch_size: int | None = None,
@@ -435,6 +446,12 @@ class XRAI(Explainer):
         self.scales = [check_float("scales", s, minimum=0.0, strict_minimum=True) for s in scales]
         self.dilation = check_int("dilation", dilation, minimum=0)
         self.min_pixels = check_int("min_pixels", min_pixels)
+        self.area_threshold = check_float(
+            "area_threshold", area_threshold, minimum=0.0, strict_minimum=True, maximum=1.0
+        )
+        self.min_segment_size = (
+            None if min_segment_size is None else check_int("min_segment_size", min_segment_size)
+        )
         if not baselines:
             raise InputError("baselines must hold at least one baseline")
         self.baselines = list(baselines)
@@ -475,14 +492,20 @@ class XRAI(Explainer):
         return ig / len(self.baselines)
 
     def regions(self, x: Tensor) -> list[Tensor]:
-        """Per image, the candidate regions (R, H, W) bool, dilated."""
+        """Per image, the candidate regions (R, H, W) bool: the segments of at least
+        ``min_segment_size`` pixels, dilated."""
+        h, w = x.shape[-2:]
+        least = self.min_segment_size
+        if least is None:
+            least = round(150 * h * w / 224**2)
         if isinstance(self.segments, Tensor) or self.segments != "felzenszwalb":
             maps = [segment_images(x, self.segments)]
         else:
-            maps = [segment_images(x, "felzenszwalb", scale=s) for s in self.scales]
+            maps = [segment_images(x, "felzenszwalb", scale=s, min_size=least) for s in self.scales]
         out = []
         for i in range(x.shape[0]):
             masks = torch.cat([F.one_hot(m[i]).permute(2, 0, 1) for m in maps]).float()
+            masks = masks[masks.flatten(1).sum(1) >= least]
             if self.dilation:
                 size = 2 * self.dilation + 1
                 masks = F.max_pool2d(masks[:, None], size, stride=1, padding=self.dilation)[:, 0]
@@ -499,7 +522,8 @@ class XRAI(Explainer):
         alive = torch.ones(len(flat), dtype=torch.bool, device=attr.device)
         covered = torch.zeros_like(a, dtype=torch.bool)
         out = torch.zeros_like(a)
-        while not bool(covered.all()):
+        goal = self.area_threshold * a.numel()
+        while not bool(covered.all()) and float(covered.sum()) < goal:
             ok = alive & (area >= self.min_pixels)
             if not bool(ok.any()):
                 break
