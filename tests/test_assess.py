@@ -312,7 +312,7 @@ def test_missing_mask_is_an_error(tmp_path: Path) -> None:
         (["--metric-option", "deletion.stp=3"], "deletion takes no option 'stp'"),
         (["--metric-option", "stp=3"], "NAME.KEY=VALUE"),
         (["--option", "rise.n_masks=3"], "not among the methods run"),
-        (["--target", "guess"], "target must be 'label' or 'predicted'"),
+        (["--target-from", "guess"], "target must be 'label' or 'predicted'"),
         (["--dataset", "digits"], "cannot take the digits images (1x8x8)"),
     ],
 )
