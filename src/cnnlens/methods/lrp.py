@@ -17,7 +17,7 @@ then gives the input relevance $R$.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -251,6 +251,8 @@ class LRP(Explainer):
         >>> exp = LRP(model, composite="epsilon_gamma_box", low=-3.0, high=3.0)(x)  # doctest: +SKIP
         >>> exp.raw.sum((1, 2, 3)), exp.extras["delta"]      # relevance sum and its gap
     """
+
+    family: ClassVar[str] = "propagation"
 
     def __init__(
         self,

@@ -166,12 +166,12 @@ def collect_images(inputs: Sequence[str | Path]) -> tuple[list[Path], list[dict[
 
 
 def expand_methods(methods: Sequence[str]) -> list[str]:
-    """Registry names from method texts (``"all"``: every registered method; comma lists
-    work; default ``gradcam``), each once, in order."""
+    """Registry names from method texts (``"all"``: every registered method, family by
+    family; comma lists work; default ``gradcam``), each once, in order."""
     names = split_values(methods) or ["gradcam"]
     out: list[str] = []
     for name in names:
-        for n in list_methods() if name.lower() == "all" else [get_method(name).name]:
+        for n in list_methods(True) if name.lower() == "all" else [get_method(name).name]:
             if n not in out:
                 out.append(n)
     return out
@@ -436,7 +436,7 @@ def _map_entries(
         cname = prep.names[t] if 0 <= t < len(prep.names) else str(t)
         for lname, lmaps in layered.items():
             m = lmaps[index]
-            signed = signed_view(cls, raw, m)
+            signed = signed_view(cls, raw, m, exp.extras)
             pic = render_map(
                 x[j].cpu(),
                 m.cpu(),
