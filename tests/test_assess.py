@@ -363,7 +363,7 @@ def test_missing_mask_is_an_error(tmp_path: Path) -> None:
         (["--metric-option", "deletion.stp=3"], "deletion takes no option 'stp'"),
         (["--metric-option", "stp=3"], "NAME.KEY=VALUE"),
         (["--option", "rise.n_masks=3"], "not among the methods run"),
-        (["--target", "guess"], "target must be 'label' or 'predicted'"),
+        (["--target-from", "guess"], "target must be 'label' or 'predicted'"),
         (["--dataset", "digits"], "cannot take the digits images (1x8x8)"),
         (["--engine", "spark"], "engine must be one of local, ray, got 'spark'"),
     ],
@@ -475,7 +475,7 @@ def test_markdown_and_csv_tables() -> None:
 def test_metric_names_and_library_errors(net: torch.nn.Module, data: A.AssessData) -> None:
     assert A.assess_metrics()[-1] == A.SANITY_METRIC
     assert A.assess_metrics()[:-1] == cnnlens.metrics.list_metrics()
-    assert A.resolve_methods("all") == cnnlens.list_methods()
+    assert A.resolve_methods("all") == cnnlens.list_methods(by_family=True)
     no_masks = A.AssessData("x", data.images[:2], data.labels[:2], None, list(SHAPE_CLASSES))
     with pytest.raises(InputError, match="need ground-truth masks"):
         A.assess(net, no_masks, "unused", metrics=["iou"], n=None)

@@ -159,5 +159,10 @@ def test_cam_finds_the_head_by_its_input_not_by_its_position() -> None:
     acts = model.features(X).detach()
     expected = torch.einsum("c,bchw->bhw", model.fc.weight[2].detach(), acts)
     torch.testing.assert_close(exp.raw, expected)
+    # before the ReLU: the pooling sees ReLU(A), so CAM is built from ReLU(A) (as for
+    # torchvision's DenseNet, whose ReLU is functional) and equals CAM after the ReLU
+    before = cnnlens.explain(model, X, "cam", target=2, layer="features.0")
+    torch.testing.assert_close(before.raw, expected)
+    model.features[1] = nn.Sigmoid()  # now neither A nor ReLU(A) is what the head pools
     with pytest.raises(cnnlens.errors.ModelError, match=r"linear layers: 'fc', 'aux'"):
-        cnnlens.explain(model, X, "cam", layer="features.0")  # before the ReLU: no GAP input
+        cnnlens.explain(model, X, "cam", layer="features.0")

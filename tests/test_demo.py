@@ -197,3 +197,18 @@ def test_demo_options_are_the_methods_presets() -> None:
         assert opts == {**light.get(name, {}), **ours}
         # the figure options are the demo's own only where they differ from the preset
         assert all(light.get(name, {}).get(k) != v for k, v in ours.items())
+
+
+def test_quick_demo_card_is_mnist_cnn_s_and_methods_go_family_by_family(
+    demo: tuple[Path, str],
+) -> None:
+    from cnnlens.core.registry import FAMILIES
+
+    out, _ = demo
+    html = (out / "report.html").read_text()
+    card = html.split('<section id="model"')[1].split("</section>")[0]
+    assert "mnist-cnn" in card and "gap-cnn" not in card  # gap-cnn has its own section
+    methods = json.loads((out / "demo.json").read_text())["methods"]
+    ranks = [FAMILIES.index(cnnlens.get_method(m).family) for m in methods]
+    assert ranks == sorted(ranks) and methods[0] != "ablationcam", methods
+    assert "Reading the maps" in html and "coverage</dt>" in html and "peak_y</dt>" in html

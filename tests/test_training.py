@@ -305,7 +305,7 @@ def test_cli_train_and_evaluate_simplecnn_on_cifar_files(tmp_path, capsys):
         (["--model", "gap-cnn", "--dataset", "shapez"], "did you mean shapes"),
         (["--model", "gap-cnn", "--dataset", "cifar10", "--data-dir", "/nonexistent/x"], "exist"),
         (["--model", "gap-cnn", "--dataset", "shapes", "--resume"], "no training state"),
-        (["--model", "mnist-dnn", "--dataset", "shapes", "-o", "n=10"], "cannot take"),
+        (["--model", "mnist-dnn", "--dataset", "shapes", "-D", "n=10"], "cannot take"),
     ],
 )
 def test_cli_train_errors_are_one_line_and_write_nothing(tmp_path, capsys, argv, message):

@@ -30,7 +30,8 @@ def explain(
     """Explain the model's predictions for ``x`` with a registered method.
 
     Args:
-        model: any CNN (``nn.Module``); it is never changed.
+        model: any CNN (``nn.Module``), or the ``(model, info)`` pair of
+            :func:`cnnlens.models.load`; it is never changed.
         x: images (B, C, H, W) or (C, H, W), preprocessed as the model expects.
         method: a name from :func:`cnnlens.list_methods`.
         target: None (top class), an int, one class per image, a (B, K) tensor, or a
@@ -59,6 +60,7 @@ def explain(
             f"method must be a name from cnnlens.list_methods(), got {type(method).__name__}"
         )
     cls = get_method(method)
+    model = _unwrap_loaded(model)
     from cnnlens.methods.cam_smoothing import SMOOTHING_OPTIONS, smooth_cam
 
     smoothing = {k: options.pop(k) for k in SMOOTHING_OPTIONS if k in options}
@@ -78,3 +80,17 @@ def explain(
     # images as (B, C, H, W), like its maps and raw attributions
     exp.inputs = nchw_images(x.detach()) if explainer.channels_last_input else x.detach()
     return exp
+
+
+def _unwrap_loaded(model: Any) -> Any:
+    """The network of a ``(model, info)`` pair as :func:`cnnlens.models.load` returns it (the
+    info: an object with ``arch`` and ``preset``); anything else unchanged."""
+    if (
+        isinstance(model, tuple)
+        and len(model) == 2
+        and isinstance(model[0], nn.Module)
+        and hasattr(model[1], "arch")
+        and hasattr(model[1], "preset")
+    ):
+        return model[0]
+    return model

@@ -101,7 +101,7 @@ def resolve_methods(methods: str | Sequence[str]) -> list[str]:
                 f"method {name!r} is a baseline, added to every table; choose methods from "
                 f"{', '.join(list_methods())}"
             )
-        for m in list_methods() if name.lower() == "all" else [get_method(name).name]:
+        for m in list_methods(True) if name.lower() == "all" else [get_method(name).name]:
             if m not in out:
                 out.append(m)
     return out

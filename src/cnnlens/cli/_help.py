@@ -20,6 +20,9 @@ _WORDS = {
     "--target-name": "CLASS",
     "--weights": "WEIGHTS",
     "--device": "DEVICE",
+    "--stop-at": "P",
+    "--target-from": "label|predicted",
+    "--out": "PATH",
 }
 _TYPE_WORDS = {"int": "N", "float": "X", "Path": "PATH", "bool": ""}
 

@@ -82,7 +82,7 @@ def assess_command(
     ),
     split: str = typer.Option("test", "--split", help="Dataset split."),
     dataset_option: list[str] | None = typer.Option(
-        None, "--dataset-option", help="Dataset option KEY=VALUE (e.g. seed=1)."
+        None, "--dataset-option", "-D", help="Dataset option KEY=VALUE (e.g. seed=1)."
     ),
     methods: list[str] | None = typer.Option(
         None, "--methods", "--method", help="Method names (comma list, repeat) or 'all'."
@@ -91,9 +91,10 @@ def assess_command(
         None, "--metrics", "--metric", help="Metric names (comma list, repeat) or 'all'."
     ),
     n: int = typer.Option(200, "--n", help="Images to assess (the first N)."),
-    target: str = typer.Option(
-        "label", "--target", help="label (ground-truth class) or predicted (top class)."
+    target_from: str = typer.Option(
+        "label", "--target-from", help="label (ground-truth class) or predicted (top class)."
     ),
+    old_target: str | None = typer.Option(None, "--target", hidden=True),
     option: list[str] | None = typer.Option(
         None,
         "--option",
@@ -128,11 +129,12 @@ def assess_command(
 ) -> None:
     """Benchmark explanation methods: every method x metric with 95% CIs, figures, report."""
     from cnnlens.assess import assess, load_data, resolve_methods
-    from cnnlens.cli._common import load_model, parse_method_options, split_values
+    from cnnlens.cli._common import load_model, parse_method_options, renamed, split_values
     from cnnlens.core.checks import check_int
     from cnnlens.core.registry import preset_options
 
     check_int("--n", n)
+    target = renamed(target_from, old_target, "--target", "--target-from")
     if data_dir is not None and not data_dir.is_dir():
         raise InputError(f"--data-dir {str(data_dir)!r} does not exist or is not a folder")
     chosen = resolve_methods(split_values(methods) or ["all"])

@@ -31,7 +31,10 @@ def explain_command(
         None, "--weights", help="Weights for a model name: a file, or a torchvision name."
     ),
     method: list[str] | None = typer.Option(
-        None, "--method", help="Method name (repeat, or 'all'); default gradcam."
+        None,
+        "--method",
+        "--methods",
+        help="Method names (repeat, comma list, or 'all'); default gradcam.",
     ),
     target: list[str] | None = typer.Option(
         None, "--target", help="Class index to explain (repeat for several); default the top class."
@@ -41,7 +44,7 @@ def explain_command(
     ),
     topk: int | None = typer.Option(None, "--topk", help="Explain the K most probable classes."),
     layer: list[str] | None = typer.Option(
-        None, "--layer", help="Layer for CAM methods (repeat: one map per layer)."
+        None, "--layer", "-l", help="Layer for CAM methods (repeat: one map per layer)."
     ),
     option: list[str] | None = typer.Option(
         None,

@@ -41,7 +41,7 @@ def prototype_command(
     model: str = typer.Option(
         ..., "--model", "-m", help="Checkpoint written by cnnlens train (or a model name)."
     ),
-    out: Path = typer.Option(..., "--out", help="Output folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     classes: str | None = typer.Option(
         None, "--classes", help="Classes: '0-9', '1,3,5' or class names (default: all)."
     ),
@@ -49,9 +49,15 @@ def prototype_command(
     steps: int = typer.Option(1000, "--steps", help="Step budget."),
     lam: float = typer.Option(0.1, "--lambda", help="Weight of the class-mean prior (0: none)."),
     lr: float = typer.Option(0.01, "--lr", help="Adam's learning rate."),
-    target: float = typer.Option(0.99, "--target", help="Stop when every class reaches this."),
+    stop_at: float = typer.Option(
+        0.99, "--stop-at", help="Stop when every class reaches this probability."
+    ),
+    old_target: float | None = typer.Option(None, "--target", hidden=True),
     dataset: str | None = typer.Option(
-        None, "--dataset", help="Training set for the class means (default: the checkpoint's)."
+        None,
+        "--dataset",
+        "-d",
+        help="Training set for the class means (default: the checkpoint's).",
     ),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder of on-disk datasets."),
     seed: int = typer.Option(0, "--seed", help="Seed of the noise start."),
@@ -63,8 +69,10 @@ def prototype_command(
     Writes OUT/grid.png, OUT/class_<i>_<name>.png, OUT/prototypes.json (final probabilities
     and steps) and, with --init IMAGE, OUT/start.png and OUT/change_<i>_<name>.png.
     """
+    from cnnlens.cli._common import renamed
     from cnnlens.pipelines.prototype import run_prototypes
 
+    stop_at = renamed(stop_at, old_target, "--target", "--stop-at")
     with _warnings_as_lines():
         result = run_prototypes(
             model,
@@ -74,7 +82,7 @@ def prototype_command(
             steps=steps,
             lam=lam,
             lr=lr,
-            target=target,
+            target=stop_at,
             dataset=dataset,
             data_dir=data_dir,
             seed=seed,
@@ -84,13 +92,13 @@ def prototype_command(
     for name, p, ok in zip(
         result.class_names, result.probs.tolist(), result.reached.tolist(), strict=True
     ):
-        typer.echo(f"{name:>12}  p = {p:.4f}{'' if ok else '  (target not reached)'}")
+        typer.echo(f"{name:>12}  p = {p:.4f}{'' if ok else '  (--stop-at not reached)'}")
     typer.echo(f"{result.steps} steps; wrote {out}")
 
 
 def visualize_command(
     model: str = typer.Option(..., "--model", "-m", help="Model name or checkpoint."),
-    out: Path = typer.Option(..., "--out", help="Output folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     layer: str | None = typer.Option(
         None, "--layer", "-l", help="Dotted layer name (for channel visualizations)."
     ),

@@ -55,7 +55,7 @@ def train_command(
     schedule: str | None = typer.Option(None, "--schedule", help="constant or cosine."),
     seed: int = typer.Option(0, "--seed", help="Seed of initialization, shuffling, dropout."),
     out: Path | None = typer.Option(
-        None, "--out", help="Output folder (default runs/<model>-<dataset>)."
+        None, "--out", "-o", help="Output folder (default runs/<model>-<dataset>)."
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --out."),
     checkpoint_every: int = typer.Option(
@@ -63,7 +63,7 @@ def train_command(
     ),
     download: bool = typer.Option(False, "--download", help="Download cifar10/mnist if missing."),
     dataset_option: list[str] | None = typer.Option(
-        None, "--dataset-option", "-o", help="Dataset option KEY=VALUE (e.g. n=2000)."
+        None, "--dataset-option", "-D", help="Dataset option KEY=VALUE (e.g. n=2000)."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
     threads: int | None = typer.Option(
@@ -108,11 +108,11 @@ def evaluate_command(
     split: str = typer.Option("test", "--split", help="train, test (or all)."),
     batch_size: int = typer.Option(256, "--batch-size", help="Images per forward pass."),
     out: Path | None = typer.Option(
-        None, "--out", help="Write metrics.json and confusion.png here."
+        None, "--out", "-o", help="Write metrics.json and confusion.png here."
     ),
     download: bool = typer.Option(False, "--download", help="Download cifar10/mnist if missing."),
     dataset_option: list[str] | None = typer.Option(
-        None, "--dataset-option", "-o", help="Dataset option KEY=VALUE."
+        None, "--dataset-option", "-D", help="Dataset option KEY=VALUE."
     ),
     threads: int | None = typer.Option(
         None, "--threads", help="CPU threads for torch (default: torch's choice)."

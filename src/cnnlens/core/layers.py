@@ -238,12 +238,22 @@ def _float_leaves(value: Any, into: list[Tensor]) -> None:
             _float_leaves(v, into)
 
 
+# layers that only pool the map of the layer before them; the automatic choice passes them by
+_POOLING = (
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._MaxPoolNd,
+)
+
+
 def _probe_spatial_layer(
     model: nn.Module, x: Tensor, score: Callable[[Any], Tensor], channels_last: bool
 ) -> str:
     """One forward pass recording every submodule's output, one backward to all of them."""
     seen: dict[str, tuple[Tensor, nn.Module]] = {}
     calls: dict[str, int] = {}
+    pooled: dict[int, Tensor] = {}  # the outputs of pooling layers (kept: ids stay unique)
     handles = []
     try:
         for name, module in named_modules(model):
@@ -252,7 +262,11 @@ def _probe_spatial_layer(
                 calls[name] = calls.get(name, 0) + 1
                 if isinstance(out, Tensor) and out.is_floating_point() and out.requires_grad:
                     seen[name] = (out, m)
-                    return out.clone()  # an in-place op downstream leaves the record intact
+                    copy = out.clone()  # an in-place op downstream leaves the record intact
+                    if isinstance(m, _POOLING) or id(out) in pooled:
+                        # a container that ends in a pooling layer returns its output: one too
+                        pooled.update({id(out): out, id(copy): copy})
+                    return copy
                 return None
 
             handles.append(module.register_forward_hook(this_thread_only(hook)))
@@ -298,6 +312,9 @@ def _probe_spatial_layer(
         )
         used = [(name, lay) for name, _, lay in maps]
     spatial = [name for name, lay in used if lay.grid[0] * lay.grid[1] > 1]
-    chosen = spatial[-1] if spatial else used[-1][0]
+    # a pooling layer (and a container ending in one) only resamples the map before it:
+    # VGG's AdaptiveAvgPool2d(7) copies a 2x2 map of a small input into 7x7 cells
+    unpooled = [n for n in spatial if id(seen[n][0]) not in pooled]
+    chosen = (unpooled or spatial)[-1] if spatial else used[-1][0]
     log.info("layer chosen automatically: %s", chosen)
     return chosen

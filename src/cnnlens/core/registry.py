@@ -38,9 +38,29 @@ def register(name: str) -> Callable[[type[T]], type[T]]:
     return decorate
 
 
-def list_methods() -> list[str]:
-    """Sorted names of every registered explanation method."""
-    return sorted(_METHODS)
+# the families, in the order lists and reports show them (a method's ``family`` class attribute)
+FAMILIES: tuple[str, ...] = ("CAM", "gradient", "propagation", "perturbation", "other")
+
+
+def list_methods(by_family: bool = False) -> list[str]:
+    """Names of every registered explanation method: sorted, or with ``by_family`` family by
+    family (:data:`FAMILIES`: CAM, gradient, propagation, perturbation), see
+    :func:`by_family_order`."""
+    return by_family_order(_METHODS) if by_family else sorted(_METHODS)
+
+
+def by_family_order(names: Sequence[str]) -> list[str]:
+    """``names`` ordered family by family (:data:`FAMILIES`); within a family in the order the
+    methods registered (``methods/__init__.py`` imports the founding method of each family
+    first: cam, gradcam, gradcam++, ...); unregistered names last."""
+    registered = list(_METHODS)
+
+    def key(name: str) -> tuple[int, int]:
+        family = getattr(_METHODS.get(name), "family", "other")
+        rank = FAMILIES.index(family) if family in FAMILIES else len(FAMILIES)
+        return (rank, registered.index(name) if name in _METHODS else len(registered))
+
+    return sorted(names, key=key)
 
 
 def get_method(name: str) -> type[Any]:

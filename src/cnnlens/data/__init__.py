@@ -11,7 +11,7 @@ from cnnlens.data.base import ImageTensorDataset
 from cnnlens.data.datasets import DATASETS, get_dataset, list_datasets
 from cnnlens.data.files import RestrictedUnpickler, read_idx, safe_unpickle
 from cnnlens.data.geometry import Geometry, geometry
-from cnnlens.data.io import IMAGE_EXTENSIONS, MAX_PIXELS, convert_mode, load_image
+from cnnlens.data.io import IMAGE_EXTENSIONS, MAX_PIXELS, conversion, convert_mode, load_image
 from cnnlens.data.masked import MaskedImages, load_masked_folder
 from cnnlens.data.preprocess import Preprocessing
 from cnnlens.data.presets import PRESETS, Preset, get_preset, list_presets, to_image, to_tensor
@@ -29,6 +29,7 @@ __all__ = [
     "Preprocessing",
     "Preset",
     "RestrictedUnpickler",
+    "conversion",
     "convert_mode",
     "geometry",
     "get_dataset",

@@ -17,7 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cnnlens.errors import ImageError, InputError
 
-__all__ = ["IMAGE_EXTENSIONS", "MAX_PIXELS", "convert_mode", "load_image"]
+__all__ = ["IMAGE_EXTENSIONS", "MAX_PIXELS", "conversion", "convert_mode", "load_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -164,3 +164,25 @@ def _wide_grey_to_l(img: Image.Image) -> Image.Image:
         # 16-bit sources (mode I;16*, or I as older Pillow versions opened 16-bit PNGs).
         out = np.clip(np.rint(arr.astype(np.float64) / 257.0), 0, 255)
     return Image.fromarray(out.astype(np.uint8))
+
+
+def conversion(path: str | os.PathLike[str], mode: str | None) -> str | None:
+    """What :func:`load_image` with ``mode`` changes about a file's pixels, in a few words
+    (``"greyscale, its channel repeated to RGB"``), or None when nothing is changed (or the
+    file cannot be read: :func:`load_image` says why). Reads the file's header only."""
+    if mode is None:
+        return None
+    try:
+        with Image.open(path) as img:
+            src, transparent = img.mode, "transparency" in img.info
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
+    alpha = src in ("RGBA", "LA", "La", "RGBa", "PA") or transparent
+    if mode == "L" and src not in _GREY_MODES:
+        return f"colour ({src}), converted to greyscale for a 1-channel model"
+    if mode == "RGB" and src in _GREY_MODES:
+        extra = ", transparency composited on white" if alpha else ""
+        return f"greyscale ({src}), its channel repeated to RGB for a 3-channel model{extra}"
+    if alpha:
+        return f"transparent ({src}), composited on white"
+    return None

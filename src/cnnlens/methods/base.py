@@ -73,6 +73,9 @@ class Explainer:
 
     name: ClassVar[str] = ""
     uses_layer: ClassVar[bool] = False
+    #: The family the method belongs to (:data:`cnnlens.core.registry.FAMILIES`): lists,
+    #: reports and the demo show methods family by family.
+    family: ClassVar[str] = "other"
     #: Named cost presets of the method's options: ``"light"`` keeps a batch of small
     #: images to seconds on a CPU (``cnnlens assess --light``, the demo's sanity checks),
     #: ``"tiny"`` is the cheapest setting that still exercises every code path (tests,
@@ -190,6 +193,7 @@ class BaseCAM(Explainer):
     """
 
     uses_layer: ClassVar[bool] = True
+    family: ClassVar[str] = "CAM"
     needs_grad: ClassVar[bool] = True
     #: turns the per-channel contributions (B, C, h, w) into a map (B, h, w): their sum
     #: (``eigen_smooth``, see :mod:`cnnlens.methods.cam_smoothing`, swaps in their first
@@ -402,6 +406,7 @@ class GradientMethod(Explainer):
         eval_mode: see :class:`Explainer`.
     """
 
+    family: ClassVar[str] = "gradient"
     default_reduce: ClassVar[str] = "absmax"
 
     def __init__(

@@ -32,8 +32,10 @@ class CAM(BaseCAM):
     $$M^c_{ij} = \\sum_k w^c_k A^k_{ij}$$
 
     with ``w^c`` the linear layer's weights of class ``c``. The pooling is checked on the real
-    forward pass (the linear layer's input must equal the spatial mean of the activations);
-    a model without that head raises :class:`ModelError`.
+    forward pass (the linear layer's input must equal the spatial mean of the activations,
+    or of their ReLU when the forward applies one between the layer and the pooling, as
+    torchvision's DenseNet does: then ``A`` is the ReLU'd activations); a model without that
+    head raises :class:`ModelError`.
 
     Args:
         top_channels: keep only the ``k`` channels with the largest mean activation per image.
@@ -71,7 +73,7 @@ class CAM(BaseCAM):
         return self._linears
 
     def cam(self, acts: Tensor, grads: Tensor | None, ctx: CAMContext) -> Tensor:
-        weight = self._head_weight(acts, ctx)
+        weight, acts = self._head_weight(acts, ctx)
         k = ctx.k
         cls = ctx.targets.indices[:, k].to(acts.device)
         if bool((cls < 0).any()):
@@ -82,21 +84,25 @@ class CAM(BaseCAM):
             w = torch.zeros_like(w).scatter(1, keep, w.gather(1, keep))
         return self.reduce_channels(w[:, :, None, None] * acts)
 
-    def _head_weight(self, acts: Tensor, ctx: CAMContext) -> Tensor:
-        """The weight of the linear layer that takes the spatial mean of ``acts``: of the
-        linear layers that ran, the one whose input is that mean (whatever their order)."""
+    def _head_weight(self, acts: Tensor, ctx: CAMContext) -> tuple[Tensor, Tensor]:
+        """The weight of the linear layer that takes the spatial mean of ``acts`` (of the
+        linear layers that ran, the one whose input is that mean, whatever their order) and
+        the activations it pools: ``acts``, or ``ReLU(acts)`` when a functional ReLU sits
+        between the layer and the pooling (torchvision's DenseNet:
+        ``F.relu(features)`` then pooling), so the map is built from what the pooling saw."""
         cap = ctx.capture
-        pooled = acts.mean(dim=(2, 3))
         ran = [(name, m) for name, m in self._linears if name in cap.inputs]
-        for name, module in ran:
-            # a half-precision model rounds the pooled features: the tolerance follows its dtype
-            rel = max(1e-3, 8 * torch.finfo(cap.inputs[name].dtype).eps)
-            tol = rel * (pooled.abs().max() + 1.0)
-            feats = cap.inputs[name].detach().float()
-            if feats.shape[0] != acts.shape[0] or feats[0].numel() != pooled.shape[1]:
-                continue
-            if bool(((feats.reshape(pooled.shape) - pooled).abs() <= tol).all()):
-                return module.weight.detach().float()
+        for seen in (acts, acts.clamp(min=0)):
+            pooled = seen.mean(dim=(2, 3))
+            for name, module in ran:
+                # a half-precision model rounds the pooled features: tolerance by its dtype
+                rel = max(1e-3, 8 * torch.finfo(cap.inputs[name].dtype).eps)
+                tol = rel * (pooled.abs().max() + 1.0)
+                feats = cap.inputs[name].detach().float()
+                if feats.shape[0] != acts.shape[0] or feats[0].numel() != pooled.shape[1]:
+                    continue
+                if bool(((feats.reshape(pooled.shape) - pooled).abs() <= tol).all()):
+                    return module.weight.detach().float(), seen
         names = ", ".join(repr(n) for n, _ in ran) or "none ran"
         raise ModelError(
             f"cam needs layer {ctx.layer!r} to feed global average pooling and then one "

@@ -400,6 +400,8 @@ class FullGrad(Explainer):
     ``raw`` is the summed map at input size, before the last normalization.
     """
 
+    family: ClassVar[str] = "gradient"
+
     biased_types: ClassVar[tuple[type[nn.Module], ...]] = (
         nn.Conv2d,
         nn.modules.batchnorm._BatchNorm,

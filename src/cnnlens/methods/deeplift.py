@@ -209,6 +209,8 @@ def reference_set(value: Any, x: Tensor, n: int, seed: int, name: str) -> Tensor
 class _ReferenceMethod(Explainer):
     """Options and the batched gradient machinery shared by the reference-based methods."""
 
+    family: ClassVar[str] = "propagation"
+
     default_baselines: ClassVar[str] = "zero"
 
     def __init__(

@@ -164,6 +164,8 @@ class ExtremalPerturbation(Explainer):
     Cost: ``n_iter`` forward+backward passes of (B x K x len(areas)) images.
     """
 
+    family: ClassVar[str] = "perturbation"
+
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "light": {"n_iter": 100, "areas": (0.1,)},
         "tiny": {"n_iter": 10, "areas": (0.1,)},

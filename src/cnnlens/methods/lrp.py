@@ -252,6 +252,7 @@ class LRP(Explainer):
         >>> exp.raw.sum((1, 2, 3)), exp.extras["delta"]      # relevance sum and its gap
     """
 
+    family: ClassVar[str] = "propagation"
     keras_refusal: ClassVar[str] = (
         "its rules attach to torch convolution and F.linear calls, and a Keras Dense layer "
         "runs as a matrix product no rule covers; use deeplift, integrated_gradients or gradcam"

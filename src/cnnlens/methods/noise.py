@@ -66,6 +66,8 @@ class SmoothGrad(Explainer):
         >>> cnnlens.explain(model, x, "smoothgrad", base="integrated_gradients", n_steps=16)
     """
 
+    family: ClassVar[str] = "gradient"
+
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "light": {"n_samples": 8, "batch_size": 64},
         "tiny": {"n_samples": 2, "batch_size": 64},

@@ -58,6 +58,8 @@ class PerturbationMethod(Explainer):
         eval_mode: see :class:`~cnnlens.methods.base.Explainer`.
     """
 
+    family: ClassVar[str] = "perturbation"
+
     def __init__(
         self,
         model: nn.Module,

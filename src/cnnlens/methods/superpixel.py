@@ -139,6 +139,8 @@ class SurrogateMethod(Explainer):
             :class:`~cnnlens.methods.perturbation.PerturbationMethod`.
     """
 
+    family: ClassVar[str] = "perturbation"
+
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "light": {"n_samples": 200, "n_segments": 32, "batch_size": 250},
         "tiny": {"n_samples": 32, "segments": "grid", "n_segments": 16, "batch_size": 250},
@@ -417,6 +419,8 @@ class XRAI(Explainer):
     Cost: ``n_steps x len(baselines)`` forward+backward passes per image, then a greedy
     ranking in O(regions x pixels).
     """
+
+    family: ClassVar[str] = "gradient"
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "light": {"n_steps": 16, "batch_size": 64},

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnnlens.core.checks import check_int
+from cnnlens.core.progress import progress_bar
 from cnnlens.errors import InputError
 from cnnlens.metrics._common import (
     Activation,
@@ -243,6 +244,7 @@ def _curve(
     batch_size: int,
     blur_kernel: int,
     blur_sigma: float,
+    progress: bool | None,
 ) -> CurveResult:
     x, maps, device = _prepare(model, x, maps, activation, batch_size)
     b, _, h, w = x.shape
@@ -256,7 +258,7 @@ def _curve(
     ranks = order_ranks(maps, descending=True)
     deleting = name == "deletion"
 
-    with frozen_eval(model):
+    with frozen_eval(model), progress_bar(progress, b * (n_steps + 1), name) as bar:
         targets, original = _original(model, x, target, activation, batch_size)
 
         def batches() -> Iterator[tuple[Tensor, Tensor]]:
@@ -268,6 +270,7 @@ def _curve(
                 else:
                     inputs = torch.where(perturbed, x[bi], sub[bi])
                 yield inputs, targets[bi]
+                bar.advance(len(bi))
 
         scores = batched_target_probs(model, batches(), activation).view(b, n_steps + 1)
     return CurveResult(name, counts.double().cpu() / n, scores, original, targets)
@@ -285,6 +288,7 @@ def deletion(
     batch_size: int = 64,
     blur_kernel: int = 11,
     blur_sigma: float = 5.0,
+    progress: bool | None = None,
 ) -> CurveResult:
     """Deletion curve and its area (Petsiuk et al., RISE, BMVC 2018, arXiv:1806.07421).
 
@@ -310,6 +314,9 @@ def deletion(
         batch_size: most perturbed images per forward pass.
         blur_kernel: kernel size of the ``"blur"`` substrate.
         blur_sigma: sigma of the ``"blur"`` substrate.
+        progress: a progress bar on stderr: None (default) shows one on a terminal once the
+            curve has run a few seconds (a large model's curve takes a minute), True at once,
+            False never (see :func:`cnnlens.core.progress.progress_bar`).
 
     Returns:
         The :class:`CurveResult`; ``.auc`` is the score (lower is better).
@@ -330,6 +337,7 @@ def deletion(
         batch_size=batch_size,
         blur_kernel=blur_kernel,
         blur_sigma=blur_sigma,
+        progress=progress,
     )
 
 
@@ -367,6 +375,7 @@ def insertion(
     batch_size: int = 64,
     blur_kernel: int = 11,
     blur_sigma: float = 5.0,
+    progress: bool | None = None,
 ) -> CurveResult:
     """Insertion curve and its area (Petsiuk et al., RISE, BMVC 2018, arXiv:1806.07421).
 
@@ -391,6 +400,7 @@ def insertion(
         batch_size=batch_size,
         blur_kernel=blur_kernel,
         blur_sigma=blur_sigma,
+        progress=progress,
     )
 
 

@@ -341,7 +341,7 @@ def _explain_all(run: _Run, net: nn.Module, x: Tensor) -> dict[str, Any]:
     done: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     seconds: dict[str, float] = {}
-    names = cnnlens.list_methods()
+    names = cnnlens.list_methods(by_family=True)
     with progress_bar(run.progress, len(names), "explaining") as bar:
         for name in names:
             bar.describe(f"explaining: {name}")
@@ -395,7 +395,7 @@ def _digit_image(
     for name, exp in done.items():
         cls = cnnlens.get_method(name)
         raw = exp.raw[i] if exp.raw.dim() == exp.maps.dim() + 1 else None
-        signed = signed_view(cls, raw, exp.maps[i])
+        signed = signed_view(cls, raw, exp.maps[i], exp.extras)
         pic = render_map(
             x[i], exp.maps[i], raw=raw, signed=signed, preset=preset, min_side=cfg.png_side
         )
@@ -811,7 +811,6 @@ def _report_step(
             "training digits": len(train_set),
             "epochs": result.epochs,
             "training seconds": round(result.seconds, 1),
-            "gap-cnn on shapes-pair (exact match)": round(shapes["accuracy"], 4),
         },
     )
     return write_report(

@@ -35,7 +35,7 @@ from cnnlens.core.checks import check_int
 from cnnlens.core.layers import resolve_layer
 from cnnlens.core.progress import progress_bar
 from cnnlens.core.registry import get_method, list_methods
-from cnnlens.data import IMAGE_EXTENSIONS, load_image
+from cnnlens.data import IMAGE_EXTENSIONS, conversion, load_image
 from cnnlens.errors import CnnlensError, ImageError, InputError, ModelError, TargetError
 from cnnlens.metrics.describe import map_stats, probabilities, scalar_extras, top_predictions
 from cnnlens.pipelines.options import (
@@ -166,12 +166,12 @@ def collect_images(inputs: Sequence[str | Path]) -> tuple[list[Path], list[dict[
 
 
 def expand_methods(methods: Sequence[str]) -> list[str]:
-    """Registry names from method texts (``"all"``: every registered method; comma lists
-    work; default ``gradcam``), each once, in order."""
+    """Registry names from method texts (``"all"``: every registered method, family by
+    family; comma lists work; default ``gradcam``), each once, in order."""
     names = split_values(methods) or ["gradcam"]
     out: list[str] = []
     for name in names:
-        for n in list_methods() if name.lower() == "all" else [get_method(name).name]:
+        for n in list_methods(True) if name.lower() == "all" else [get_method(name).name]:
             if n not in out:
                 out.append(n)
     return out
@@ -249,15 +249,19 @@ def model_card(
 
 
 def load_batch(
-    files: Sequence[Path], info: Any
+    files: Sequence[Path], info: Any, converted: dict[str, list[str]] | None = None
 ) -> tuple[list[int], list[Tensor], list[dict[str, str]]]:
     """The images of ``files`` as the model expects them: ``(positions read, tensors,
-    {"file", "reason"} for each file that could not be read)``."""
+    {"file", "reason"} for each file that could not be read)``; the files whose pixels had to
+    change to fit the model go into ``converted`` (what changed -> file names)."""
     mode = {1: "L", 3: "RGB"}.get(int(info.in_channels))
     ok, tensors, bad = [], [], []
     for i, f in enumerate(files):
         try:
             img = load_image(f, mode=mode)
+            change = conversion(f, mode) if converted is not None else None
+            if change is not None and converted is not None:
+                converted.setdefault(change, []).append(Path(f).name)
             # sizes, crop and interpolation as the model's weights declare
             x = info.preprocessing()(img)
         except ImageError as err:
@@ -436,7 +440,7 @@ def _map_entries(
         cname = prep.names[t] if 0 <= t < len(prep.names) else str(t)
         for lname, lmaps in layered.items():
             m = lmaps[index]
-            signed = signed_view(cls, raw, m)
+            signed = signed_view(cls, raw, m, exp.extras)
             pic = render_map(
                 x[j].cpu(),
                 m.cpu(),
@@ -694,10 +698,11 @@ def _explain_files(
     stems = dict(zip(files, unique_stems(files)))
     images: list[dict[str, Any]] = []
     activation = "sigmoid" if prep.multilabel else "softmax"
+    converted: dict[str, list[str]] = {}
     with progress_bar(progress, len(files), "explaining") as bar:
         for start in range(0, len(files), batch_size):
             chunk = files[start : start + batch_size]
-            ok, tensors, bad = load_batch(chunk, prep.info)
+            ok, tensors, bad = load_batch(chunk, prep.info, converted)
             skipped.extend(bad)
             if not ok:
                 bar.advance(len(chunk))
@@ -716,4 +721,7 @@ def _explain_files(
                 f = chunk[i]
                 images.append(image_entry(f, j, x, probs, exps, prep, stems[f], out, png_side))
             bar.advance(len(chunk))
+    for change, names in converted.items():  # one line per kind of change, not per image
+        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+        logger.warning("%s: %s%s", change, ", ".join(names[:3]), more)
     return images, skipped

@@ -105,7 +105,7 @@ def run_prototypes(
     check_int("--steps", steps)
     check_float("--lambda", lam, minimum=0.0)
     check_float("--lr", lr, minimum=0.0, strict_minimum=True)
-    check_float("--target", target, minimum=0.0, strict_minimum=True, maximum=1.0)
+    check_float("--stop-at", target, minimum=0.0, strict_minimum=True, maximum=1.0)
     check_out_dir(out)
     from cnnlens.models import load
     from cnnlens.prototypes import class_prototypes

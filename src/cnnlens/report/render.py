@@ -454,7 +454,18 @@ def render_report(
         metrics=metrics_view,
         sanity=sanity_views,
         sections=section_views,
+        legend=_legend(images),
     )
+
+
+def _legend(images: Sequence[Any]) -> dict[str, Any] | None:
+    """Colour bars and the statistics' meanings when the report shows maps."""
+    from cnnlens.report.legend import map_legend
+
+    maps = [m for im in images for m in (getattr(im, "maps", None) or [])]
+    if not maps:
+        return None
+    return map_legend(k for m in maps for k in (getattr(m, "stats", None) or {}))
 
 
 _ENV: jinja2.Environment | None = None

@@ -140,7 +140,7 @@ class Explorer:
             "model": self.model_name,
             "weights": self.info.weights_label,
             "random_weights": self.info.pretrained is False,
-            "methods": cnnlens.list_methods(),
+            "methods": cnnlens.list_methods(by_family=True),
             "layers": self.layers,
             "class_names": list(self.info.class_names or []),
             "images": [{"id": k, "name": v[0]} for k, v in self.images.items()],

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from PIL import Image
@@ -35,15 +36,24 @@ def slug(text: str) -> str:
     return out or "x"
 
 
-def signed_view(method: type | None, raw: Tensor | None, map_: Tensor) -> bool:
+def signed_view(
+    method: type | None, raw: Tensor | None, map_: Tensor, extras: Mapping[str, Any] | None = None
+) -> bool:
     """Whether a map is best shown as a signed pixel attribution (blue negative, red positive).
 
     True for pixel attributions (``raw`` with a channel axis) that hold both signs, unless the
     method reduces its channels to a magnitude (``absmax`` / ``square``: saliency as in
-    Simonyan et al., guided backprop, deconvnet), whose maps are shown as heat overlays.
+    Simonyan et al., guided backprop, deconvnet), whose maps are shown as heat overlays. A
+    wrapper (SmoothGrad and its variants: ``extras["base"]`` names the method it averages) is
+    drawn as its base method is, so SmoothGrad of saliency looks like saliency.
     """
     if raw is None or raw.dim() != map_.dim() + 1:
         return False
+    base = (extras or {}).get("base")
+    if isinstance(base, str):
+        from cnnlens.core.registry import get_method
+
+        method = get_method(base)
     if getattr(method, "default_reduce", None) in _MAGNITUDE_REDUCTIONS:
         return False
     lo, hi = float(raw.min()), float(raw.max())
