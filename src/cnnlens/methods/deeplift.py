@@ -30,9 +30,11 @@ from cnnlens.errors import InputError, ModelError
 from cnnlens.methods.base import Explainer
 from cnnlens.methods.engine import (
     REDUCTIONS,
+    channels_last_forward,
     pixel_explanation,
     reduce_channels,
     rows_targets,
+    wants_optimize,
     warn_if_zero,
 )
 
@@ -252,7 +254,13 @@ class _ReferenceMethod(Explainer):
         with grad_enabled():
             # inside the caller's inference_mode the points are inference tensors: a copy
             leaf = (points.clone() if points.is_inference() else points.detach()).requires_grad_()
-            if mode is None:
+            fed = None
+            if mode is None and wants_optimize(self.model, leaf, None):
+                # the gradients of GradientSHAP's points on the channels-last fast path
+                fed = channels_last_forward(self.model, leaf, requires_grad=True)
+            if fed is not None:
+                leaf, out = fed
+            elif mode is None:
                 out = self.model(leaf)
             else:
                 with mode:
