@@ -54,6 +54,7 @@ def test_cam_methods_read_the_backbone(segmenter: ShapesSegmenter) -> None:
     assert opts == {"gradcam": {"relu": True, "layer": "model.backbone.body"}}
 
 
+@pytest.mark.filterwarnings("ignore:gradcam. the target score does not depend")
 def test_assess_segmentation_rows_and_baselines(segmenter: ShapesSegmenter, tmp_path) -> None:
     metrics = ["pointing_game", "energy_pointing_game", "deletion", "insertion"]
     res = assess(
@@ -88,3 +89,27 @@ def test_task_and_dataset_must_agree(segmenter: ShapesSegmenter, tmp_path) -> No
     with pytest.raises(InputError, match="task"):
         assess(segmenter, "shapes-objects", tmp_path / "c", task="detection", n=2)
     assert not any(tmp_path.iterdir())
+
+
+def test_cli_assess_segmentation(tmp_path, capsys) -> None:
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from cnnlens.cli.main import app, main
+
+    torch.manual_seed(0)
+    segmenter = ShapesSegmenter(6)  # the shape create_task_model builds
+    weights = tmp_path / "seg.safetensors"
+    save_file({k: v.contiguous() for k, v in segmenter.state_dict().items()}, str(weights))
+    base = ["assess", "--model", "shapes-segmenter", "--weights", str(weights)]
+    args = [*base, "--dataset", "shapes-objects", "--task", "segmentation", "--n", "2"]
+    args += ["--methods", "saliency", "--metrics", "pointing_game", "--sanity-images", "0"]
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "run"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "4 rows of shapes-objects" in res.output
+    table = (tmp_path / "run" / "table.json").read_text()
+    assert "saliency" in table and "centre" in table
+    bad = [*args[:-4], "--task", "detection", "--out", str(tmp_path / "d")]
+    assert main(bad) == 2
+    assert "--task must be one of" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
