@@ -162,7 +162,12 @@ def assess_command(
     torch.set_num_threads(threads)
     with _warnings_as_lines():
         if task != "classification" and dataset != "folder":
-            data = load_objects(dataset, n=n, split=split, **_dataset_options(dataset_option))
+            opts = _dataset_options(dataset_option)
+            if set(opts) - {"size", "seed"}:
+                raise InputError(
+                    f"--dataset-option for {dataset} takes size and seed, got {sorted(opts)}"
+                )
+            data = load_objects(dataset, n=n, split=split, **opts)
         else:
             data = load_data(
                 dataset,
