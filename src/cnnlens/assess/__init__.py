@@ -29,14 +29,18 @@ The modules: :mod:`~cnnlens.assess.protocol` (constants and name resolution),
 rows as a :class:`cnnlens.dataset.Job`), :mod:`~cnnlens.assess.store` (hashes, JSON
 files), :mod:`~cnnlens.assess.sanity`, :mod:`~cnnlens.assess.run` (one run's steps),
 :mod:`~cnnlens.assess.tables`, :mod:`~cnnlens.assess.outputs` (files and report) and
-:mod:`~cnnlens.assess.pipeline` (:func:`assess`); the figures are in
+:mod:`~cnnlens.assess.pipeline` (:func:`assess`), :mod:`~cnnlens.assess.tasks` (segmentation
+rows); the figures are in
 :mod:`cnnlens.viz.assess`.
 
 The datasets: ``shapes`` (one shape per image, its mask), ``shapes-pair`` (two shapes per
 image: each image gives two rows, one per class, each scored against its own shape's mask),
 any other :func:`cnnlens.data.get_dataset` name without masks (faithfulness, complexity and
 sanity only, e.g. ``mnist-embedded``), and ``folder`` (your images with a parallel folder
-of binary mask PNGs, see :func:`cnnlens.data.load_masked_folder`).
+of binary mask PNGs, see :func:`cnnlens.data.load_masked_folder`). ``task="segmentation"``
+assesses a segmenter on ``shapes-objects`` (several objects per image): one row per image x
+object, the object's class summed over the predicted region as the score, each map scored
+against the object's own mask (:mod:`~cnnlens.assess.tasks`).
 
 Example:
     >>> net, info = cnnlens.models.load("runs/shapes/model.safetensors")    # doctest: +SKIP

@@ -123,7 +123,7 @@ class AssessJob:
     metric_options: dict[str, dict[str, Any]]
     method_options: dict[str, dict[str, Any]]
     option_keys: dict[str, str]
-    activation: str
+    activation: str | None  # None: the scores as they are (a task's region scores)
     eval_batch_size: int
     seed: int
     device: str = "cpu"

@@ -24,6 +24,7 @@ from cnnlens.assess.protocol import (
 )
 from cnnlens.assess.run import Run
 from cnnlens.assess.tables import AssessResult
+from cnnlens.assess.tasks import prepare_task
 from cnnlens.core.checks import check_float, check_int, check_optional_int
 from cnnlens.errors import DataError, InputError, ModelError
 
@@ -63,6 +64,7 @@ def assess(
     gpus_per_actor: float = 0.0,
     ray_address: str | None = None,
     ray_num_cpus: int | None = None,
+    task: str = "classification",
 ) -> AssessResult:
     """Benchmark explanation methods on a dataset: every method x metric, with 95% CIs.
 
@@ -120,6 +122,10 @@ def assess(
         gpus_per_actor: GPUs per Ray actor (the model then runs on ``cuda``).
         ray_address: a Ray cluster to join; None starts a local instance.
         ray_num_cpus: CPUs of a local Ray instance (default: all of the machine).
+        task: ``"classification"``, or ``"segmentation"`` on a dataset of objects
+            (``shapes-objects``): ``model`` is a segmenter, each row an (image, object)
+            scored through the object's class over the predicted region
+            (:mod:`cnnlens.assess.tasks`).
 
     Returns:
         An :class:`AssessResult`.
@@ -143,8 +149,9 @@ def assess(
     check_int("examples", examples, minimum=0)
     check_optional_int("n", n)
     check_float("sanity_threshold", sanity_threshold, minimum=0, maximum=1)
-    data = _select(data, n, model_info)
     method_names = resolve_methods(methods)
+    model, data, method_options = prepare_task(task, model, data, method_names, method_options, n)
+    data = _select(data, n, model_info)
     run = Run(
         model,
         data,
@@ -159,6 +166,7 @@ def assess(
         metric_options=protocol_metric_options(metric_options, min(data.images.shape[-2:])),
         sanity_images=sanity_images,
         sanity_threshold=sanity_threshold,
+        task=task,
     )
     _warn_empty_masks(run)
     pending = run.resume(fresh)

@@ -69,6 +69,7 @@ class Run:
         metric_options: dict[str, dict[str, Any]],
         sanity_images: int,
         sanity_threshold: float,
+        task: str = "classification",
     ) -> None:
         from cnnlens.metrics._common import model_device
 
@@ -80,7 +81,11 @@ class Run:
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.m_opts, self.x_opts = method_options, metric_options
         self.sanity_images, self.threshold = sanity_images, sanity_threshold
-        self.activation = "sigmoid" if data.multilabel else "softmax"
+        self.task = task
+        # a task's region scores are sums of logits: no softmax over them
+        self.activation = (
+            None if task != "classification" else "sigmoid" if data.multilabel else "softmax"
+        )
         self.device = model_device(model, torch.device("cpu"))
         self.model_key = model_hash(model)
         logits = forward_all(model, data, self.device, eval_batch_size)
@@ -96,7 +101,8 @@ class Run:
     @property
     def settings(self) -> dict[str, Any]:
         """What every saved row depends on (a run with other settings is refused)."""
-        return {
+        task = {} if self.task == "classification" else {"task": self.task}
+        return task | {
             "format": FORMAT,
             "model": self.model_key,
             "dataset": self.data.name,

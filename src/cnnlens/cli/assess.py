@@ -5,6 +5,8 @@
     cnnlens assess --model runs/mnist/model.safetensors --dataset mnist-embedded \\
         --metrics deletion,insertion,cascading_randomization --n 100 --out runs/assess-mnist
     cnnlens assess --model my.safetensors --dataset folder --data-dir mydata --out runs/mine
+    cnnlens assess --model shapes-segmenter --weights runs/seg.safetensors \\
+        --task segmentation --dataset shapes-objects --n 64 --out runs/assess-seg
 
 Writes the table (``table.md``, ``table.csv``, ``table.json``: mean and 95% confidence
 interval of every method x metric), the curves and sanity figures (``figures/*.png``) and
@@ -126,6 +128,12 @@ def assess_command(
     ray_address: str | None = typer.Option(
         None, "--ray-address", help="Ray cluster to join (default: a local Ray instance)."
     ),
+    task: str = typer.Option(
+        "classification",
+        "--task",
+        help="classification, or segmentation (a segmenter by name or weights file on "
+        "shapes-objects: one row per object).",
+    ),
 ) -> None:
     """Benchmark explanation methods: every method x metric with 95% CIs, figures, report."""
     from cnnlens.assess import assess, load_data, resolve_methods
@@ -144,18 +152,33 @@ def assess_command(
     x_opts = parse_scoped_options(metric_option, "--metric-option")
     import torch
 
-    net, info = load_model(model, weights, device)
+    from cnnlens.assess.tasks import TASKS, load_objects
+    from cnnlens.core.checks import check_choice
+
+    check_choice("--task", task, TASKS, error=InputError)
+    if task == "classification":
+        net, info = load_model(model, weights, device)
+    else:
+        net, info = _task_model(model, task, weights, device), None
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     with _warnings_as_lines():
-        data = load_data(
-            dataset,
-            model_info=info,
-            split=split,
-            root=data_dir,
-            n=n,
-            options=_dataset_options(dataset_option),
-        )
+        if task != "classification" and dataset != "folder":
+            opts = _dataset_options(dataset_option)
+            if set(opts) - {"size", "seed"}:
+                raise InputError(
+                    f"--dataset-option for {dataset} takes size and seed, got {sorted(opts)}"
+                )
+            data = load_objects(dataset, n=n, split=split, **opts)
+        else:
+            data = load_data(
+                dataset,
+                model_info=info,
+                split=split,
+                root=data_dir,
+                n=n,
+                options=_dataset_options(dataset_option),
+            )
         try:
             res = assess(
                 net,
@@ -179,6 +202,7 @@ def assess_command(
                 engine=engine,
                 actors=actors,
                 ray_address=ray_address,
+                task=task,
             )
         except KeyboardInterrupt:
             typer.echo(
@@ -192,6 +216,14 @@ def assess_command(
     _print_table(res)
     typer.echo(f"table: {res.files['table_md']} (also table.csv, table.json)")
     typer.echo(f"report: {res.files['report']}")
+
+
+def _task_model(model: str, task: str, weights: str | None, device: str) -> Any:
+    """A segmenter by name (:func:`cnnlens.models.tasks.create_task_model`) on ``device``."""
+    from cnnlens.core.device import resolve_device
+    from cnnlens.models.tasks import create_task_model
+
+    return create_task_model(model, task, weights=weights).to(resolve_device(device))
 
 
 @contextmanager
