@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 import cnnlens
-from bench_metrics_extra import extra_rows
+from bench_metrics_extra import extra_rows, print_rows
 from cnnlens.metrics import randomization, removal, robustness
 from cnnlens.models.seeds import GapCNN
 from common import machine, setup_threads
@@ -254,14 +254,7 @@ def main() -> None:
             f"| {med['floor']:.3f} | {med['cnnlens'] / med['floor']:.2f} | {diff:.1e} |"
         )
     print("\nWall seconds (median) of the metrics of bench_metrics_extra.py\n")
-    print("| metric | cnnlens (s) | Quantus (s) | Quantus / cnnlens | max rel. difference |")
-    print("|---|---:|---:|---:|---:|")
-    for label, med, diff in extra:
-        ratio = med["quantus"] / med["cnnlens"]
-        print(
-            f"| {label} | {med['cnnlens']:.3f} | {med['quantus']:.3f} | **{ratio:.1f}x** "
-            f"| {diff:.1e} |"
-        )
+    print_rows(extra)
 
 
 if __name__ == "__main__":

@@ -241,6 +241,11 @@ def main() -> None:
     rows = extra_rows(model, x, args.repeats)
     print(f"machine: {machine()}\n")
     print(f"batch {args.batch} x 3x64x64, gap-cnn, saliency; {args.repeats} repeats\n")
+    print_rows(rows)
+
+
+def print_rows(rows: list[Row]) -> None:
+    """The markdown table of ``rows`` (also printed by bench_metrics.py)."""
     print("| metric | cnnlens (s) | Quantus (s) | Quantus / cnnlens | max rel. difference |")
     print("|---|---:|---:|---:|---:|")
     for label, med, diff in rows:
