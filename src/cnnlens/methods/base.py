@@ -40,6 +40,7 @@ from cnnlens.methods.engine import (
     check_finite_result,
     check_reduce,
     explain_runtime_error,
+    input_gradients,
     pixel_explanation,
     prepare_input,
     reduce_channels,
@@ -460,20 +461,12 @@ class GradientMethod(Explainer):
                     leaf, outputs = forward.forward(x, requires_grad=True)
             if targets is None:
                 targets = resolve_targets(target, outputs, topk, batch=x.shape[0])
-            scores = targets.scores(outputs)
-            if not scores.requires_grad:
-                raise ModelError(
-                    f"the target scores of {type(self.model).__name__} do not depend "
-                    "differentiably on the input (the output is detached or computed without "
-                    "autograd); use a perturbation method such as occlusion or rise"
-                )
-            grads = []
-            for k in range(targets.k):
-                (g,) = torch.autograd.grad(
-                    scores[:, k].sum(), leaf, retain_graph=k < targets.k - 1, allow_unused=True
-                )
-                grads.append(torch.zeros_like(leaf) if g is None else g)
-        return outputs, targets, torch.stack(grads, dim=1).contiguous()
+            why = (
+                " (the output is detached or computed without autograd); use a perturbation "
+                "method such as occlusion or rise"
+            )
+            grads = input_gradients(targets.scores(outputs), leaf, self.model, why)
+        return outputs, targets, grads.contiguous()
 
     def _forward(self, x: Tensor) -> tuple[Tensor, Any]:
         """``(leaf, outputs)`` of one forward with the input as a leaf requiring grad; in

@@ -26,11 +26,12 @@ from cnnlens.core.checks import check_choice, check_float, check_int
 from cnnlens.core.explanation import Explanation
 from cnnlens.core.registry import register
 from cnnlens.core.targets import TargetLike, Targets, resolve_targets
-from cnnlens.errors import InputError, ModelError
+from cnnlens.errors import InputError
 from cnnlens.methods.base import Explainer
 from cnnlens.methods.engine import (
     REDUCTIONS,
     channels_last_forward,
+    input_gradients,
     pixel_explanation,
     reduce_channels,
     rows_targets,
@@ -270,18 +271,9 @@ class _ReferenceMethod(Explainer):
             if sub.indices.is_inference():
                 sub = Targets(sub.indices.clone(), sub.fn, sub.per_image)
             scores = sub.scores(out)
-            if not scores.requires_grad:
-                raise ModelError(
-                    f"the target scores of {type(self.model).__name__} do not depend "
-                    "differentiably on the input; use a perturbation method such as occlusion"
-                )
-            grads = []
-            for k in range(sub.k):
-                (g,) = torch.autograd.grad(
-                    scores[:, k].sum(), leaf, retain_graph=k < sub.k - 1, allow_unused=True
-                )
-                grads.append(torch.zeros_like(leaf) if g is None else g)
-        return torch.stack(grads, 1).float(), scores.detach().float()
+            why = "; use a perturbation method such as occlusion"
+            grads = input_gradients(scores, leaf, self.model, why)
+        return grads.float(), scores.detach().float()
 
     def deeplift_rows(
         self, xs: Tensor, refs: Tensor, sub: Targets

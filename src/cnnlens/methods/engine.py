@@ -60,6 +60,7 @@ __all__ = [
     "first_component",
     "first_pass",
     "folded_copy",
+    "input_gradients",
     "pixel_explanation",
     "prepare_input",
     "reduce_channels",
@@ -539,6 +540,34 @@ def first_pass(
     targets = resolve_targets(target, outputs, topk, batch=x.shape[0])
     forward.check(x, outputs)
     return outputs, targets
+
+
+def input_gradients(
+    scores: Tensor, leaf: Tensor, model: nn.Module, why: str, *, seeded: bool = False
+) -> Tensor:
+    """Gradients (B, K, ...) of each target's scores ``scores[:, k]`` (B, K) with respect to
+    ``leaf``, one backward per target (the graph kept until the last); with ``seeded`` the
+    backward starts from the scores themselves (LRP's relevance seed) instead of ones. A target
+    the input does not reach gives zeros; scores without a graph are a ``ModelError`` whose
+    line ends with ``why`` (what to use instead)."""
+    if not scores.requires_grad:
+        raise ModelError(
+            f"the target scores of {type(model).__name__} do not depend differentiably on the "
+            f"input{why}"
+        )
+    k_all = scores.shape[1]
+    grads = []
+    for k in range(k_all):
+        seed = scores[:, k]
+        (g,) = torch.autograd.grad(
+            seed if seeded else seed.sum(),
+            leaf,
+            seed.detach() if seeded else None,
+            retain_graph=k < k_all - 1,
+            allow_unused=True,
+        )
+        grads.append(torch.zeros_like(leaf) if g is None else g)
+    return torch.stack(grads, dim=1)
 
 
 def rows_targets(targets: Targets, rows: Tensor) -> Targets:

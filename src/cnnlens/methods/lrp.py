@@ -29,11 +29,12 @@ from cnnlens.core.checks import check_choice, check_float
 from cnnlens.core.explanation import Explanation
 from cnnlens.core.registry import register
 from cnnlens.core.targets import TargetLike, resolve_targets
-from cnnlens.errors import InputError, ModelError
+from cnnlens.errors import InputError
 from cnnlens.methods.base import Explainer
 from cnnlens.methods.engine import (
     REDUCTIONS,
     broadcast_to_input,
+    input_gradients,
     pixel_explanation,
     reduce_channels,
     warn_if_zero,
@@ -313,19 +314,9 @@ class LRP(Explainer):
                 outputs = self.model(leaf)
             targets = resolve_targets(target, outputs, topk, batch=x.shape[0])
             scores = targets.scores(outputs)
-            if not scores.requires_grad:
-                raise ModelError(
-                    f"the target scores of {type(self.model).__name__} do not depend "
-                    "differentiably on the input; LRP needs a differentiable forward"
-                )
-            rel = []
-            for k in range(targets.k):
-                seed = scores[:, k]
-                (g,) = torch.autograd.grad(
-                    seed, leaf, seed.detach(), retain_graph=k < targets.k - 1, allow_unused=True
-                )
-                rel.append(torch.zeros_like(leaf) if g is None else g)
-        return outputs, targets, torch.stack(rel, 1).float(), scores.detach().float()
+            why = "; LRP needs a differentiable forward"
+            rel = input_gradients(scores, leaf, self.model, why, seeded=True)
+        return outputs, targets, rel.float(), scores.detach().float()
 
     def explain_batch(self, x: Tensor, target: TargetLike, topk: int | None) -> Explanation:
         outputs, targets, attr, scores = self.relevance(x, target, topk)
